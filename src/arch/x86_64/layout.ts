@@ -1,0 +1,74 @@
+// Guest-physical address map of a Partita x86-64 VM.
+//
+//   0x0000_0000 ─ 0x0009_FC00  RAM (boot structures live here, see BOOT_* below)
+//   0x0009_FC00 ─ 0x0010_0000  reserved: EBDA, VGA window, option ROMs, BIOS (as on a PC)
+//   0x0010_0000 ─ lowRamEnd    RAM, up to the 32-bit PCI hole
+//   0xC000_0000 ─ 0x1_0000_0000 the 32-bit MMIO hole: PCI BARs, IOAPIC (0xFEC0_0000), LAPIC (0xFEE0_0000),
+//                              KVM's TSS and identity-map pages, firmware flash (just below 4 GiB)
+//   0x1_0000_0000 ─ …          RAM above 4 GiB: whatever did not fit below the hole
+import { GIB, KIB, MIB } from '../../vmm/units.js';
+
+export const EBDA_START = 0x9fc00;
+export const HIGH_MEMORY_START = 1 * MIB;
+/** Start of the 32-bit MMIO hole; RAM below 4 GiB ends here at the latest. */
+export const MMIO_HOLE_START = 3 * GIB;
+export const FOUR_GIB = 4 * GIB;
+export const IOAPIC_ADDRESS = 0xfec0_0000;
+export const LAPIC_ADDRESS = 0xfee0_0000;
+/** KVM_SET_IDENTITY_MAP_ADDR (one page) and KVM_SET_TSS_ADDR (three pages), inside the hole, as QEMU places them. */
+export const KVM_IDENTITY_MAP_ADDRESS = 0xfeffc000;
+export const KVM_TSS_ADDRESS = 0xfeffd000;
+
+/** Low-memory locations of the boot structures Partita writes for the guest. */
+export const BOOT_GDT_ADDRESS = 0x500;
+export const BOOT_IDT_ADDRESS = 0x520;
+export const BOOT_INFO_ADDRESS = 0x6000; // hvm_start_info or multiboot_info (one page)
+export const BOOT_MEMMAP_ADDRESS = 0x7000; // memory map entries (one page)
+export const BOOT_MODLIST_ADDRESS = 0x8000; // module list (one page)
+export const BOOT_CMDLINE_ADDRESS = 0x20000; // kernel and module command lines
+export const BOOT_CMDLINE_AREA_SIZE = 64 * KIB;
+
+/** The largest guest RAM Partita accepts. */
+export const MAX_MEMORY = 1024 * GIB;
+/** The smallest: enough for the boot structures and a small kernel. */
+export const MIN_MEMORY = 2 * MIB;
+
+export interface RamRange {
+  readonly gpa: number;
+  readonly size: number;
+}
+
+/** Where `memorySize` bytes of RAM go: below the hole first, the rest above 4 GiB. */
+export function ramRanges(memorySize: number): RamRange[] {
+  if (!Number.isSafeInteger(memorySize) || memorySize < MIN_MEMORY || memorySize > MAX_MEMORY) {
+    throw new RangeError(`memory size ${memorySize} is outside ${MIN_MEMORY}..${MAX_MEMORY} bytes`);
+  }
+  const low = Math.min(memorySize, MMIO_HOLE_START);
+  const ranges: RamRange[] = [{ gpa: 0, size: low }];
+  if (memorySize > low) ranges.push({ gpa: FOUR_GIB, size: memorySize - low });
+  return ranges;
+}
+
+/** E820 types (ACPI 6.5, table 15.312) */
+export const E820_RAM = 1;
+export const E820_RESERVED = 2;
+export const E820_ACPI = 3;
+export const E820_NVS = 4;
+
+export interface MemoryMapEntry {
+  readonly base: number;
+  readonly size: number;
+  readonly type: number; // E820_*
+}
+
+/** The memory map handed to a guest (PVH memmap, multiboot mmap, Linux e820), sorted, non-overlapping. */
+export function guestMemoryMap(memorySize: number): MemoryMapEntry[] {
+  const [low, high] = ramRanges(memorySize);
+  const map: MemoryMapEntry[] = [
+    { base: 0, size: EBDA_START, type: E820_RAM },
+    { base: EBDA_START, size: HIGH_MEMORY_START - EBDA_START, type: E820_RESERVED },
+  ];
+  if (low.size > HIGH_MEMORY_START) map.push({ base: HIGH_MEMORY_START, size: low.size - HIGH_MEMORY_START, type: E820_RAM });
+  if (high) map.push({ base: high.gpa, size: high.size, type: E820_RAM });
+  return map;
+}

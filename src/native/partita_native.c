@@ -1,0 +1,465 @@
+// The whole native layer of Partita: what JavaScript cannot do by itself.
+//
+// - syscalls on file descriptors: open, close, ioctl (KVM is driven entirely through ioctls)
+// - memory: mmap/munmap and an ArrayBuffer view over a host address (guest RAM, a vCPU's kvm_run page)
+// - eventfd (for ioeventfd/irqfd)
+// - thread signals: a no-op handler for SIG_KICK so a pthread_kill makes KVM_RUN return EINTR, the calling
+//   thread's id, a per-thread periodic tick, and host termination signals turned into a flag plus a kick
+// - application-processor vCPU threads: native threads that block in KVM_RUN and hand each exit to
+//   JavaScript through a thread-safe function (see README, "Why the exit path is built this way")
+//
+// Nothing here knows what an exit means; all VMM logic lives in TypeScript. Errors come back as -errno.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+#define KVM_RUN_IOCTL 0xAE80 // _IO(KVMIO, 0x80); the TypeScript ABI module is the reference, this is checked there
+
+static int sig_kick(void) { return SIGRTMIN + 4; }
+
+static void kick_handler(int sig) { (void)sig; }
+
+// Host termination signals (SIGINT, SIGTERM, SIGHUP): recorded, and the thread that registered for them is
+// kicked out of KVM_RUN so JavaScript sees the flag at once.
+static atomic_int pending_signal;
+static pthread_t signal_target;
+static _Atomic(uint8_t *) signal_target_immediate_exit;
+
+static void term_handler(int sig) {
+  atomic_store(&pending_signal, sig);
+  uint8_t *ie = atomic_load(&signal_target_immediate_exit);
+  if (ie) *ie = 1;
+  pthread_kill(signal_target, sig_kick());
+}
+
+#define CHECK(call)                                                                                       \
+  do {                                                                                                    \
+    if ((call) != napi_ok) return throw_last(env);                                                        \
+  } while (0)
+
+static napi_value throw_last(napi_env env) {
+  const napi_extended_error_info *info = NULL;
+  napi_get_last_error_info(env, &info);
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, NULL, info && info->error_message ? info->error_message : "native error");
+  return NULL;
+}
+
+static napi_value num(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+static napi_value big(napi_env env, uint64_t v) {
+  napi_value r;
+  napi_create_bigint_uint64(env, v, &r);
+  return r;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return -1;
+  for (size_t i = argc; i < want; i++) napi_get_undefined(env, &argv[i]);
+  return (int)argc;
+}
+
+static int64_t get_i64(napi_env env, napi_value v) {
+  int64_t r = 0;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_bigint) {
+    bool lossless;
+    napi_get_value_bigint_int64(env, v, &r, &lossless);
+  } else {
+    napi_get_value_int64(env, v, &r);
+  }
+  return r;
+}
+
+static uint64_t get_u64(napi_env env, napi_value v) {
+  uint64_t r = 0;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_bigint) {
+    bool lossless;
+    napi_get_value_bigint_uint64(env, v, &r, &lossless);
+  } else {
+    int64_t s = 0;
+    napi_get_value_int64(env, v, &s);
+    r = (uint64_t)s;
+  }
+  return r;
+}
+
+// Pointer to the bytes behind a TypedArray, DataView or ArrayBuffer (NULL for anything else).
+static void *bytes_of(napi_env env, napi_value v, size_t *len) {
+  bool is;
+  void *data = NULL;
+  *len = 0;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type type;
+    size_t length, offset;
+    napi_value ab;
+    napi_get_typedarray_info(env, v, &type, &length, &data, &ab, &offset);
+    size_t elem = 1;
+    switch (type) {
+      case napi_int16_array: case napi_uint16_array: elem = 2; break;
+      case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
+      case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
+      default: elem = 1;
+    }
+    *len = length * elem;
+    return data;
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    size_t length, offset;
+    napi_value ab;
+    napi_get_dataview_info(env, v, &length, &data, &ab, &offset);
+    *len = length;
+    return data;
+  }
+  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
+    napi_get_arraybuffer_info(env, v, &data, len);
+    return data;
+  }
+  return NULL;
+}
+
+// open(path: string, flags: number): fd | -errno
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  char path[4096];
+  size_t n;
+  CHECK(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n));
+  int flags = (int)get_i64(env, argv[1]);
+  int fd = open(path, flags | O_CLOEXEC);
+  return num(env, fd < 0 ? -errno : fd);
+}
+
+// close(fd): 0 | -errno
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  int r = close((int)get_i64(env, argv[0]));
+  return num(env, r < 0 ? -errno : r);
+}
+
+// ioctl(fd, request, arg?: number | bigint | ArrayBufferView | ArrayBuffer): result | -errno
+// A buffer argument is passed by pointer (the struct); a number is passed by value.
+static napi_value js_ioctl(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  get_args(env, info, 3, argv);
+  int fd = (int)get_i64(env, argv[0]);
+  unsigned long req = (unsigned long)get_u64(env, argv[1]);
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  long r;
+  if (t == napi_undefined) {
+    r = ioctl(fd, req, 0);
+  } else if (t == napi_number || t == napi_bigint) {
+    r = ioctl(fd, req, (unsigned long)get_u64(env, argv[2]));
+  } else {
+    size_t len;
+    void *p = bytes_of(env, argv[2], &len);
+    if (!p && len == 0) {
+      napi_throw_type_error(env, NULL, "ioctl: argument must be a number, bigint, TypedArray, DataView or ArrayBuffer");
+      return NULL;
+    }
+    r = ioctl(fd, req, p);
+  }
+  return num(env, r < 0 ? -errno : (double)r);
+}
+
+// run(vcpuFd): 0 | -errno. KVM_RUN with nothing else on the path: the hot call of the whole VMM.
+static napi_value js_run(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  napi_get_value_int32(env, argv[0], &fd);
+  int r = ioctl(fd, KVM_RUN_IOCTL, 0);
+  napi_value out;
+  napi_create_int32(env, r < 0 ? -errno : r, &out);
+  return out;
+}
+
+// mmap(length, prot, flags, fd, offset): bigint address | number -errno
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  get_args(env, info, 5, argv);
+  size_t len = (size_t)get_u64(env, argv[0]);
+  int prot = (int)get_i64(env, argv[1]);
+  int flags = (int)get_i64(env, argv[2]);
+  int fd = (int)get_i64(env, argv[3]);
+  off_t off = (off_t)get_i64(env, argv[4]);
+  void *p = mmap(NULL, len, prot, flags, fd, off);
+  if (p == MAP_FAILED) return num(env, -errno);
+  return big(env, (uint64_t)(uintptr_t)p);
+}
+
+// munmap(address, length): 0 | -errno
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  int r = munmap((void *)(uintptr_t)get_u64(env, argv[0]), (size_t)get_u64(env, argv[1]));
+  return num(env, r < 0 ? -errno : r);
+}
+
+// madvise(address, length, advice): 0 | -errno
+static napi_value js_madvise(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  get_args(env, info, 3, argv);
+  int r = madvise((void *)(uintptr_t)get_u64(env, argv[0]), (size_t)get_u64(env, argv[1]), (int)get_i64(env, argv[2]));
+  return num(env, r < 0 ? -errno : r);
+}
+
+// view(address, length): ArrayBuffer over memory this process mapped. The mapping outlives the view: guest
+// RAM and kvm_run pages are unmapped only when the VM is torn down, after every view is dropped.
+static napi_value js_view(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  void *p = (void *)(uintptr_t)get_u64(env, argv[0]);
+  size_t len = (size_t)get_u64(env, argv[1]);
+  napi_value ab;
+  CHECK(napi_create_external_arraybuffer(env, p, len, NULL, NULL, &ab));
+  return ab;
+}
+
+// addressOf(buffer): bigint host address of an ArrayBuffer/TypedArray's bytes (for structs that carry pointers)
+static napi_value js_address_of(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  size_t len;
+  void *p = bytes_of(env, argv[0], &len);
+  return big(env, (uint64_t)(uintptr_t)p);
+}
+
+// eventfd(initval, flags): fd | -errno
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  int fd = eventfd((unsigned)get_i64(env, argv[0]), (int)get_i64(env, argv[1]) | EFD_CLOEXEC);
+  return num(env, fd < 0 ? -errno : fd);
+}
+
+// threadSelf(): bigint pthread_t of the calling thread
+static napi_value js_thread_self(napi_env env, napi_callback_info info) {
+  (void)info;
+  return big(env, (uint64_t)pthread_self());
+}
+
+// kick(thread, immediateExitAddress?): set kvm_run.immediate_exit (if given) then signal the thread, so a
+// vCPU inside KVM_RUN returns EINTR and one about to enter it returns at once. 0 | -errno
+static napi_value js_kick(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  uint64_t ie = get_u64(env, argv[1]);
+  if (ie) __atomic_store_n((uint8_t *)(uintptr_t)ie, 1, __ATOMIC_SEQ_CST);
+  int r = pthread_kill((pthread_t)get_u64(env, argv[0]), sig_kick());
+  return num(env, -r);
+}
+
+// Per-thread periodic tick: a POSIX timer that sends SIG_KICK to the calling thread every `ms`, so a vCPU
+// blocked in the guest (HLT with interrupts off, a spinning guest) comes back to JavaScript regularly to check
+// for stop requests and dead states. startTick(ms): timer id | -errno; stopTick(id)
+static napi_value js_start_tick(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  int64_t ms = get_i64(env, argv[0]);
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = sig_kick();
+  sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+  timer_t t;
+  if (timer_create(CLOCK_MONOTONIC, &sev, &t) < 0) return num(env, -errno);
+  struct itimerspec its;
+  its.it_interval.tv_sec = ms / 1000;
+  its.it_interval.tv_nsec = (ms % 1000) * 1000000;
+  its.it_value = its.it_interval;
+  if (timer_settime(t, 0, &its, NULL) < 0) {
+    int e = errno;
+    timer_delete(t);
+    return num(env, -e);
+  }
+  return big(env, (uint64_t)(uintptr_t)t);
+}
+
+static napi_value js_stop_tick(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  int r = timer_delete((timer_t)(uintptr_t)get_u64(env, argv[0]));
+  return num(env, r < 0 ? -errno : 0);
+}
+
+// watchTerminationSignals(immediateExitAddress): SIGINT, SIGTERM and SIGHUP set a flag and kick the calling
+// thread (and set the given kvm_run.immediate_exit). pendingSignal(): the signal number seen, or 0.
+static napi_value js_watch_signals(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  signal_target = pthread_self();
+  atomic_store(&signal_target_immediate_exit, (uint8_t *)(uintptr_t)get_u64(env, argv[0]));
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = term_handler;
+  sigemptyset(&sa.sa_mask);
+  int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+  for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+    if (sigaction(sigs[i], &sa, NULL) < 0) return num(env, -errno);
+  return num(env, 0);
+}
+
+static napi_value js_pending_signal(napi_env env, napi_callback_info info) {
+  (void)info;
+  return num(env, atomic_exchange(&pending_signal, 0));
+}
+
+// ---- Application-processor vCPU threads -------------------------------------------------------------------
+// Each runs KVM_RUN in a loop; after every return it hands (result) to JavaScript through a thread-safe
+// function and waits until JavaScript calls complete(handle, keepRunning).
+typedef struct vcpu_thread {
+  int fd;
+  pthread_t thread;
+  napi_threadsafe_function tsfn;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int completed;  // set by complete()
+  int keep_running;
+  int last_result;
+  int id;
+} vcpu_thread;
+
+static void *vcpu_thread_main(void *arg) {
+  vcpu_thread *v = arg;
+  for (;;) {
+    int r = ioctl(v->fd, KVM_RUN_IOCTL, 0);
+    pthread_mutex_lock(&v->lock);
+    v->last_result = r < 0 ? -errno : r;
+    v->completed = 0;
+    pthread_mutex_unlock(&v->lock);
+    if (napi_call_threadsafe_function(v->tsfn, v, napi_tsfn_blocking) != napi_ok) break;
+    pthread_mutex_lock(&v->lock);
+    while (!v->completed) pthread_cond_wait(&v->cond, &v->lock);
+    int keep = v->keep_running;
+    pthread_mutex_unlock(&v->lock);
+    if (!keep) break;
+  }
+  napi_release_threadsafe_function(v->tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+static void vcpu_call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)context;
+  vcpu_thread *v = data;
+  if (!env) return;
+  napi_value argv[2], undef;
+  napi_create_int32(env, v->id, &argv[0]);
+  napi_create_int32(env, v->last_result, &argv[1]);
+  napi_get_undefined(env, &undef);
+  napi_call_function(env, undef, js_cb, 2, argv, NULL);
+}
+
+static void vcpu_finalize(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  vcpu_thread *v = data;
+  pthread_mutex_destroy(&v->lock);
+  pthread_cond_destroy(&v->cond);
+  free(v);
+}
+
+// startVcpuThread(fd, id, onExit(id, result)): { handle: bigint, thread: bigint } | -errno
+static napi_value js_start_vcpu_thread(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  get_args(env, info, 3, argv);
+  vcpu_thread *v = calloc(1, sizeof *v);
+  if (!v) return num(env, -ENOMEM);
+  v->fd = (int)get_i64(env, argv[0]);
+  v->id = (int)get_i64(env, argv[1]);
+  pthread_mutex_init(&v->lock, NULL);
+  pthread_cond_init(&v->cond, NULL);
+  napi_value name;
+  napi_create_string_utf8(env, "partita-vcpu", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[2], NULL, name, 1, 1, v, vcpu_finalize, NULL, vcpu_call_js,
+                                      &v->tsfn) != napi_ok) {
+    free(v);
+    return throw_last(env);
+  }
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);  // a vCPU thread needs little stack: keep RSS per vCPU low
+  int e = pthread_create(&v->thread, &attr, vcpu_thread_main, v);
+  pthread_attr_destroy(&attr);
+  if (e) {
+    napi_release_threadsafe_function(v->tsfn, napi_tsfn_abort);
+    return num(env, -e);
+  }
+  pthread_detach(v->thread);
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "handle", big(env, (uint64_t)(uintptr_t)v));
+  napi_set_named_property(env, out, "thread", big(env, (uint64_t)v->thread));
+  return out;
+}
+
+// completeVcpuExit(handle, keepRunning): let the vCPU thread re-enter KVM_RUN, or end it.
+static napi_value js_complete_vcpu_exit(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  vcpu_thread *v = (vcpu_thread *)(uintptr_t)get_u64(env, argv[0]);
+  bool keep;
+  napi_get_value_bool(env, argv[1], &keep);
+  pthread_mutex_lock(&v->lock);
+  v->keep_running = keep;
+  v->completed = 1;
+  pthread_cond_signal(&v->cond);
+  pthread_mutex_unlock(&v->lock);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = kick_handler;  // no SA_RESTART: the point is to interrupt KVM_RUN
+  sigemptyset(&sa.sa_mask);
+  sigaction(sig_kick(), &sa, NULL);
+
+  struct { const char *name; napi_callback cb; } fns[] = {
+      {"open", js_open},         {"close", js_close},
+      {"ioctl", js_ioctl},       {"run", js_run},
+      {"mmap", js_mmap},         {"munmap", js_munmap},
+      {"madvise", js_madvise},   {"view", js_view},
+      {"addressOf", js_address_of}, {"eventfd", js_eventfd},
+      {"threadSelf", js_thread_self}, {"kick", js_kick},
+      {"startTick", js_start_tick}, {"stopTick", js_stop_tick},
+      {"watchTerminationSignals", js_watch_signals}, {"pendingSignal", js_pending_signal},
+      {"startVcpuThread", js_start_vcpu_thread}, {"completeVcpuExit", js_complete_vcpu_exit},
+  };
+  for (unsigned i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].cb, NULL, &f);
+    napi_set_named_property(env, exports, fns[i].name, f);
+  }
+  napi_value sig;
+  napi_create_int32(env, sig_kick(), &sig);
+  napi_set_named_property(env, exports, "SIG_KICK", sig);
+  return exports;
+}
+
+NAPI_MODULE_INIT() { return init(env, exports); }
