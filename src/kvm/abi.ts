@@ -126,13 +126,16 @@ export const kvm_mp_state = layout('kvm_mp_state', 4, { mp_state: [0, 4] });
 export const kvm_msi = layout('kvm_msi', 32, {
   address_lo: [0, 4], address_hi: [4, 4], data: [8, 4], flags: [12, 4], devid: [16, 4],
 });
+export const kvm_translation = layout('kvm_translation', 24, {
+  linear_address: [0, 8], physical_address: [8, 8], valid: [16, 1], writeable: [17, 1], usermode: [18, 1],
+});
 export const kvm_enable_cap = layout('kvm_enable_cap', 104, { cap: [0, 4], flags: [4, 4], args: [8, 32] });
 
 /** Every layout, for the header check. */
 export const allLayouts: readonly StructLayout<string>[] = [
   kvm_userspace_memory_region, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_run, kvm_cpuid_entry2,
   kvm_cpuid2, kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_irq_level, kvm_irq_routing_entry, kvm_irq_routing,
-  kvm_irqfd, kvm_ioeventfd, kvm_lapic_state, kvm_pit_config, kvm_mp_state, kvm_msi, kvm_enable_cap,
+  kvm_irqfd, kvm_ioeventfd, kvm_lapic_state, kvm_pit_config, kvm_mp_state, kvm_msi, kvm_enable_cap, kvm_translation,
 ];
 
 export const ioctls = {
@@ -158,6 +161,7 @@ export const ioctls = {
   KVM_SET_REGS: iow(0x82, kvm_regs.size),
   KVM_GET_SREGS: ior(0x83, kvm_sregs.size),
   KVM_SET_SREGS: iow(0x84, kvm_sregs.size),
+  KVM_TRANSLATE: iowr(0x85, kvm_translation.size),
   KVM_GET_MSRS: iowr(0x88, kvm_msrs.size),
   KVM_SET_MSRS: iow(0x89, kvm_msrs.size),
   KVM_GET_LAPIC: ior(0x8e, kvm_lapic_state.size),

@@ -1,0 +1,9 @@
+#!/usr/bin/env node
+// Entry point of the `partita` command: the compiled CLI lives in dist/ (npm run build).
+import('../dist/src/cli/main.js').catch((e) => {
+  if (e && e.code === 'ERR_MODULE_NOT_FOUND' && String(e.message).includes('dist/src/cli/main.js')) {
+    console.error('partita: not built yet: run `npm ci` (or `npm run build`) in the Partita checkout');
+    process.exit(2);
+  }
+  throw e;
+});

@@ -1,0 +1,173 @@
+// The `partita` command line.
+import { fstatSync, openSync, readFileSync, statSync } from 'node:fs';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError, runMachine, type MachineConfig } from '../vmm/machine.js';
+import { parseSize } from '../vmm/units.js';
+import { KvmUnavailableError } from '../kvm/system.js';
+import { BootImageError } from '../boot/errors.js';
+
+const USAGE_RUN = `Usage: partita run --kernel FILE [options]
+
+Boots a kernel (PVH ELF or multiboot) in a new VM; the guest's serial console is on this terminal.
+
+Options:
+  --kernel FILE        kernel image (ELF with a PVH note, or a multiboot kernel)
+  --initrd FILE        module handed to the kernel (PVH module list / multiboot module); repeatable
+  --cmdline STR        kernel command line
+  --cpus N             number of vCPUs (1-64, default 1)
+  --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
+  --serial MODE        stdio (default) or file:PATH
+  --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
+  -h, --help           this help
+
+On a terminal, Ctrl-A x quits and Ctrl-A h lists the console keys.
+Exit status: the guest's debug-exit status ((v << 1) | 1), 0 when it powers off or you quit,
+2 for bad input, 3 when the VM stops on a fault, 128+N on host signal N.`;
+
+const USAGE = `Usage: partita <command> [options]
+
+Commands:
+  run        boot a kernel in a new VM (partita run --help)
+
+Options:
+  -h, --help       this help
+  -V, --version    print the version`;
+
+class UsageError extends Error {}
+
+function fail(message: string, status = 2): never {
+  process.stderr.write(`partita: ${message}\n`);
+  process.exit(status);
+}
+
+function parse(args: string[], options: ParseArgsConfig['options']): ReturnType<typeof parseArgs> {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: true });
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const m = /Unknown option '([^']+)'/.exec(err.message);
+      throw new UsageError(`unknown option '${m ? m[1] : '?'}' (see --help)`);
+    }
+    if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      const m = /Option '([^']+)/.exec(err.message);
+      throw new UsageError(`option '${m ? m[1].split(' ')[0] : '?'}' needs a value (see --help)`);
+    }
+    throw new UsageError(err.message.split('\n')[0]);
+  }
+}
+
+function serialInputMode(): MachineConfig['serialInput'] {
+  if (process.stdin.isTTY) return 'tty';
+  try {
+    const st = fstatSync(0);
+    if (st.isCharacterDevice()) {
+      const devNull = statSync('/dev/null');
+      if (st.rdev === devNull.rdev) return 'none';
+    }
+    return 'stream';
+  } catch {
+    return 'none'; // stdin closed
+  }
+}
+
+function runCommand(args: string[]): number {
+  const { values, positionals } = parse(args, {
+    kernel: { type: 'string' },
+    initrd: { type: 'string', multiple: true },
+    cmdline: { type: 'string' },
+    cpus: { type: 'string' },
+    memory: { type: 'string' },
+    serial: { type: 'string' },
+    cpu: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE_RUN + '\n');
+    return 0;
+  }
+  if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita run --help)`);
+  const kernel = values.kernel as string | undefined;
+  if (!kernel) throw new UsageError('run: --kernel FILE is required (see partita run --help)');
+
+  const cpusText = (values.cpus as string | undefined) ?? '1';
+  if (!/^\d+$/.test(cpusText)) throw new UsageError(`--cpus '${cpusText}' is not a whole number`);
+  const cpus = Number(cpusText);
+
+  let memory: number;
+  try {
+    memory = parseSize((values.memory as string | undefined) ?? '512M');
+  } catch (e) {
+    throw new UsageError(`--memory: ${(e as Error).message}`);
+  }
+
+  const cpu = values.cpu as string | undefined;
+  if (cpu !== undefined && cpu !== 'host' && cpu !== 'compat') throw new UsageError(`--cpu '${cpu}' is not a profile (host or compat)`);
+
+  const serial = (values.serial as string | undefined) ?? 'stdio';
+  let serialOutputFd = 1;
+  let serialInput: MachineConfig['serialInput'] = 'none';
+  if (serial === 'stdio') {
+    serialInput = serialInputMode();
+  } else if (serial.startsWith('file:') && serial.length > 5) {
+    try {
+      serialOutputFd = openSync(serial.slice(5), 'w');
+    } catch (e) {
+      throw new UsageError(`--serial: cannot open '${serial.slice(5)}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  } else {
+    throw new UsageError(`--serial '${serial}' is not stdio or file:PATH`);
+  }
+
+  const config: MachineConfig = {
+    kernel,
+    initrd: (values.initrd as string[] | undefined) ?? [],
+    cmdline: (values.cmdline as string | undefined) ?? '',
+    cpus,
+    memory,
+    cpuProfile: cpu as MachineConfig['cpuProfile'],
+    serialOutputFd,
+    serialInput,
+  };
+
+  const raw = serialInput === 'tty';
+  if (raw) {
+    process.stderr.write('partita: serial console on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n');
+    process.stdin.setRawMode(true);
+  }
+  try {
+    const { reason } = runMachine(config);
+    if (reason.kind !== 'guest-exit') process.stderr.write(`${raw ? '\r\n' : ''}partita: ${reason.message.replace(/\n/g, raw ? '\r\n' : '\n')}\n`);
+    return reason.status;
+  } finally {
+    if (raw) process.stdin.setRawMode(false);
+  }
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export function main(argv: string[]): number {
+  const [command, ...rest] = argv;
+  try {
+    if (command === undefined || command === '-h' || command === '--help') {
+      process.stdout.write(USAGE + '\n');
+      return command === undefined ? 2 : 0;
+    }
+    if (command === '-V' || command === '--version') {
+      process.stdout.write(`partita ${version()}\n`);
+      return 0;
+    }
+    if (command === 'run') return runCommand(rest);
+    throw new UsageError(`unknown command '${command}' (see partita --help)`);
+  } catch (e) {
+    if (e instanceof UsageError || e instanceof ConfigError || e instanceof BootImageError || e instanceof KvmUnavailableError) {
+      fail(e.message);
+    }
+    throw e;
+  }
+}
+
+process.exit(main(process.argv.slice(2)));

@@ -1,0 +1,111 @@
+// The I/O thread of a VM (a worker_thread): reads the host terminal into the UART and serves the application
+// processors. Each AP runs KVM_RUN on a native thread of its own; when it exits, the native thread hands the
+// exit to this thread (a thread-safe function call), which handles it on its own view of the shared devices
+// and lets the AP continue. The BSP never waits for this thread.
+import { createReadStream } from 'node:fs';
+import { ReadStream as TtyReadStream } from 'node:tty';
+import { isMainThread, workerData } from 'node:worker_threads';
+import type { Readable } from 'node:stream';
+import { native } from '../native/index.js';
+import { VmControl } from './control.js';
+import { buildDevices, type SharedDeviceState } from './devices.js';
+import { GuestMemory, type MemoryRegionDescriptor } from './memory.js';
+import { Vcpu, type VcpuExitContext } from './vcpu.js';
+import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
+import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
+
+export interface IoThreadData {
+  readonly control: SharedArrayBuffer;
+  readonly devices: SharedDeviceState;
+  readonly vmFd: number;
+  readonly memory: readonly MemoryRegionDescriptor[];
+  readonly mmapSize: number;
+  readonly aps: readonly { readonly id: number; readonly fd: number }[];
+  readonly serialOutputFd: number;
+  readonly serialInput: 'tty' | 'stream' | 'none';
+}
+
+function startApplicationProcessors(data: IoThreadData, ctx: VcpuExitContext): void {
+  for (const ap of data.aps) {
+    const vcpu = Vcpu.attach(ap.id, ap.fd, data.mmapSize);
+    let handle = 0n;
+    const onExit = (_id: number, result: number): void => {
+      const stop = result !== 0 ? vcpu.handleRunError(result, ctx) : vcpu.handleExit(ctx);
+      if (stop || ctx.control.stopping) {
+        native.completeVcpuExit(handle, false);
+        return;
+      }
+      if (ctx.control.paused) {
+        void ctx.control.whenResumed().then(() => native.completeVcpuExit(handle, !ctx.control.stopping));
+        return;
+      }
+      native.completeVcpuExit(handle, true);
+    };
+    const started = native.startVcpuThread(ap.fd, ap.id, onExit);
+    if (typeof started === 'number') {
+      ctx.control.fault(`cannot start the thread of vCPU ${ap.id}: errno ${-started}`, 3);
+      return;
+    }
+    handle = started.handle;
+    ctx.control.addKickTarget(started.thread, vcpu.immediateExitAddress);
+  }
+}
+
+/** Feeds host input into the UART, waiting for FIFO space instead of dropping bytes. */
+function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, interactive: boolean): void {
+  const escape = interactive ? new ConsoleEscape() : undefined;
+  const pending: Uint8Array[] = [];
+  let pumping = false;
+
+  const pump = async (): Promise<void> => {
+    if (pumping) return;
+    pumping = true;
+    try {
+      while (pending.length && !control.stopping) {
+        const chunk = pending[0];
+        const seen = Atomics.load(uart.rxSpace, 0);
+        const taken = uart.receive(chunk);
+        if (taken === chunk.length) pending.shift();
+        else pending[0] = chunk.subarray(taken);
+        if (taken === 0) {
+          // FIFO full: wait until the guest reads a byte (the UART bumps rxSpace), or recheck after a while.
+          const w = Atomics.waitAsync(uart.rxSpace, 0, seen, 200);
+          if (w.async) await w.value;
+        }
+      }
+      if (pending.length === 0) input.resume();
+    } finally {
+      pumping = false;
+    }
+  };
+
+  input.on('data', (data: Buffer) => {
+    let bytes: Uint8Array = data;
+    if (escape) {
+      const { forward, commands } = escape.feed(data);
+      bytes = forward;
+      for (const command of commands) {
+        if (command === 'quit') control.stop({ kind: 'user-quit', status: 0, message: 'quit from the console (Ctrl-A x)' });
+        else if (command === 'help') process.stderr.write(`\r\n${ESCAPE_HELP.replace(/\n/g, '\r\n')}\r\n`);
+      }
+    }
+    if (bytes.length === 0) return;
+    pending.push(bytes);
+    if (pending.length > 64) input.pause(); // back-pressure: stop reading the terminal until the guest catches up
+    void pump();
+  });
+  input.on('error', () => undefined);
+}
+
+function main(data: IoThreadData): void {
+  const control = new VmControl(data.control);
+  const devices = buildDevices(data.devices, { vmFd: data.vmFd, control, serialOutputFd: data.serialOutputFd });
+  const memory = GuestMemory.attach(data.memory);
+  startApplicationProcessors(data, { pio: devices.pio, mmio: devices.mmio, control, memory });
+  if (data.serialInput !== 'none') {
+    const input: Readable = data.serialInput === 'tty' ? new TtyReadStream(0) : createReadStream('', { fd: 0, autoClose: false });
+    feedSerialInput(input, devices.com1, control, data.serialInput === 'tty');
+  }
+}
+
+if (!isMainThread && workerData) main(workerData as IoThreadData);

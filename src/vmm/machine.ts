@@ -1,0 +1,167 @@
+// The builder: turns a validated MachineConfig into a running VM (KVM, RAM, kernel, vCPUs, devices), runs it
+// to the end and reports why it stopped. Threads: the calling thread runs vCPU 0 (the BSP) with exits handled
+// inline; an I/O worker thread (started only when needed) feeds host input to the UART and serves the
+// application processors, whose native threads hand it their exits.
+import { readFileSync, statSync } from 'node:fs';
+import { basename } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { KvmSystem } from '../kvm/system.js';
+import { mpStates } from '../kvm/abi.js';
+import { native } from '../native/index.js';
+import { supportedCpuid, vcpuCpuid, type CpuProfile } from '../arch/x86_64/cpuid.js';
+import { BOOT_GDT_ADDRESS, guestMemoryMap, MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
+import { bootGdt, protectedModeEntry } from '../arch/x86_64/registers.js';
+import { loadKernel } from '../boot/index.js';
+import type { BootEntry } from '../boot/index.js';
+import { formatSize } from './units.js';
+import { Vm } from './vm.js';
+import { Vcpu } from './vcpu.js';
+import { VmControl, type StopReason } from './control.js';
+import { buildDevices, createSharedDeviceState } from './devices.js';
+import type { IoThreadData } from './io-thread.js';
+
+export const MAX_VCPUS = 64;
+
+export interface MachineConfig {
+  readonly kernel: string;
+  readonly initrd: readonly string[];
+  readonly cmdline: string;
+  readonly cpus: number;
+  readonly memory: number;
+  readonly cpuProfile?: CpuProfile;
+  /** Guest serial output goes to this fd; input comes from stdin when `serialInput` is set. */
+  readonly serialOutputFd: number;
+  readonly serialInput: 'tty' | 'stream' | 'none';
+}
+
+/** A configuration or input problem the user can fix: one clear line, exit status 2. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function readInputFile(path: string, what: string): Uint8Array {
+  let size: number;
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) throw new ConfigError(`${what} '${path}' is not a regular file`);
+    size = st.size;
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ConfigError(`cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`);
+  }
+  if (size === 0) throw new ConfigError(`${what} '${path}' is empty`);
+  return readFileSync(path);
+}
+
+export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
+  if (!Number.isInteger(config.cpus) || config.cpus < 1) throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_VCPUS}`);
+  if (config.cpus > MAX_VCPUS) throw new ConfigError(`--cpus ${config.cpus} is more than Partita's limit of ${MAX_VCPUS} vCPUs per VM`);
+  if (kvm && config.cpus > kvm.maxVcpus) throw new ConfigError(`--cpus ${config.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
+  if (config.memory > MAX_MEMORY) throw new ConfigError(`--memory ${formatSize(config.memory)} is larger than the ${formatSize(MAX_MEMORY)} limit`);
+  if (config.memory < MIN_MEMORY) throw new ConfigError(`--memory ${formatSize(config.memory)} is smaller than the ${formatSize(MIN_MEMORY)} minimum`);
+  if (config.memory % 4096 !== 0) throw new ConfigError(`--memory must be a whole number of 4 KiB pages`);
+}
+
+export interface RunResult {
+  readonly reason: StopReason;
+  readonly boot: BootEntry;
+}
+
+export function runMachine(config: MachineConfig): RunResult {
+  const image = readInputFile(config.kernel, 'kernel');
+  const modules = config.initrd.map((path) => ({ name: basename(path), data: readInputFile(path, 'initrd'), cmdline: basename(path) }));
+  const kvm = KvmSystem.open();
+  validateConfig(config, kvm);
+  const mmapSize = kvm.vcpuMmapSize;
+  const vm = Vm.create(kvm, config.memory);
+  try {
+    vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
+    const boot = loadKernel({
+      imageName: config.kernel,
+      image,
+      cmdline: config.cmdline,
+      modules,
+      memory: vm.memory,
+      memoryMap: guestMemoryMap(config.memory),
+    });
+
+    const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
+    const cpuid = supportedCpuid(kvm.fd);
+    const vcpus: Vcpu[] = [];
+    for (let id = 0; id < config.cpus; id++) {
+      const vcpu = Vcpu.create(vm.fd, id, mmapSize);
+      vcpu.setCpuid(vcpuCpuid(cpuid, { apicId: id, vcpuCount: config.cpus, profile }));
+      vcpus.push(vcpu);
+    }
+    const bsp = vcpus[0];
+    bsp.setSregs(protectedModeEntry(bsp.getSregs()));
+    const regs = bsp.getRegs();
+    for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;
+    regs.rip = BigInt(boot.entryPoint);
+    regs.rax = BigInt(boot.eax);
+    regs.rbx = BigInt(boot.ebx);
+    regs.rflags = 0x2n;
+    bsp.setRegs(regs);
+
+    const control = new VmControl();
+    const shared = createSharedDeviceState();
+    const devices = buildDevices(shared, { vmFd: vm.fd, control, serialOutputFd: config.serialOutputFd });
+
+    control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
+    native.watchTerminationSignals(bsp.immediateExitAddress);
+    const tick = native.startTick(250);
+
+    let worker: Worker | undefined;
+    if (config.cpus > 1 || config.serialInput !== 'none') {
+      const data: IoThreadData = {
+        control: control.buffer,
+        devices: shared,
+        vmFd: vm.fd,
+        memory: vm.memory.describe(),
+        mmapSize,
+        aps: vcpus.slice(1).map((v) => ({ id: v.id, fd: v.fd })),
+        serialOutputFd: config.serialOutputFd,
+        serialInput: config.serialInput,
+      };
+      worker = new Worker(new URL('./io-thread.js', import.meta.url), { workerData: data, stdin: false });
+      worker.unref();
+    }
+
+    const reason = bsp.runLoop({
+      pio: devices.pio,
+      mmio: devices.mmio,
+      control,
+      memory: vm.memory,
+      onKick: (vcpu) => {
+        const sig = native.pendingSignal();
+        if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
+        if (control.paused) control.waitWhilePaused();
+        if (control.stopping) return control.reason();
+        if (config.cpus === 1) return deadHaltCheck(vcpu, control, vm);
+        return undefined;
+      },
+    });
+    if (typeof tick === 'bigint') native.stopTick(tick);
+    control.kickAll();
+    void worker?.terminate();
+    return { reason, boot };
+  } finally {
+    // The process exits right after; KVM tears the VM down with its fds. Nothing to unmap by hand.
+  }
+}
+
+/** A lone vCPU halted with interrupts disabled can never run again: stop instead of hanging forever. */
+function deadHaltCheck(vcpu: Vcpu, control: VmControl, vm: Vm): StopReason | undefined {
+  if (vcpu.getMpState() !== mpStates.KVM_MP_STATE_HALTED) return undefined;
+  const regs = vcpu.getRegs();
+  if ((regs.rflags & 0x200n) !== 0n) return undefined; // IF set: waiting for an interrupt is legitimate idling
+  return control.fault(
+    `vCPU ${vcpu.id}: the guest halted with interrupts disabled (HLT with IF=0): it can never continue\n${vcpu.describeState(vm.memory)}`,
+    3,
+    'halted',
+  );
+}

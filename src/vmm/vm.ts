@@ -1,0 +1,64 @@
+// One KVM virtual machine: its fd, in-kernel irqchip (PIC + IOAPIC + per-vCPU LAPICs) and PIT, the TSS and
+// identity-map pages KVM needs on Intel, guest RAM registered as memory slots, and its interrupt lines.
+import { ioctls, kvm_irq_level, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY } from '../kvm/abi.js';
+import type { KvmSystem } from '../kvm/system.js';
+import { check, native } from '../native/index.js';
+import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS } from '../arch/x86_64/layout.js';
+import type { IrqLine } from '../devices/shared-lock.js';
+import { GuestMemory } from './memory.js';
+
+export class Vm {
+  private constructor(
+    readonly fd: number,
+    readonly memory: GuestMemory,
+  ) {}
+
+  static create(kvm: KvmSystem, memorySize: number): Vm {
+    const fd = check(native.ioctl(kvm.fd, ioctls.KVM_CREATE_VM, 0), 'KVM_CREATE_VM');
+    let memory: GuestMemory | undefined;
+    try {
+      check(native.ioctl(fd, ioctls.KVM_SET_TSS_ADDR, KVM_TSS_ADDRESS), 'KVM_SET_TSS_ADDR');
+      const idmap = new BigUint64Array([BigInt(KVM_IDENTITY_MAP_ADDRESS)]);
+      check(native.ioctl(fd, ioctls.KVM_SET_IDENTITY_MAP_ADDR, idmap), 'KVM_SET_IDENTITY_MAP_ADDR');
+      check(native.ioctl(fd, ioctls.KVM_CREATE_IRQCHIP), 'KVM_CREATE_IRQCHIP');
+      const pit = new DataView(new ArrayBuffer(kvm_pit_config.size));
+      pit.setUint32(kvm_pit_config.fields.flags.offset, KVM_PIT_SPEAKER_DUMMY, true);
+      check(native.ioctl(fd, ioctls.KVM_CREATE_PIT2, pit), 'KVM_CREATE_PIT2');
+      memory = GuestMemory.allocate(memorySize);
+      memory.regions.forEach((r, slot) => Vm.setMemorySlot(fd, slot, r.gpa, r.size, r.hostAddress));
+      return new Vm(fd, memory);
+    } catch (e) {
+      memory?.release();
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  private static setMemorySlot(fd: number, slot: number, gpa: number, size: number, host: bigint): void {
+    const f = kvm_userspace_memory_region.fields;
+    const buf = new DataView(new ArrayBuffer(kvm_userspace_memory_region.size));
+    buf.setUint32(f.slot.offset, slot, true);
+    buf.setUint32(f.flags.offset, 0, true);
+    buf.setBigUint64(f.guest_phys_addr.offset, BigInt(gpa), true);
+    buf.setBigUint64(f.memory_size.offset, BigInt(size), true);
+    buf.setBigUint64(f.userspace_addr.offset, host, true);
+    check(native.ioctl(fd, ioctls.KVM_SET_USER_MEMORY_REGION, buf), 'KVM_SET_USER_MEMORY_REGION', `slot ${slot} at 0x${gpa.toString(16)}`);
+  }
+
+  /** An ISA interrupt line of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE); usable from any thread. */
+  static irqLine(vmFd: number, irq: number): IrqLine {
+    const buf = new DataView(new ArrayBuffer(kvm_irq_level.size));
+    buf.setUint32(kvm_irq_level.fields.irq.offset, irq, true);
+    return {
+      set(level: boolean): void {
+        buf.setUint32(kvm_irq_level.fields.level.offset, level ? 1 : 0, true);
+        check(native.ioctl(vmFd, ioctls.KVM_IRQ_LINE, buf), 'KVM_IRQ_LINE', `irq ${irq}`);
+      },
+    };
+  }
+
+  close(): void {
+    native.close(this.fd);
+    this.memory.release();
+  }
+}
