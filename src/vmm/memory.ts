@@ -162,6 +162,7 @@ export class GuestMemory {
   }
 
   read(gpa: number, length: number): Uint8Array {
+    if (!this.find(gpa, length)) throw new GuestMemoryError(gpa, length);
     const out = new Uint8Array(length);
     this.forEachSpan(gpa, length, (view, offset) => out.set(view, offset));
     return out;
