@@ -1,0 +1,152 @@
+// Boots the test guests (test/guests, built by scripts/build-guests.mjs) with the real `partita run` command.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { guest, haveKvm, isPvm, runPartita } from '../support/partita.js';
+
+const skip = !haveKvm && 'no /dev/kvm on this machine';
+
+for (const format of ['pvh', 'mb'] as const) {
+  test(`hello (${format}) prints its greeting and exits with the guest's code`, { skip }, async () => {
+    const r = await runPartita(['run', '--kernel', guest('hello', format), '--cmdline', 'exit=5 greeting=yes']);
+    assert.equal(r.status, 11, `status (v=5 → 11); stderr: ${r.stderr}`);
+    assert.match(r.stdout, /^Hello from a Partita test guest\n/);
+    assert.match(r.stdout, new RegExp(`boot protocol: ${format === 'pvh' ? 'pvh' : 'multiboot'}\n`));
+    if (format === 'pvh') assert.match(r.stdout, /cmdline: exit=5 greeting=yes\n/);
+    else assert.match(r.stdout, /cmdline: \S*hello\.mb\.elf exit=5 greeting=yes\n/);
+    assert.equal(r.stderr, '');
+  });
+}
+
+test('memory: 128 GiB of lazily allocated RAM, patterns read back above 4 GiB', { skip, timeout: 120_000 }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('memory'), '--memory', '128G'], { timeoutMs: 110_000 });
+  assert.equal(r.status, 1, `stderr: ${r.stderr}\nstdout: ${r.stdout}`);
+  assert.match(r.stdout, /memmap: base=0x0000000100000000 size=0x0000001f40000000 type=1\n/);
+  assert.match(r.stdout, /memory: ok at 0x1[0-9a-f]{8}\n/, 'a pattern above 4 GiB');
+  assert.match(r.stdout, /memory: ok at 0x20[0-9a-f]{8}\n/, 'a pattern near the top of 128 GiB');
+  assert.match(r.stdout, /memory: total RAM 131071 MiB, \d+ places tested, all ok\n/);
+  assert.doesNotMatch(r.stdout, /FAIL/);
+});
+
+test('memory: small VM reports the memory map it was given', { skip }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('memory', 'mb'), '--memory', '64M']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stdout, /memmap: base=0x0000000000000000 size=0x000000000009fc00 type=1\n/);
+  assert.match(r.stdout, /memmap: base=0x0000000000100000 size=0x0000000003f00000 type=1\n/);
+  assert.match(r.stdout, /all ok/);
+});
+
+test('serial-echo: input reaches the guest through the UART receive interrupt', { skip, timeout: 60_000 }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('serial-echo')], {
+    onStdout: (out, write) => {
+      if (out.includes('serial-echo: ready\n') && !out.includes('abc')) write('abcq');
+    },
+    keepStdinOpen: true,
+    timeoutMs: 50_000,
+  });
+  assert.equal(r.status, 1, `stderr: ${r.stderr}\nstdout: ${r.stdout}`);
+  assert.match(r.stdout, /serial-echo: ready\nabcq?\nserial-echo: bye after [1-9]\d* interrupts\n/);
+});
+
+test('halt with interrupts disabled stops the VM with a register dump instead of hanging', { skip, timeout: 30_000 }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('halt')], { timeoutMs: 20_000 });
+  assert.equal(r.timedOut, false);
+  assert.equal(r.status, 3);
+  assert.match(r.stdout, /halt: stopping with interrupts disabled/);
+  assert.match(r.stderr, /halted with interrupts disabled/);
+  assert.match(r.stderr, /RIP=[0-9a-f]{16} RFL=[0-9a-f]{8}/);
+});
+
+test('triple fault stops the VM with a clear message', { skip, timeout: 30_000 }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('triple-fault')], { timeoutMs: 20_000 });
+  assert.equal(r.status, 3);
+  assert.match(r.stderr, /triple-faulted \(KVM_EXIT_SHUTDOWN\)/);
+  assert.match(r.stderr, /CR0=/);
+});
+
+test('an instruction the CPU cannot run ends the VM cleanly', { skip, timeout: 30_000 }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('emulation-failure')], { timeoutMs: 20_000 });
+  assert.match(r.stdout, /emulation-failure: running cmpxchg16b/);
+  if (isPvm) {
+    assert.equal(r.status, 3);
+    assert.match(r.stderr, /KVM internal error: KVM's instruction emulator could not run a guest instruction/);
+    assert.match(r.stderr, /Code at RIP \(guest-physical 0x[0-9a-f]+\): f0 48 0f c7/, 'lock cmpxchg16b bytes');
+  } else {
+    assert.equal(r.status, 1, 'hardware KVM runs cmpxchg16b natively');
+    assert.match(r.stdout, /instruction ran natively/);
+  }
+});
+
+test('exits: many port writes, then a clean exit', { skip }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('exits'), '--cmdline', 'count=20000']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stdout, /exits: 20000 port writes\nexits: done\n/);
+});
+
+test('--serial file:PATH sends the console to a file', { skip }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'partita-serial-'));
+  try {
+    const path = join(dir, 'console.log');
+    const r = await runPartita(['run', '--kernel', guest('hello'), '--serial', `file:${path}`]);
+    assert.equal(r.status, 1);
+    assert.equal(r.stdout, '');
+    assert.match(readFileSync(path, 'utf8'), /^Hello from a Partita test guest\n/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('several vCPUs: the BSP boots while the APs wait for INIT/SIPI', { skip }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('hello'), '--cpus', '4', '--cmdline', 'exit=3']);
+  assert.equal(r.status, 7, r.stderr);
+  assert.match(r.stdout, /Hello from a Partita test guest/);
+});
+
+test('SIGTERM stops a running VM with status 128+15', { skip, timeout: 30_000 }, async () => {
+  const { spawn } = await import('node:child_process');
+  const { partitaBin } = await import('../support/partita.js');
+  const child = spawn(process.execPath, [partitaBin, 'run', '--kernel', guest('serial-echo')], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d;
+    if (out.includes('ready')) child.kill('SIGTERM');
+  });
+  child.stderr.on('data', (d: Buffer) => (err += d));
+  const status = await new Promise<number | null>((resolve) => child.on('close', (s) => resolve(s)));
+  assert.equal(status, 143, err);
+  assert.match(err, /stopped by host signal 15/);
+});
+
+test('bad command lines give one clear line and a non-zero status', { skip: false }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'partita-cli-'));
+  const junk = join(dir, 'junk.bin');
+  writeFileSync(junk, 'this is not a kernel at all, just text, long enough to be read'.repeat(10));
+  const cases: [string[], RegExp][] = [
+    [['run', '--kernel', guest('hello'), '--frobnicate'], /^partita: unknown option '--frobnicate'/],
+    [['run', '--kernel', guest('hello'), '--memory', 'lots'], /^partita: --memory: "lots" is not a size/],
+    [['run', '--kernel', guest('hello'), '--memory', '2T'], /^partita: --memory 2T is larger than the 1T limit/],
+    [['run', '--kernel', guest('hello'), '--memory', '1K'], /^partita: --memory 1K is smaller than/],
+    [['run'], /^partita: run: --kernel FILE is required/],
+    [['run', '--kernel', join(dir, 'missing.elf')], /^partita: cannot read kernel '.*missing\.elf': no such file/],
+    [['run', '--kernel', junk], /^partita: .*junk\.bin.*not a multiboot or PVH ELF kernel/],
+    [['run', '--kernel', guest('hello'), '--cpus', 'many'], /^partita: --cpus 'many' is not a whole number/],
+    [['run', '--kernel', guest('hello'), '--cpus', '65'], /^partita: --cpus 65 is more than Partita's limit of 64/],
+    [['run', '--kernel', guest('hello'), '--cpus', '0'], /^partita: --cpus must be a whole number from 1 to 64/],
+    [['run', '--kernel', guest('hello'), '--serial', 'telnet'], /^partita: --serial 'telnet' is not stdio or file:PATH/],
+    [['run', '--kernel', guest('hello'), '--initrd', join(dir, 'nope')], /^partita: cannot read initrd/],
+    [['fly'], /^partita: unknown command 'fly'/],
+  ];
+  try {
+    for (const [args, message] of cases) {
+      const r = await runPartita(args);
+      assert.equal(r.status, 2, `${args.join(' ')}: status ${r.status}, stderr ${r.stderr}`);
+      assert.match(r.stderr, message, args.join(' '));
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
