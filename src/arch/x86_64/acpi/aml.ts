@@ -1,0 +1,182 @@
+// ACPI 6.5 §20 ACPI Machine Language (AML) Specification, and §6.4 Resource Data Types: the small subset of
+// encodings Partita's DSDT needs (names, scopes, devices, integers, strings, packages, resource templates).
+
+/** An encoded AML term or data object. */
+export type Aml = Uint8Array;
+
+const ZERO_OP = 0x00;
+const ONE_OP = 0x01;
+const NAME_OP = 0x08;
+const BYTE_PREFIX = 0x0a;
+const WORD_PREFIX = 0x0b;
+const DWORD_PREFIX = 0x0c;
+const STRING_PREFIX = 0x0d;
+const QWORD_PREFIX = 0x0e;
+const SCOPE_OP = 0x10;
+const BUFFER_OP = 0x11;
+const PACKAGE_OP = 0x12;
+const EXT_OP_PREFIX = 0x5b;
+const DEVICE_OP = 0x82; // after EXT_OP_PREFIX
+const ROOT_CHAR = 0x5c; // '\'
+const PARENT_PREFIX_CHAR = 0x5e; // '^'
+const DUAL_NAME_PREFIX = 0x2e;
+const MULTI_NAME_PREFIX = 0x2f;
+
+export function concat(...parts: readonly (Uint8Array | readonly number[])[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * §20.2.4 PkgLength for `contentLength` bytes that follow it. The encoded value counts the PkgLength bytes
+ * themselves: one byte up to 63, else a lead byte (bits 7-6: how many bytes follow, bits 3-0: low nibble)
+ * and 1-3 more bytes.
+ */
+export function pkgLength(contentLength: number): number[] {
+  if (!Number.isInteger(contentLength) || contentLength < 0) throw new RangeError(`bad AML length ${contentLength}`);
+  if (contentLength + 1 <= 0x3f) return [contentLength + 1];
+  for (let extra = 1; extra <= 3; extra++) {
+    const total = contentLength + 1 + extra;
+    if (total < 2 ** (4 + 8 * extra)) {
+      const out = [(extra << 6) | (total & 0x0f)];
+      for (let i = 0; i < extra; i++) out.push((total >>> (4 + 8 * i)) & 0xff);
+      return out;
+    }
+  }
+  throw new RangeError(`AML package of ${contentLength} bytes is too long`);
+}
+
+/** §20.2.2 NameSeg: 1-4 characters (lead A-Z or '_', then A-Z, 0-9, '_'), padded with '_'. */
+export function nameSeg(seg: string): number[] {
+  if (!/^[A-Z_][A-Z0-9_]{0,3}$/.test(seg)) throw new RangeError(`"${seg}" is not an AML name segment`);
+  const padded = seg.padEnd(4, '_');
+  return [...padded].map((c) => c.charCodeAt(0));
+}
+
+/** §20.2.2 NameString: optional '\' or '^' prefixes, then dot-separated segments (e.g. "\_SB_.COM1", "_HID"). */
+export function nameString(path: string): number[] {
+  const out: number[] = [];
+  let rest = path;
+  if (rest.startsWith('\\')) {
+    out.push(ROOT_CHAR);
+    rest = rest.slice(1);
+  } else {
+    while (rest.startsWith('^')) {
+      out.push(PARENT_PREFIX_CHAR);
+      rest = rest.slice(1);
+    }
+  }
+  if (rest === '') {
+    out.push(0); // NullName
+    return out;
+  }
+  const segs = rest.split('.');
+  if (segs.length === 2) out.push(DUAL_NAME_PREFIX);
+  else if (segs.length > 2) {
+    if (segs.length > 255) throw new RangeError(`AML name "${path}" has too many segments`);
+    out.push(MULTI_NAME_PREFIX, segs.length);
+  }
+  for (const s of segs) out.push(...nameSeg(s));
+  return out;
+}
+
+/** §20.2.3 an Integer: ZeroOp, OneOp or the smallest of Byte/Word/DWord/QWord constants. */
+export function integer(value: number | bigint): Aml {
+  const v = BigInt(value);
+  if (v < 0n || v > 0xffff_ffff_ffff_ffffn) throw new RangeError(`AML integer ${value} out of range`);
+  if (v === 0n) return Uint8Array.of(ZERO_OP);
+  if (v === 1n) return Uint8Array.of(ONE_OP);
+  const le = (n: number): number[] => Array.from({ length: n }, (_, i) => Number((v >> BigInt(8 * i)) & 0xffn));
+  if (v <= 0xffn) return Uint8Array.of(BYTE_PREFIX, ...le(1));
+  if (v <= 0xffffn) return Uint8Array.of(WORD_PREFIX, ...le(2));
+  if (v <= 0xffff_ffffn) return Uint8Array.of(DWORD_PREFIX, ...le(4));
+  return Uint8Array.of(QWORD_PREFIX, ...le(8));
+}
+
+/** §20.2.3 String: ASCII characters 0x01-0x7F, NUL-terminated. */
+export function string(text: string): Aml {
+  const codes = [...text].map((c) => c.charCodeAt(0));
+  if (codes.some((c) => c < 0x01 || c > 0x7f)) throw new RangeError(`"${text}" is not an AML ASCII string`);
+  return Uint8Array.of(STRING_PREFIX, ...codes, 0);
+}
+
+/**
+ * A compressed EISA ID (§6.1.5 _HID, ASL EISAID()): three letters A-Z (5 bits each) and four hex digits, as the
+ * DWord whose bytes in memory are [l1<<2 | l2>>3, (l2&7)<<5 | l3, d0<<4 | d1, d2<<4 | d3].
+ */
+export function eisaId(id: string): Aml {
+  if (!/^[A-Z]{3}[0-9A-F]{4}$/.test(id)) throw new RangeError(`"${id}" is not an EISA ID (e.g. PNP0501)`);
+  const l = [0, 1, 2].map((i) => id.charCodeAt(i) - 0x40);
+  const d = [3, 4, 5, 6].map((i) => parseInt(id[i], 16));
+  const bytes = [(l[0] << 2) | (l[1] >> 3), ((l[1] & 7) << 5) | l[2], (d[0] << 4) | d[1], (d[2] << 4) | d[3]];
+  return integer(bytes[0] + bytes[1] * 0x100 + bytes[2] * 0x1_0000 + bytes[3] * 0x100_0000);
+}
+
+/** §20.2.5.1 DefName: Name (name, value). */
+export function name(n: string, value: Aml): Aml {
+  return concat([NAME_OP], nameString(n), value);
+}
+
+/** §20.2.5.1 DefScope: Scope (name) { terms }. */
+export function scope(n: string, ...terms: readonly Aml[]): Aml {
+  const body = concat(nameString(n), ...terms);
+  return concat([SCOPE_OP], pkgLength(body.length), body);
+}
+
+/** §20.2.5.2 DefDevice: Device (name) { terms }. */
+export function device(n: string, ...terms: readonly Aml[]): Aml {
+  const body = concat(nameString(n), ...terms);
+  return concat([EXT_OP_PREFIX, DEVICE_OP], pkgLength(body.length), body);
+}
+
+/** §20.2.5.4 DefPackage: Package (n) { elements } (at most 255 elements). */
+export function pkg(...elements: readonly Aml[]): Aml {
+  if (elements.length > 255) throw new RangeError('AML package with more than 255 elements');
+  const body = concat([elements.length], ...elements);
+  return concat([PACKAGE_OP], pkgLength(body.length), body);
+}
+
+/** §20.2.5.4 DefBuffer: Buffer (size) { bytes }. */
+export function buffer(data: Uint8Array | readonly number[]): Aml {
+  const body = concat(integer(data.length), data);
+  return concat([BUFFER_OP], pkgLength(body.length), body);
+}
+
+// ---- §6.4 resource descriptors (small items: tag byte = type << 3 | length) ----
+
+/** §6.4.2.5 I/O Port Descriptor, 16-bit decode: IO (Decode16, min, max, alignment, length). */
+export function ioPort(min: number, max: number, alignment: number, length: number): Uint8Array {
+  for (const [v, lim, what] of [
+    [min, 0xffff, 'min'],
+    [max, 0xffff, 'max'],
+    [alignment, 0xff, 'alignment'],
+    [length, 0xff, 'length'],
+  ] as const) {
+    if (!Number.isInteger(v) || v < 0 || v > lim) throw new RangeError(`I/O descriptor ${what} ${v} out of range`);
+  }
+  if (max < min) throw new RangeError(`I/O descriptor max 0x${max.toString(16)} below min 0x${min.toString(16)}`);
+  return Uint8Array.of((0x08 << 3) | 7, 0x01, min & 0xff, min >> 8, max & 0xff, max >> 8, alignment, length);
+}
+
+/** §6.4.2.1 IRQ Descriptor without the information byte: IRQNoFlags () { irqs } (ISA: edge, active-high). */
+export function irqNoFlags(...irqs: readonly number[]): Uint8Array {
+  let mask = 0;
+  for (const irq of irqs) {
+    if (!Number.isInteger(irq) || irq < 0 || irq > 15) throw new RangeError(`ISA IRQ ${irq} out of range`);
+    mask |= 1 << irq;
+  }
+  return Uint8Array.of((0x04 << 3) | 2, mask & 0xff, mask >> 8);
+}
+
+/** §6.4.2.9 End Tag, checksum 0 ("treated as if the checksum operation succeeded"). */
+const END_TAG = [(0x0f << 3) | 1, 0x00];
+
+/** ResourceTemplate () { descriptors }: a Buffer holding the descriptors and an End Tag. */
+export function resourceTemplate(...descriptors: readonly Uint8Array[]): Aml {
+  return buffer(concat(...descriptors, END_TAG));
+}
