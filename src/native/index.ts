@@ -27,6 +27,9 @@ interface NativeBinding {
   pendingSignal(): number;
   startVcpuThread(fd: number, id: number, onExit: (id: number, result: number) => void): VcpuThreadHandle | number;
   completeVcpuExit(handle: bigint, keepRunning: boolean): void;
+  watchFds(onReady: (fd: number) => void): bigint | number;
+  watchFdAdd(watcher: bigint, fd: number): number;
+  watchFdRemove(watcher: bigint, fd: number): number;
   readonly SIG_KICK: number;
 }
 

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -433,6 +434,97 @@ static napi_value js_complete_vcpu_exit(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// ---- eventfd watcher -----------------------------------------------------------------------------------
+// A native thread epoll-waits on eventfds (ioeventfds of virtio queues) and tells JavaScript which fired,
+// through a thread-safe function on the thread that created the watcher. Each eventfd's counter is read
+// (reset) before the call, so one call covers any number of guest kicks since the previous one.
+typedef struct fd_watcher {
+  int epfd;
+  int stopfd;
+  pthread_t thread;
+  napi_threadsafe_function tsfn;
+} fd_watcher;
+
+static void watcher_call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)context;
+  if (!env) return;
+  napi_value argv[1], undef;
+  napi_create_int32(env, (int32_t)(intptr_t)data, &argv[0]);
+  napi_get_undefined(env, &undef);
+  napi_call_function(env, undef, js_cb, 1, argv, NULL);
+}
+
+static void *watcher_main(void *arg) {
+  fd_watcher *w = arg;
+  struct epoll_event events[64];
+  for (;;) {
+    int n = epoll_wait(w->epfd, events, 64, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      int fd = events[i].data.fd;
+      uint64_t count;
+      if (fd == w->stopfd) goto done;
+      if (read(fd, &count, sizeof count) != sizeof count) continue;
+      napi_call_threadsafe_function(w->tsfn, (void *)(intptr_t)fd, napi_tsfn_blocking);
+    }
+  }
+done:
+  napi_release_threadsafe_function(w->tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+// watchFds(onReady(fd)): bigint watcher handle. Add fds with watchFdAdd(handle, fd).
+static napi_value js_watch_fds(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  fd_watcher *w = calloc(1, sizeof *w);
+  if (!w) return num(env, -ENOMEM);
+  w->epfd = epoll_create1(EPOLL_CLOEXEC);
+  w->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->epfd < 0 || w->stopfd < 0) {
+    int e = errno;
+    free(w);
+    return num(env, -e);
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = w->stopfd};
+  epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stopfd, &ev);
+  napi_value name;
+  napi_create_string_utf8(env, "partita-fd-watcher", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, watcher_call_js, &w->tsfn) != napi_ok) {
+    free(w);
+    return throw_last(env);
+  }
+  napi_unref_threadsafe_function(env, w->tsfn);  // watching does not keep the event loop alive by itself
+  if (pthread_create(&w->thread, NULL, watcher_main, w)) {
+    napi_release_threadsafe_function(w->tsfn, napi_tsfn_abort);
+    free(w);
+    return num(env, -EAGAIN);
+  }
+  pthread_detach(w->thread);
+  return big(env, (uint64_t)(uintptr_t)w);
+}
+
+static napi_value js_watch_fd_add(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  fd_watcher *w = (fd_watcher *)(uintptr_t)get_u64(env, argv[0]);
+  int fd = (int)get_i64(env, argv[1]);
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+  int r = epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev);
+  return num(env, r < 0 ? -errno : 0);
+}
+
+static napi_value js_watch_fd_remove(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  fd_watcher *w = (fd_watcher *)(uintptr_t)get_u64(env, argv[0]);
+  int r = epoll_ctl(w->epfd, EPOLL_CTL_DEL, (int)get_i64(env, argv[1]), NULL);
+  return num(env, r < 0 ? -errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -450,6 +542,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startTick", js_start_tick}, {"stopTick", js_stop_tick},
       {"watchTerminationSignals", js_watch_signals}, {"pendingSignal", js_pending_signal},
       {"startVcpuThread", js_start_vcpu_thread}, {"completeVcpuExit", js_complete_vcpu_exit},
+      {"watchFds", js_watch_fds}, {"watchFdAdd", js_watch_fd_add}, {"watchFdRemove", js_watch_fd_remove},
   };
   for (unsigned i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
