@@ -1,5 +1,6 @@
 // The `partita` command line.
 import { fstatSync, openSync, readFileSync, statSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, runMachine, type MachineConfig } from '../vmm/machine.js';
 import { parseSize } from '../vmm/units.js';
@@ -57,8 +58,10 @@ function parse(args: string[], options: ParseArgsConfig['options']): ReturnType<
   }
 }
 
+// Decided from fstat, without touching process.stdin: creating it would switch a pipe to non-blocking mode
+// under the I/O thread that reads it.
 function serialInputMode(): MachineConfig['serialInput'] {
-  if (process.stdin.isTTY) return 'tty';
+  if (isatty(0)) return 'tty';
   try {
     const st = fstatSync(0);
     if (st.isCharacterDevice()) {

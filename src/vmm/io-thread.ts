@@ -2,7 +2,8 @@
 // processors. Each AP runs KVM_RUN on a native thread of its own; when it exits, the native thread hands the
 // exit to this thread (a thread-safe function call), which handles it on its own view of the shared devices
 // and lets the AP continue. The BSP never waits for this thread.
-import { createReadStream } from 'node:fs';
+import { createReadStream, fstatSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { ReadStream as TtyReadStream } from 'node:tty';
 import { isMainThread, workerData } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
@@ -87,6 +88,7 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
       for (const command of commands) {
         if (command === 'quit') control.stop({ kind: 'user-quit', status: 0, message: 'quit from the console (Ctrl-A x)' });
         else if (command === 'help') process.stderr.write(`\r\n${ESCAPE_HELP.replace(/\n/g, '\r\n')}\r\n`);
+        else if (command === 'break') uart.sendBreak();
       }
     }
     if (bytes.length === 0) return;
@@ -94,7 +96,7 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
     if (pending.length > 64) input.pause(); // back-pressure: stop reading the terminal until the guest catches up
     void pump();
   });
-  input.on('error', () => undefined);
+  input.on('error', (e: Error) => process.stderr.write(`partita: serial input: ${e.message}\n`));
 }
 
 function main(data: IoThreadData): void {
@@ -103,9 +105,16 @@ function main(data: IoThreadData): void {
   const memory = GuestMemory.attach(data.memory);
   startApplicationProcessors(data, { pio: devices.pio, mmio: devices.mmio, control, memory });
   if (data.serialInput !== 'none') {
-    const input: Readable = data.serialInput === 'tty' ? new TtyReadStream(0) : createReadStream('', { fd: 0, autoClose: false });
-    feedSerialInput(input, devices.com1, control, data.serialInput === 'tty');
+    feedSerialInput(openInput(data.serialInput), devices.com1, control, data.serialInput === 'tty');
   }
+}
+
+/** stdin as an event-driven stream: a terminal, a pipe or socket (libuv handles), or a file (threadpool reads). */
+function openInput(mode: 'tty' | 'stream'): Readable {
+  if (mode === 'tty') return new TtyReadStream(0);
+  const st = fstatSync(0);
+  if (st.isFIFO() || st.isSocket()) return new Socket({ fd: 0, readable: true, writable: false });
+  return createReadStream('', { fd: 0, autoClose: false });
 }
 
 if (!isMainThread && workerData) main(workerData as IoThreadData);

@@ -9,7 +9,9 @@ import { KvmSystem } from '../kvm/system.js';
 import { mpStates } from '../kvm/abi.js';
 import { native } from '../native/index.js';
 import { supportedCpuid, vcpuCpuid, type CpuProfile } from '../arch/x86_64/cpuid.js';
-import { BOOT_GDT_ADDRESS, guestMemoryMap, MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
+import { BOOT_GDT_ADDRESS, guestMemoryMap, IOAPIC_ADDRESS, LAPIC_ADDRESS, MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
+import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
+import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
 import { bootGdt, protectedModeEntry } from '../arch/x86_64/registers.js';
 import { loadKernel } from '../boot/index.js';
 import type { BootEntry } from '../boot/index.js';
@@ -80,6 +82,8 @@ export function runMachine(config: MachineConfig): RunResult {
   const vm = Vm.create(kvm, config.memory);
   try {
     vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
+    const apicIds = Array.from({ length: config.cpus }, (_, i) => i);
+    const rsdpAddress = writePlatformTables(vm, apicIds);
     const boot = loadKernel({
       imageName: config.kernel,
       image,
@@ -87,6 +91,7 @@ export function runMachine(config: MachineConfig): RunResult {
       modules,
       memory: vm.memory,
       memoryMap: guestMemoryMap(config.memory),
+      rsdpAddress,
     });
 
     const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
@@ -152,6 +157,18 @@ export function runMachine(config: MachineConfig): RunResult {
   } finally {
     // The process exits right after; KVM tears the VM down with its fds. Nothing to unmap by hand.
   }
+}
+
+/**
+ * The tables a guest OS reads to find its CPUs and interrupt controllers: ACPI (RSDP found by scanning the BIOS
+ * area, or through the boot protocol) and, for guests that predate ACPI, an MP table. Returns the RSDP address.
+ */
+function writePlatformTables(vm: Vm, apicIds: readonly number[]): number {
+  const ioapicId = defaultIoapicId(apicIds);
+  const acpi = buildAcpiTables({ apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {} }, vm.memory);
+  // The MP table cannot describe x2APIC IDs; such guests use ACPI.
+  if (apicIds.every((id) => id <= MP_MAX_APIC_ID)) writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS });
+  return acpi.rsdpAddress;
 }
 
 /** A lone vCPU halted with interrupts disabled can never run again: stop instead of hanging forever. */
