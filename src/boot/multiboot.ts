@@ -3,7 +3,7 @@
 import { BOOT_INFO_ADDRESS, BOOT_MEMMAP_ADDRESS, BOOT_MODLIST_ADDRESS, E820_RAM, EBDA_START, HIGH_MEMORY_START } from '../arch/x86_64/layout.js';
 import { isElf, parseElf, PT_LOAD } from './elf.js';
 import { BootImageError } from './errors.js';
-import { copyPieces, entryInside, placeModules, placeStrings, validatePieces, type LoadPiece } from './placement.js';
+import { checkStrings, copyPieces, entryInside, placeModules, placeStrings, validatePieces, type LoadPiece } from './placement.js';
 import type { BootEntry, BootRequest } from './index.js';
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
@@ -95,10 +95,13 @@ export function loadMultiboot(request: BootRequest, header: MultibootHeader | un
   if (memoryMap.length * 24 > 4096) throw new BootImageError(file, 'the memory map does not fit in its page');
   if (request.modules.length * 16 > 4096) throw new BootImageError(file, `too many modules (${request.modules.length})`);
 
-  const kernelRange = copyPieces(pieces, memory);
   // GRUB and QEMU pass the kernel's file name followed by its arguments; multiboot kernels expect that.
   const kernelCmdline = request.cmdline ? `${file} ${request.cmdline}` : file;
-  const [cmdlineAddress, loaderName, ...moduleStrings] = placeStrings(file, [kernelCmdline, 'Partita', ...request.modules.map((m) => m.cmdline || m.name)], memory);
+  const strings = [kernelCmdline, 'Partita', ...request.modules.map((m) => m.cmdline || m.name)];
+  checkStrings(file, strings);
+  // Validation done: from here on, write.
+  const kernelRange = copyPieces(pieces, memory);
+  const [cmdlineAddress, loaderName, ...moduleStrings] = placeStrings(file, strings, memory);
   request.modules.forEach((m, i) => {
     memory.write(modules[i].address, m.data);
     const at = BOOT_MODLIST_ADDRESS + i * 16;

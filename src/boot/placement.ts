@@ -92,16 +92,21 @@ export function placeModules(
   return placed;
 }
 
-/** Lays strings out NUL-terminated in the command-line area; returns each one's address. */
-export function placeStrings(file: string, strings: readonly string[], memory: GuestMemory): number[] {
-  const out: number[] = [];
-  let at = BOOT_CMDLINE_ADDRESS;
+/** Throws when the strings (NUL-terminated) do not fit in the command-line area. */
+export function checkStrings(file: string, strings: readonly string[]): Buffer[] {
   const encoded = strings.map((s) => Buffer.from(s + '\0', 'utf8'));
   const total = encoded.reduce((n, b) => n + b.length, 0);
   if (total > BOOT_CMDLINE_AREA_SIZE) {
     throw new BootImageError(file, `the command lines take ${total} bytes; at most ${BOOT_CMDLINE_AREA_SIZE} fit`);
   }
-  for (const b of encoded) {
+  return encoded;
+}
+
+/** Lays strings out NUL-terminated in the command-line area (checked first); returns each one's address. */
+export function placeStrings(file: string, strings: readonly string[], memory: GuestMemory): number[] {
+  const out: number[] = [];
+  let at = BOOT_CMDLINE_ADDRESS;
+  for (const b of checkStrings(file, strings)) {
     memory.write(at, b);
     out.push(at);
     at += b.length;

@@ -4,7 +4,7 @@
 import { BOOT_INFO_ADDRESS, BOOT_MEMMAP_ADDRESS, BOOT_MODLIST_ADDRESS } from '../arch/x86_64/layout.js';
 import { elfNotes, parseElf, PT_LOAD, type ElfImage } from './elf.js';
 import { BootImageError } from './errors.js';
-import { copyPieces, entryInside, placeModules, placeStrings, validatePieces, type LoadPiece } from './placement.js';
+import { checkStrings, copyPieces, entryInside, placeModules, placeStrings, validatePieces, type LoadPiece } from './placement.js';
 import type { BootEntry, BootRequest } from './index.js';
 
 export const XEN_ELFNOTE_PHYS32_ENTRY = 18;
@@ -43,9 +43,11 @@ export function loadPvh(request: BootRequest, elf: ElfImage = parseElf(request.i
   const modules = placeModules(file, request.modules, kernelEnd, memoryMap);
   if (memoryMap.length * MEMMAP_ENTRY_SIZE > 4096) throw new BootImageError(file, 'the memory map does not fit in its page');
   if (request.modules.length * MODLIST_ENTRY_SIZE > 4096) throw new BootImageError(file, `too many modules (${request.modules.length})`);
+  const strings = [request.cmdline, ...request.modules.map((m) => m.cmdline)];
+  checkStrings(file, strings);
   // Validation done: from here on, write.
   const kernelRange = copyPieces(pieces, memory);
-  const [cmdlineAddress, ...moduleCmdlines] = placeStrings(file, [request.cmdline, ...request.modules.map((m) => m.cmdline)], memory);
+  const [cmdlineAddress, ...moduleCmdlines] = placeStrings(file, strings, memory);
   request.modules.forEach((m, i) => {
     memory.write(modules[i].address, m.data);
     const at = BOOT_MODLIST_ADDRESS + i * MODLIST_ENTRY_SIZE;

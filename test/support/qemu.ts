@@ -1,0 +1,45 @@
+// Runs a test guest on QEMU (microvm + KVM), for side-by-side checks against Partita.
+import { spawn, spawnSync } from 'node:child_process';
+
+export const QEMU = 'qemu-system-x86_64';
+export const QEMU_MISSING = `${QEMU} not installed: sudo apt-get install qemu-system-x86 (QEMU comparison skipped)`;
+
+export function qemuAvailable(): boolean {
+  return spawnSync(QEMU, ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+export interface QemuResult {
+  readonly output: string;
+  readonly status: number | null;
+  readonly timedOut: boolean;
+}
+
+export function runOnQemu(kernel: string, opts: { cmdline?: string; memory?: string; input?: string; inputAfter?: string; initrd?: string; timeoutMs?: number } = {}): Promise<QemuResult> {
+  const args = ['-M', 'microvm', '-enable-kvm', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
+    '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-kernel', kernel];
+  if (opts.cmdline) args.push('-append', opts.cmdline);
+  if (opts.memory) args.push('-m', opts.memory);
+  if (opts.initrd) args.push('-initrd', opts.initrd);
+  return new Promise((resolve) => {
+    const child = spawn(QEMU, args, { stdio: ['pipe', 'pipe', 'ignore'] });
+    let output = '';
+    let timedOut = false;
+    let sent = false;
+    child.stdout.on('data', (d: Buffer) => {
+      output += d.toString('latin1');
+      if (opts.input !== undefined && !sent && output.includes(opts.inputAfter ?? '')) {
+        sent = true;
+        child.stdin.write(opts.input);
+      }
+    });
+    child.stdin.on('error', () => undefined);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs ?? 30_000);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ output, status, timedOut });
+    });
+  });
+}
