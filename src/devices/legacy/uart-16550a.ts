@@ -162,21 +162,21 @@ export class Uart16550 implements PortIoDevice {
 
   /** Port read. Only the low byte of wider accesses is a register; it is returned zero-extended. */
   pioRead(offset: number, _size: number): number {
-    // nolock
+    this.lock.lock();
     try {
       return this.readRegister(offset & 7);
     } finally {
-      // nounlock
+      this.lock.unlock();
     }
   }
 
   /** Port write. Only the low byte of wider accesses is used. */
   pioWrite(offset: number, _size: number, value: number): void {
-    // nolock
+    this.lock.lock();
     try {
       this.writeRegister(offset & 7, value & 0xff);
     } finally {
-      // nounlock
+      this.lock.unlock();
     }
   }
 
@@ -187,24 +187,24 @@ export class Uart16550 implements PortIoDevice {
    */
   receive(bytes: Uint8Array): number {
     if (bytes.length === 0) return 0;
-    // nolock
+    this.lock.lock();
     try {
       const n = Math.min(this.freeSlots(), bytes.length);
       for (let i = 0; i < n; i++) this.pushRx(bytes[i], 0);
       if (n > 0) this.updateIrq();
       return n;
     } finally {
-      // nounlock
+      this.lock.unlock();
     }
   }
 
   /** Free receive FIFO slots: how many bytes receive() would take now. */
   canReceive(): number {
-    // nolock
+    this.lock.lock();
     try {
       return this.freeSlots();
     } finally {
-      // nounlock
+      this.lock.unlock();
     }
   }
 
@@ -214,26 +214,26 @@ export class Uart16550 implements PortIoDevice {
    * room or the UART is in loopback mode; the caller may retry like receive().
    */
   sendBreak(): boolean {
-    // nolock
+    this.lock.lock();
     try {
       if (this.freeSlots() === 0) return false;
       this.pushRx(0, LSR_BI);
       this.updateIrq();
       return true;
     } finally {
-      // nounlock
+      this.lock.unlock();
     }
   }
 
   /** Master reset: registers to their reset values, FIFOs emptied, IRQ line low. */
   reset(): void {
-    // nolock
+    this.lock.lock();
     try {
       resetRegisters(this.s);
       this.bumpRxSpace();
       this.updateIrq();
     } finally {
-      // nounlock
+      this.lock.unlock();
     }
   }
 
