@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Entry point of the `partita` command: the compiled CLI lives in dist/ (npm run build).
-import('../dist/src/cli/main.js').catch((e) => {
-  if (e && e.code === 'ERR_MODULE_NOT_FOUND' && String(e.message).includes('dist/src/cli/main.js')) {
+// The CLI is bundled into one file (esbuild) so start-up reads and compiles one module, not thirty.
+import('../dist/main.js').catch((e) => {
+  if (e && e.code === 'ERR_MODULE_NOT_FOUND' && String(e.message).includes('dist/main.js')) {
     console.error('partita: not built yet: run `npm ci` (or `npm run build`) in the Partita checkout');
     process.exit(2);
   }

@@ -148,8 +148,15 @@ function runCommand(args: string[]): number {
 }
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  // package.json is one level up from the bundle (dist/main.js), three from the tsc output (dist/src/cli/).
+  for (const rel of ['../package.json', '../../../package.json']) {
+    try {
+      return (JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name: string; version: string }).version;
+    } catch {
+      continue;
+    }
+  }
+  return 'unknown';
 }
 
 export function main(argv: string[]): number {

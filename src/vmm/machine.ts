@@ -73,17 +73,30 @@ export interface RunResult {
   readonly boot: BootEntry;
 }
 
-export function runMachine(config: MachineConfig): RunResult {
+/** PARTITA_TRACE=1 prints start-up phases (ms since process start) to stderr: for measuring, not for users. */
+const tracing = process.env.PARTITA_TRACE === '1';
+function trace(phase: string): void {
+  if (tracing) process.stderr.write(`partita: ${performance.now().toFixed(1)} ms ${phase}\n`);
+}
+
+/**
+ * Builds and runs the VM on the calling thread (which becomes vCPU 0's thread) until it stops. `control` lets
+ * another thread pause, resume or stop it (the daemon does; the CLI uses console keys and signals).
+ */
+export function runMachine(config: MachineConfig, control: VmControl = new VmControl()): RunResult {
+  trace('builder start');
   const image = readInputFile(config.kernel, 'kernel');
   const modules = config.initrd.map((path) => ({ name: basename(path), data: readInputFile(path, 'initrd'), cmdline: basename(path) }));
   const kvm = KvmSystem.open();
   validateConfig(config, kvm);
   const mmapSize = kvm.vcpuMmapSize;
   const vm = Vm.create(kvm, config.memory);
+  trace('VM created');
   try {
     vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
     const apicIds = Array.from({ length: config.cpus }, (_, i) => i);
     const rsdpAddress = writePlatformTables(vm, apicIds);
+    trace('ACPI and MP tables written');
     const boot = loadKernel({
       imageName: config.kernel,
       image,
@@ -94,6 +107,7 @@ export function runMachine(config: MachineConfig): RunResult {
       rsdpAddress,
     });
 
+    trace('kernel loaded');
     const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
     const cpuid = supportedCpuid(kvm.fd);
     const vcpus: Vcpu[] = [];
@@ -112,7 +126,6 @@ export function runMachine(config: MachineConfig): RunResult {
     regs.rflags = 0x2n;
     bsp.setRegs(regs);
 
-    const control = new VmControl();
     const shared = createSharedDeviceState();
     const devices = buildDevices(shared, { vmFd: vm.fd, control, serialOutputFd: config.serialOutputFd });
 
@@ -136,6 +149,7 @@ export function runMachine(config: MachineConfig): RunResult {
       worker.unref();
     }
 
+    trace('vCPUs ready, entering the guest');
     const reason = bsp.runLoop({
       pio: devices.pio,
       mmio: devices.mmio,
@@ -150,6 +164,7 @@ export function runMachine(config: MachineConfig): RunResult {
         return undefined;
       },
     });
+    trace(`guest stopped (${reason.kind})`);
     if (typeof tick === 'bigint') native.stopTick(tick);
     control.kickAll();
     void worker?.terminate();
