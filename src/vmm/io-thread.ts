@@ -2,7 +2,7 @@
 // processors. Each AP runs KVM_RUN on a native thread of its own; when it exits, the native thread hands the
 // exit to this thread (a thread-safe function call), which handles it on its own view of the shared devices
 // and lets the AP continue. The BSP never waits for this thread.
-import { createReadStream, fstatSync } from 'node:fs';
+import { createReadStream, fstatSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { ReadStream as TtyReadStream } from 'node:tty';
 import { isMainThread, workerData } from 'node:worker_threads';
@@ -87,7 +87,7 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
       bytes = forward;
       for (const command of commands) {
         if (command === 'quit') control.stop({ kind: 'user-quit', status: 0, message: 'quit from the console (Ctrl-A x)' });
-        else if (command === 'help') process.stderr.write(`\r\n${ESCAPE_HELP.replace(/\n/g, '\r\n')}\r\n`);
+        else if (command === 'help') writeSync(2, `\r\n${ESCAPE_HELP.replace(/\n/g, '\r\n')}\r\n`);
         else if (command === 'break') uart.sendBreak();
       }
     }
@@ -96,7 +96,8 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
     if (pending.length > 64) input.pause(); // back-pressure: stop reading the terminal until the guest catches up
     void pump();
   });
-  input.on('error', (e: Error) => process.stderr.write(`partita: serial input: ${e.message}\n`));
+  // A worker's process.stderr is relayed through the main thread, which is busy running vCPU 0: write fd 2.
+  input.on('error', (e: Error) => writeSync(2, `partita: serial input: ${e.message}\n`));
 }
 
 function main(data: IoThreadData): void {

@@ -54,7 +54,7 @@ export interface VirtioDeviceInfo {
 }
 
 // Shared register file (Int32 words).
-const W_LOCK = 0;
+// Word 0 is the SharedLock.
 const W_DEVICE_FEATURE_SELECT = 1;
 const W_DRIVER_FEATURE_SELECT = 2;
 const W_DRIVER_FEATURES_LO = 3;
@@ -116,7 +116,7 @@ export class VirtioPciDevice implements PciFunction {
     initialize: boolean,
   ) {
     this.regs = new Int32Array(shared.registers);
-    this.lock = new SharedLock(shared.registers, 0);
+    this.lock = new SharedLock(shared.registers, 0); // word 0
     this.deviceConfig = new Uint8Array(shared.deviceConfig);
     this.offered = info.features | (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_F_RING_INDIRECT_DESC) | (1n << VIRTIO_F_RING_EVENT_IDX);
     const vectors = info.queueSizes.length + 1;
