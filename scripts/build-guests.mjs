@@ -37,15 +37,18 @@ for (const format of ['pvh', 'mb']) {
   const runtimeObj = join(tmp, 'runtime.o');
   for (const name of guests) {
     const target = join(out, `${name}.${format}.elf`);
-    const inputs = [join(src, `${name}.c`), ...runtimeSources, import.meta.filename ?? fileURLToPath(import.meta.url)];
+    const inputs = [join(src, `${name}.c`), ...runtimeSources, fileURLToPath(import.meta.url)];
+    // Guests that start application processors also link the real-mode trampoline.
+    const extra = name.startsWith('smp') ? [join(tmp, 'trampoline.o')] : [];
     if (!force && existsSync(target) && statSync(target).mtimeMs >= newest(inputs)) continue;
     run('gcc', [...CFLAGS, define, '-c', join(runtimeDir, 'entry.S'), '-o', entryObj]);
     run('gcc', [...CFLAGS, '-c', join(runtimeDir, 'runtime.c'), '-o', runtimeObj]);
+    if (extra.length) run('gcc', [...CFLAGS, '-c', join(runtimeDir, 'trampoline.S'), '-o', extra[0]]);
     const obj = join(tmp, `${name}.o`);
     const elf64 = join(tmp, `${name}.${format}.elf64`);
     run('gcc', [...CFLAGS, '-c', join(src, `${name}.c`), '-o', obj]);
     run('ld', ['-m', 'elf_x86_64', '-nostdlib', '-z', 'max-page-size=0x1000', '-z', 'noexecstack', '--no-warn-rwx-segments',
-      '-T', join(runtimeDir, 'link.ld'), '-o', elf64, entryObj, runtimeObj, obj]);
+      '-T', join(runtimeDir, 'link.ld'), '-o', elf64, entryObj, runtimeObj, ...extra, obj]);
     run('objcopy', ['-O', 'elf32-i386', elf64, target]);
     built++;
   }

@@ -16,6 +16,7 @@ Options:
   --initrd FILE        module handed to the kernel (PVH module list / multiboot module); repeatable
   --cmdline STR        kernel command line
   --cpus N             number of vCPUs (1-64, default 1)
+  --topology T         sockets=S,cores=C,threads=T (product = --cpus; default: one socket of N cores)
   --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
   --serial MODE        stdio (default) or file:PATH
   --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
@@ -80,6 +81,7 @@ function runCommand(args: string[]): number {
     initrd: { type: 'string', multiple: true },
     cmdline: { type: 'string' },
     cpus: { type: 'string' },
+    topology: { type: 'string' },
     memory: { type: 'string' },
     serial: { type: 'string' },
     cpu: { type: 'string' },
@@ -129,6 +131,7 @@ function runCommand(args: string[]): number {
     cpus,
     memory,
     cpuProfile: cpu as MachineConfig['cpuProfile'],
+    topology: values.topology as string | undefined,
     serialOutputFd,
     serialInput,
   };

@@ -25,7 +25,9 @@ interface NativeBinding {
   stopTick(timer: bigint): number;
   watchTerminationSignals(immediateExitAddress: bigint): number;
   pendingSignal(): number;
-  startVcpuThread(fd: number, id: number, onExit: (id: number, result: number) => void): VcpuThreadHandle | number;
+  restoreTerminationSignals(): number;
+  startVcpuThread(fd: number, id: number, onExit: (id: number, result: number) => void, immediateExitAddress: bigint): VcpuThreadHandle | number;
+  stopVcpuThreads(timeoutMs: number): number;
   completeVcpuExit(handle: bigint, keepRunning: boolean): void;
   watchFds(onReady: (fd: number) => void): bigint | number;
   watchFdAdd(watcher: bigint, fd: number): number;

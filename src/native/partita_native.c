@@ -327,6 +327,15 @@ static napi_value js_watch_signals(napi_env env, napi_callback_info info) {
   return num(env, 0);
 }
 
+// restoreTerminationSignals(): back to the default actions, once no vCPU runs any more.
+static napi_value js_restore_signals(napi_env env, napi_callback_info info) {
+  (void)info;
+  int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+  for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
+  atomic_store(&signal_target_immediate_exit, NULL);
+  return num(env, 0);
+}
+
 static napi_value js_pending_signal(napi_env env, napi_callback_info info) {
   (void)info;
   return num(env, atomic_exchange(&pending_signal, 0));
@@ -337,6 +346,7 @@ static napi_value js_pending_signal(napi_env env, napi_callback_info info) {
 // function and waits until JavaScript calls complete(handle, keepRunning).
 typedef struct vcpu_thread {
   int fd;
+  uint8_t *immediate_exit;
   pthread_t thread;
   napi_threadsafe_function tsfn;
   pthread_mutex_t lock;
@@ -345,12 +355,24 @@ typedef struct vcpu_thread {
   int keep_running;
   int last_result;
   int id;
+  int exited;  // set (under lock) when the thread has left its loop: it must not be signalled any more
 } vcpu_thread;
+
+// Every AP thread, so the VM can stop them all natively before the process exits: a thread must release its
+// thread-safe function while the I/O thread that owns it is still alive.
+#define MAX_VCPU_THREADS 1024
+static vcpu_thread *all_threads[MAX_VCPU_THREADS];
+static atomic_int thread_count;
+static atomic_int stop_all;
+static atomic_int live_threads;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_cond = PTHREAD_COND_INITIALIZER;
 
 static void *vcpu_thread_main(void *arg) {
   vcpu_thread *v = arg;
   for (;;) {
     int r = ioctl(v->fd, KVM_RUN_IOCTL, 0);
+    if (atomic_load(&stop_all)) break;
     pthread_mutex_lock(&v->lock);
     v->last_result = r < 0 ? -errno : r;
     v->completed = 0;
@@ -360,10 +382,52 @@ static void *vcpu_thread_main(void *arg) {
     while (!v->completed) pthread_cond_wait(&v->cond, &v->lock);
     int keep = v->keep_running;
     pthread_mutex_unlock(&v->lock);
-    if (!keep) break;
+    if (!keep || atomic_load(&stop_all)) break;
   }
+  pthread_mutex_lock(&v->lock);
+  v->exited = 1;
+  pthread_mutex_unlock(&v->lock);
   napi_release_threadsafe_function(v->tsfn, napi_tsfn_release);
+  pthread_mutex_lock(&live_lock);
+  atomic_fetch_sub(&live_threads, 1);
+  pthread_cond_broadcast(&live_cond);
+  pthread_mutex_unlock(&live_lock);
   return NULL;
+}
+
+// stopVcpuThreads(timeoutMs): ends every AP thread (kicks it out of KVM_RUN, releases one waiting for JS) and
+// waits until all have released their thread-safe functions. Returns how many are still alive.
+static napi_value js_stop_vcpu_threads(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  get_args(env, info, 1, argv);
+  int64_t ms = get_i64(env, argv[0]);
+  atomic_store(&stop_all, 1);
+  int n = atomic_load(&thread_count);
+  for (int i = 0; i < n && i < MAX_VCPU_THREADS; i++) {
+    vcpu_thread *v = all_threads[i];
+    if (!v) continue;
+    pthread_mutex_lock(&v->lock);
+    if (!v->exited) {
+      __atomic_store_n(v->immediate_exit, 1, __ATOMIC_SEQ_CST);
+      pthread_kill(v->thread, sig_kick());
+    }
+    v->keep_running = 0;
+    v->completed = 1;
+    pthread_cond_signal(&v->cond);
+    pthread_mutex_unlock(&v->lock);
+  }
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += ms / 1000;
+  deadline.tv_nsec += (ms % 1000) * 1000000;
+  if (deadline.tv_nsec >= 1000000000) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000; }
+  pthread_mutex_lock(&live_lock);
+  while (atomic_load(&live_threads) > 0) {
+    if (pthread_cond_timedwait(&live_cond, &live_lock, &deadline) == ETIMEDOUT) break;
+  }
+  int left = atomic_load(&live_threads);
+  pthread_mutex_unlock(&live_lock);
+  return num(env, left);
 }
 
 static void vcpu_call_js(napi_env env, napi_value js_cb, void *context, void *data) {
@@ -377,22 +441,22 @@ static void vcpu_call_js(napi_env env, napi_value js_cb, void *context, void *da
   napi_call_function(env, undef, js_cb, 2, argv, NULL);
 }
 
+// The struct stays allocated for the life of the process (a few hundred bytes per vCPU): stopVcpuThreads may
+// still look at it after its thread ended and the thread-safe function was finalized.
 static void vcpu_finalize(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
-  vcpu_thread *v = data;
-  pthread_mutex_destroy(&v->lock);
-  pthread_cond_destroy(&v->cond);
-  free(v);
+  (void)env; (void)data; (void)hint;
 }
 
-// startVcpuThread(fd, id, onExit(id, result)): { handle: bigint, thread: bigint } | -errno
+// startVcpuThread(fd, id, onExit(id, result), immediateExitAddress): { handle, thread } | -errno
 static napi_value js_start_vcpu_thread(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  get_args(env, info, 3, argv);
+  napi_value argv[4];
+  get_args(env, info, 4, argv);
+  if (atomic_load(&thread_count) >= MAX_VCPU_THREADS) return num(env, -EAGAIN);
   vcpu_thread *v = calloc(1, sizeof *v);
   if (!v) return num(env, -ENOMEM);
   v->fd = (int)get_i64(env, argv[0]);
   v->id = (int)get_i64(env, argv[1]);
+  v->immediate_exit = (uint8_t *)(uintptr_t)get_u64(env, argv[3]);
   pthread_mutex_init(&v->lock, NULL);
   pthread_cond_init(&v->cond, NULL);
   napi_value name;
@@ -405,12 +469,15 @@ static napi_value js_start_vcpu_thread(napi_env env, napi_callback_info info) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 256 * 1024);  // a vCPU thread needs little stack: keep RSS per vCPU low
+  atomic_fetch_add(&live_threads, 1);
   int e = pthread_create(&v->thread, &attr, vcpu_thread_main, v);
   pthread_attr_destroy(&attr);
   if (e) {
+    atomic_fetch_sub(&live_threads, 1);
     napi_release_threadsafe_function(v->tsfn, napi_tsfn_abort);
     return num(env, -e);
   }
+  all_threads[atomic_fetch_add(&thread_count, 1)] = v;
   pthread_detach(v->thread);
   napi_value out;
   napi_create_object(env, &out);
@@ -541,7 +608,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"threadSelf", js_thread_self}, {"kick", js_kick},
       {"startTick", js_start_tick}, {"stopTick", js_stop_tick},
       {"watchTerminationSignals", js_watch_signals}, {"pendingSignal", js_pending_signal},
+      {"restoreTerminationSignals", js_restore_signals},
       {"startVcpuThread", js_start_vcpu_thread}, {"completeVcpuExit", js_complete_vcpu_exit},
+      {"stopVcpuThreads", js_stop_vcpu_threads},
       {"watchFds", js_watch_fds}, {"watchFdAdd", js_watch_fd_add}, {"watchFdRemove", js_watch_fd_remove},
   };
   for (unsigned i = 0; i < sizeof fns / sizeof fns[0]; i++) {

@@ -9,6 +9,8 @@ import { KvmSystem } from '../kvm/system.js';
 import { mpStates } from '../kvm/abi.js';
 import { native } from '../native/index.js';
 import { supportedCpuid, vcpuCpuid, type CpuProfile } from '../arch/x86_64/cpuid.js';
+import { apicIdLayout, defaultTopology, parseTopology, type CpuTopology } from '../arch/x86_64/topology.js';
+import { msrIndexList, setupMsrs } from '../arch/x86_64/msrs.js';
 import { BOOT_GDT_ADDRESS, guestMemoryMap, IOAPIC_ADDRESS, LAPIC_ADDRESS, MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
@@ -31,6 +33,8 @@ export interface MachineConfig {
   readonly cpus: number;
   readonly memory: number;
   readonly cpuProfile?: CpuProfile;
+  /** "sockets=S,cores=C,threads=T" (product = cpus); default: one socket of `cpus` cores. */
+  readonly topology?: string;
   /** Guest serial output goes to this fd; input comes from stdin when `serialInput` is set. */
   readonly serialOutputFd: number;
   readonly serialInput: 'tty' | 'stream' | 'none';
@@ -66,6 +70,16 @@ export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
   if (config.memory > MAX_MEMORY) throw new ConfigError(`--memory ${formatSize(config.memory)} is larger than the ${formatSize(MAX_MEMORY)} limit`);
   if (config.memory < MIN_MEMORY) throw new ConfigError(`--memory ${formatSize(config.memory)} is smaller than the ${formatSize(MIN_MEMORY)} minimum`);
   if (config.memory % 4096 !== 0) throw new ConfigError(`--memory must be a whole number of 4 KiB pages`);
+  machineTopology(config);
+}
+
+export function machineTopology(config: Pick<MachineConfig, 'cpus' | 'topology'>): CpuTopology {
+  if (config.topology === undefined) return defaultTopology(config.cpus);
+  try {
+    return parseTopology(config.topology, config.cpus);
+  } catch (e) {
+    throw new ConfigError(`--topology '${config.topology}': ${(e as Error).message}`);
+  }
 }
 
 export interface RunResult {
@@ -94,7 +108,9 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
   trace('VM created');
   try {
     vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
-    const apicIds = Array.from({ length: config.cpus }, (_, i) => i);
+    const topology = machineTopology(config);
+    const layout = apicIdLayout(topology);
+    const apicIds = [...layout.apicIds];
     const rsdpAddress = writePlatformTables(vm, apicIds);
     trace('ACPI and MP tables written');
     const boot = loadKernel({
@@ -110,10 +126,14 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
     trace('kernel loaded');
     const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
     const cpuid = supportedCpuid(kvm.fd);
+    const indexList = msrIndexList(kvm.fd);
     const vcpus: Vcpu[] = [];
-    for (let id = 0; id < config.cpus; id++) {
-      const vcpu = Vcpu.create(vm.fd, id, mmapSize);
-      vcpu.setCpuid(vcpuCpuid(cpuid, { apicId: id, vcpuCount: config.cpus, profile }));
+    for (let index = 0; index < config.cpus; index++) {
+      // KVM makes the vCPU id the local APIC ID, so vCPUs are created with their topology's APIC IDs.
+      const vcpu = Vcpu.create(vm.fd, layout.apicIds[index], mmapSize);
+      const table = vcpuCpuid(cpuid, { topology, index, profile, layout });
+      vcpu.setCpuid(table);
+      setupMsrs(vcpu.fd, kvm.fd, { indexList, cpuid: table });
       vcpus.push(vcpu);
     }
     const bsp = vcpus[0];
@@ -166,7 +186,10 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
     });
     trace(`guest stopped (${reason.kind})`);
     if (typeof tick === 'bigint') native.stopTick(tick);
-    control.kickAll();
+    native.restoreTerminationSignals();
+    // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
+    // (No kicks after this: pthread_kill on a finished thread is undefined behaviour.)
+    if (config.cpus > 1 && native.stopVcpuThreads(2000) > 0) process.stderr.write('partita: some vCPU threads did not stop\n');
     void worker?.terminate();
     return { reason, boot };
   } finally {
