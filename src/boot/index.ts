@@ -1,25 +1,30 @@
-// Kernel loading: picks the boot protocol from the image the way QEMU does (a multiboot header in the first
-// 8 KiB wins, then an ELF with a PVH note) and loads it.
+// Kernel loading: picks the boot protocol from the image the way QEMU does (a multiboot header in the first 8 KiB
+// wins, then an ELF with a PVH entry note), validates the whole image against guest RAM, and only then writes the
+// kernel, its modules and the boot information. Every refusal is a BootImageError naming the file and the problem.
 import type { MemoryMapEntry } from '../arch/x86_64/layout.js';
 import type { GuestMemory } from '../vmm/memory.js';
 import { isElf, parseElf } from './elf.js';
 import { BootImageError } from './errors.js';
 import { findMultibootHeader, loadMultiboot } from './multiboot.js';
-import { loadPvh, pvhEntry } from './pvh.js';
+import { loadPvh, probePvh } from './pvh.js';
 
 export interface BootModule {
+  /** File name, for messages (and the multiboot module string when `cmdline` is empty). */
   readonly name: string;
   readonly data: Uint8Array;
   readonly cmdline: string;
 }
 
 export interface BootRequest {
+  /** The kernel's file name: in every error message, and (multiboot) the first word of the command line. */
   readonly imageName: string;
   readonly image: Uint8Array;
   readonly cmdline: string;
   readonly modules: readonly BootModule[];
   readonly memory: GuestMemory;
+  /** The memory map handed to the guest (PVH memmap, multiboot mmap); kernels and modules go in its RAM. */
   readonly memoryMap: readonly MemoryMapEntry[];
+  /** PVH: hvm_start_info.rsdp_paddr (0 when absent). */
   readonly rsdpAddress?: number;
 }
 
@@ -27,27 +32,53 @@ export interface BootEntry {
   readonly protocol: 'pvh' | 'multiboot';
   /** 32-bit physical entry; the CPU starts in flat 32-bit protected mode with paging off. */
   readonly entryPoint: number;
+  /** PVH: 0; multiboot: 0x2BADB002. */
   readonly eax: number;
+  /** PVH: hvm_start_info; multiboot: multiboot_info (both at BOOT_INFO_ADDRESS). */
   readonly ebx: number;
+  /** Physical range of the loaded kernel, bss included (modules are above it). */
   readonly kernelRange: { readonly start: number; readonly end: number };
 }
 
-export function isBzImage(image: Uint8Array): boolean {
-  return image.length > 0x206 && image[0x202] === 0x48 && image[0x203] === 0x64 && image[0x204] === 0x72 && image[0x205] === 0x53;
+/** The Linux boot protocol's "HdrS" signature at 0x202 (Documentation/arch/x86/boot.rst). */
+function looksLikeBzImage(image: Uint8Array): boolean {
+  return (
+    image.length >= 0x206 &&
+    image[0x202] === 0x48 &&
+    image[0x203] === 0x64 &&
+    image[0x204] === 0x72 &&
+    image[0x205] === 0x53
+  );
 }
 
 export function loadKernel(request: BootRequest): BootEntry {
   const { image, imageName: file } = request;
   if (image.length === 0) throw new BootImageError(file, 'the file is empty');
-  const multiboot = findMultibootHeader(image);
-  if (multiboot) return loadMultiboot(request, multiboot);
+  const search = findMultibootHeader(image);
+  if (search.header) return loadMultiboot(request, search.header);
+
+  const reasons: string[] = [];
   if (isElf(image)) {
     const elf = parseElf(image, file);
-    if (pvhEntry(image, elf, file) !== undefined) return loadPvh(request, elf);
-    throw new BootImageError(file, 'an ELF kernel without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) or a multiboot header: not a multiboot or PVH ELF kernel');
+    const probe = probePvh(image, elf);
+    if (probe.kind === 'entry') return loadPvh(request, elf);
+    reasons.push(
+      probe.xenNotes > 0
+        ? `it is an ELF${elf.class} file with Xen notes but no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): a Xen PV-only kernel?`
+        : `it is an ELF${elf.class} file without a PVH entry note (Xen, XEN_ELFNOTE_PHYS32_ENTRY)`,
+    );
+  } else if (looksLikeBzImage(image)) {
+    reasons.push(
+      'it says it is a bzImage ("HdrS" at offset 0x202): Linux bzImage boot is not supported yet; boot the uncompressed vmlinux, which has a PVH note',
+    );
+  } else {
+    reasons.push('it is not an ELF file');
   }
-  if (isBzImage(image)) {
-    throw new BootImageError(file, 'a Linux bzImage: not a multiboot or PVH ELF kernel (bzImage boot is not supported yet; use the uncompressed vmlinux, which has a PVH note)');
-  }
-  throw new BootImageError(file, 'not a multiboot or PVH ELF kernel (no ELF header, no multiboot header in the first 8 KiB)');
+  const bad = search.badChecksum;
+  reasons.push(
+    bad
+      ? `the multiboot magic at offset ${bad.offset} has a bad checksum (magic + flags + checksum = 0x${bad.sum.toString(16)}, not 0)`
+      : 'there is no multiboot header in its first 8 KiB',
+  );
+  throw new BootImageError(file, `not a multiboot or PVH ELF kernel: ${reasons.join('; ')}`);
 }

@@ -42,7 +42,7 @@ function startApplicationProcessors(data: IoThreadData, ctx: VcpuExitContext): v
       }
       native.completeVcpuExit(handle, true);
     };
-    const started = native.startVcpuThread(ap.fd, ap.id, onExit);
+    const started = native.startVcpuThread(ap.fd, ap.id, onExit, vcpu.immediateExitAddress);
     if (typeof started === 'number') {
       ctx.control.fault(`cannot start the thread of vCPU ${ap.id}: errno ${-started}`, 3);
       return;
