@@ -4,6 +4,7 @@
 import type { MemoryMapEntry } from '../arch/x86_64/layout.js';
 import type { GuestMemory } from '../vmm/memory.js';
 import { isElf, parseElf } from './elf.js';
+import { loadBzImage, type LinuxBootEntry } from './linux.js';
 import { BootImageError } from './errors.js';
 import { findMultibootHeader, loadMultiboot } from './multiboot.js';
 import { loadPvh, probePvh } from './pvh.js';
@@ -51,7 +52,7 @@ function looksLikeBzImage(image: Uint8Array): boolean {
   );
 }
 
-export function loadKernel(request: BootRequest): BootEntry {
+export function loadKernel(request: BootRequest): BootEntry | LinuxBootEntry {
   const { image, imageName: file } = request;
   if (image.length === 0) throw new BootImageError(file, 'the file is empty');
   const search = findMultibootHeader(image);
@@ -68,9 +69,7 @@ export function loadKernel(request: BootRequest): BootEntry {
         : `it is an ELF${elf.class} file without a PVH entry note (Xen, XEN_ELFNOTE_PHYS32_ENTRY)`,
     );
   } else if (looksLikeBzImage(image)) {
-    reasons.push(
-      'it says it is a bzImage ("HdrS" at offset 0x202): Linux bzImage boot is not supported yet; boot the uncompressed vmlinux, which has a PVH note',
-    );
+    return loadBzImage(request);
   } else {
     reasons.push('it is not an ELF file');
   }

@@ -14,9 +14,10 @@ import { msrIndexList, setupMsrs } from '../arch/x86_64/msrs.js';
 import { BOOT_GDT_ADDRESS, guestMemoryMap, IOAPIC_ADDRESS, LAPIC_ADDRESS, MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
-import { bootGdt, protectedModeEntry } from '../arch/x86_64/registers.js';
+import { bootGdt, longModeEntry, protectedModeEntry } from '../arch/x86_64/registers.js';
 import { loadKernel } from '../boot/index.js';
 import type { BootEntry } from '../boot/index.js';
+import type { LinuxBootEntry } from '../boot/linux.js';
 import { formatSize } from './units.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
@@ -84,7 +85,7 @@ export function machineTopology(config: Pick<MachineConfig, 'cpus' | 'topology'>
 
 export interface RunResult {
   readonly reason: StopReason;
-  readonly boot: BootEntry;
+  readonly boot: BootEntry | LinuxBootEntry;
 }
 
 /** PARTITA_TRACE=1 prints start-up phases (ms since process start) to stderr: for measuring, not for users. */
@@ -137,13 +138,19 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
       vcpus.push(vcpu);
     }
     const bsp = vcpus[0];
-    bsp.setSregs(protectedModeEntry(bsp.getSregs()));
     const regs = bsp.getRegs();
     for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;
     regs.rip = BigInt(boot.entryPoint);
-    regs.rax = BigInt(boot.eax);
-    regs.rbx = BigInt(boot.ebx);
     regs.rflags = 0x2n;
+    if (boot.protocol === 'linux') {
+      // Linux boot protocol, 64-bit entry: long mode with the loader's identity map, rsi = boot_params.
+      bsp.setSregs(longModeEntry(bsp.getSregs(), { gdtBase: boot.gdtAddress, gdtLimit: boot.gdtLimit, cr3: boot.cr3 }));
+      regs.rsi = BigInt(boot.rsi);
+    } else {
+      bsp.setSregs(protectedModeEntry(bsp.getSregs()));
+      regs.rax = BigInt(boot.eax);
+      regs.rbx = BigInt(boot.ebx);
+    }
     bsp.setRegs(regs);
 
     const shared = createSharedDeviceState();

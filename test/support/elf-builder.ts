@@ -254,7 +254,7 @@ export function bootHarness(size: number): BootHarness {
   for (const r of memory.regions) memory.fill(r.gpa, r.size, RAM_PATTERN);
   const map = guestMemoryMap(size);
   const load = (image: Uint8Array, opts: LoadOptions = {}): BootEntry =>
-    loadKernel({
+    <BootEntry>loadKernel({
       imageName: opts.name ?? 'k.elf',
       image,
       cmdline: opts.cmdline ?? '',

@@ -237,7 +237,8 @@ test('multiboot: with RAM above 4 GiB, mem_upper stops at the PCI hole and mmap 
       memory: big,
       memoryMap: bigMap,
     });
-    const mbi = entry.ebx;
+    assert.equal(entry.protocol, 'multiboot');
+    const mbi = (entry as { ebx: number }).ebx;
     assert.equal(big.readU32(mbi + 4), 639);
     assert.equal(big.readU32(mbi + 8), (3 * GIB - MIB) / KIB);
     assert.equal(big.readU32(mbi + 44), 4 * 24);

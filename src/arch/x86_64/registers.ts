@@ -148,6 +148,27 @@ export function protectedModeEntry(current: Sregs): Sregs {
   };
 }
 
+/**
+ * 64-bit long mode as the Linux boot protocol's 64-bit entry requires (Documentation/arch/x86/boot.rst,
+ * "64-bit Boot Protocol"): paging on with the given identity map, CS = 0x10 64-bit code, DS/ES/SS = 0x18.
+ */
+export function longModeEntry(current: Sregs, opts: { gdtBase: number; gdtLimit: number; cr3: number }): Sregs {
+  const data: Segment = { base: 0n, limit: 0xffffffff, selector: 0x18, type: 0x3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0 };
+  return {
+    ...current,
+    cs: { base: 0n, limit: 0xffffffff, selector: 0x10, type: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1, avl: 0, unusable: 0 },
+    ds: data, es: { ...data }, fs: { ...data }, gs: { ...data }, ss: { ...data },
+    tr: { base: 0n, limit: 0x67, selector: 0x20, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
+    ldt: { base: 0n, limit: 0xffff, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
+    gdt: { base: BigInt(opts.gdtBase), limit: opts.gdtLimit },
+    idt: { base: 0n, limit: 0 },
+    cr0: 0x80000011n, // PG | ET | PE
+    cr3: BigInt(opts.cr3),
+    cr4: 0x20n, // PAE
+    efer: 0x500n, // LME | LMA
+  };
+}
+
 const hex = (v: bigint, width = 16): string => v.toString(16).padStart(width, '0');
 
 function segLine(name: string, s: Segment): string {
