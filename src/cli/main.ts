@@ -5,6 +5,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, runMachine, type MachineConfig } from '../vmm/machine.js';
 import { parseSize } from '../vmm/units.js';
 import { KvmUnavailableError } from '../kvm/system.js';
+import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
@@ -29,7 +30,8 @@ Exit status: the guest's debug-exit status ((v << 1) | 1), 0 when it powers off 
 const USAGE = `Usage: partita <command> [options]
 
 Commands:
-  run        boot a kernel in a new VM (partita run --help)
+  run          boot a kernel in a new VM (partita run --help)
+  image demo   fetch and build the demo Linux guest (Debian cloud kernel + busybox initramfs) into the cache
 
 Options:
   -h, --help       this help
@@ -162,7 +164,7 @@ function version(): string {
   return 'unknown';
 }
 
-export function main(argv: string[]): number {
+export function main(argv: string[]): number | Promise<number> {
   const [command, ...rest] = argv;
   try {
     if (command === undefined || command === '-h' || command === '--help') {
@@ -174,6 +176,11 @@ export function main(argv: string[]): number {
       return 0;
     }
     if (command === 'run') return runCommand(rest);
+    if (command === 'image') {
+      const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
+      if (positionals[0] !== 'demo' || positionals.length !== 1) throw new UsageError(`image: the only image is 'demo' (partita image demo [--refresh])`);
+      return imageDemoCommand({ refresh: values.refresh === true });
+    }
     throw new UsageError(`unknown command '${command}' (see partita --help)`);
   } catch (e) {
     if (e instanceof UsageError || e instanceof ConfigError || e instanceof BootImageError || e instanceof KvmUnavailableError) {
@@ -183,4 +190,4 @@ export function main(argv: string[]): number {
   }
 }
 
-process.exit(main(process.argv.slice(2)));
+void Promise.resolve(main(process.argv.slice(2))).then((status) => process.exit(status));
