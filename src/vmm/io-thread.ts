@@ -5,7 +5,7 @@
 import { createReadStream, fstatSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { ReadStream as TtyReadStream } from 'node:tty';
-import { isMainThread, workerData } from 'node:worker_threads';
+import { isMainThread, parentPort } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import { native } from '../native/index.js';
 import { VmControl } from './control.js';
@@ -118,4 +118,5 @@ function openInput(mode: 'tty' | 'stream'): Readable {
   return createReadStream('', { fd: 0, autoClose: false });
 }
 
-if (!isMainThread && workerData) main(workerData as IoThreadData);
+// The VM arrives as one message once it is built (the worker starts while the builder runs).
+if (!isMainThread && parentPort) parentPort.once('message', (data: IoThreadData) => main(data));
