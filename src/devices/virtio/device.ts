@@ -1,0 +1,32 @@
+// The contract between the virtio-pci transport and a device backend (virtio 1.2 §2, §3 device initialization).
+// The transport (pci-transport.ts) owns registers and interrupts; the backend (block.ts, entropy.ts, …)
+// owns request processing. Backends run on the VM's I/O thread, never on a vCPU thread.
+import type { GuestMemory } from '../../vmm/memory.js';
+import type { VirtioDeviceInfo } from './pci-transport.js';
+import type { SplitQueue } from './queue.js';
+
+export interface VirtioQueueContext {
+  readonly memory: GuestMemory;
+  /** The queues the driver enabled, by index (undefined for queues it left disabled). */
+  readonly queues: readonly (SplitQueue | undefined)[];
+  /** Feature bits the driver accepted (FEATURES_OK). */
+  readonly features: bigint;
+  /** Tells the driver that buffers were used on `queue` (MSI-X vector or INTx; honours suppression upstream). */
+  interrupt(queue: number): void;
+  /** Marks the device DEVICE_NEEDS_RESET after a driver error (malformed descriptors etc.). */
+  needsReset(reason: string): void;
+}
+
+export interface VirtioBackend {
+  readonly info: VirtioDeviceInfo;
+  /** Device-specific configuration bytes (virtio 1.2 §5.x.4), written once into the transport's config space. */
+  configBytes(): Uint8Array;
+  /** DRIVER_OK: the driver is ready; start serving `ctx.queues`. */
+  activate(ctx: VirtioQueueContext): void;
+  /** The driver kicked queue `index` (ioeventfd fired). */
+  queueNotified(index: number): void;
+  /** The driver reset the device (status 0): drop all queue state; in-flight work must not touch guest memory after this returns. */
+  reset(): void;
+  /** The VM is shutting down: flush and release host resources (files, sockets). */
+  close(): void;
+}

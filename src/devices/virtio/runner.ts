@@ -1,0 +1,110 @@
+// Runs a virtio device on the I/O thread: watches the transport's control eventfd (status and queue changes
+// written by vCPU threads) and the queues' ioeventfds, builds validated SplitQueues when the driver sets
+// DRIVER_OK, and hands kicks to the backend. Interrupt suppression (EVENT_IDX / NO_INTERRUPT) is applied here.
+import { native } from '../../native/index.js';
+import type { GuestMemory } from '../../vmm/memory.js';
+import type { VirtioBackend, VirtioQueueContext } from './device.js';
+import { STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, type VirtioPciDevice } from './pci-transport.js';
+import { SplitQueue } from './queue.js';
+
+/** One epoll watcher per I/O thread serves every device on it. */
+export class EventFdDispatcher {
+  private readonly handlers = new Map<number, () => void>();
+  private readonly watcher: bigint;
+
+  constructor() {
+    const w = native.watchFds((fd) => this.handlers.get(fd)?.());
+    if (typeof w === 'number') throw new Error(`cannot start the eventfd watcher: errno ${-w}`);
+    this.watcher = w;
+  }
+
+  on(fd: number, handler: () => void): void {
+    this.handlers.set(fd, handler);
+    const r = native.watchFdAdd(this.watcher, fd);
+    if (r < 0) throw new Error(`cannot watch eventfd ${fd}: errno ${-r}`);
+  }
+}
+
+export class VirtioRunner {
+  private active = false;
+  private queues: (SplitQueue | undefined)[] = [];
+
+  constructor(
+    private readonly transport: VirtioPciDevice,
+    private readonly backend: VirtioBackend,
+    private readonly memory: GuestMemory,
+    dispatcher: EventFdDispatcher,
+    private readonly log: (message: string) => void = () => undefined,
+  ) {
+    dispatcher.on(transport.shared.controlEventFd, () => this.reconcile());
+    transport.shared.queueEventFds.forEach((fd, index) => dispatcher.on(fd, () => this.kicked(index)));
+  }
+
+  /** Brings the backend in line with the driver's status. */
+  private reconcile(): void {
+    const status = this.transport.status;
+    if (status === 0 || status & STATUS_FAILED) {
+      if (this.active) {
+        this.active = false;
+        this.queues = [];
+        this.backend.reset();
+      }
+      return;
+    }
+    if (!this.active && status & STATUS_DRIVER_OK && !(status & STATUS_NEEDS_RESET)) this.activate();
+  }
+
+  private activate(): void {
+    const features = this.transport.driverFeatures;
+    const queues: (SplitQueue | undefined)[] = [];
+    for (let i = 0; i < this.transport.info.queueSizes.length; i++) {
+      const q = this.transport.queueConfig(i);
+      if (!q.enabled) {
+        queues.push(undefined);
+        continue;
+      }
+      const result = SplitQueue.create(this.memory, {
+        size: q.size,
+        descTable: q.desc,
+        availRing: q.driver,
+        usedRing: q.device,
+        eventIdx: ((features >> VIRTIO_F_RING_EVENT_IDX) & 1n) === 1n,
+        indirect: ((features >> VIRTIO_F_RING_INDIRECT_DESC) & 1n) === 1n,
+      });
+      if (!(result instanceof SplitQueue)) {
+        this.needsReset(`queue ${i}: ${result.message}`);
+        return;
+      }
+      queues.push(result);
+    }
+    this.queues = queues;
+    this.active = true;
+    const ctx: VirtioQueueContext = {
+      memory: this.memory,
+      queues,
+      features,
+      interrupt: (queue) => {
+        const q = this.queues[queue];
+        if (q && q.needsNotification()) this.transport.interruptQueue(queue);
+      },
+      needsReset: (reason) => this.needsReset(reason),
+    };
+    this.backend.activate(ctx);
+    // Buffers the driver made available before DRIVER_OK (allowed by §3.1.1) are served now.
+    queues.forEach((q, i) => q && this.backend.queueNotified(i));
+  }
+
+  private kicked(index: number): void {
+    if (this.active && this.queues[index]) this.backend.queueNotified(index);
+  }
+
+  private needsReset(reason: string): void {
+    this.log(`${this.transport.name}: ${reason}; the device needs a reset`);
+    if (this.active) {
+      this.active = false;
+      this.queues = [];
+      this.backend.reset();
+    }
+    this.transport.needsReset();
+  }
+}
