@@ -4,7 +4,7 @@
 import type { MemoryMapEntry } from '../arch/x86_64/layout.js';
 import type { GuestMemory } from '../vmm/memory.js';
 import { isElf, parseElf } from './elf.js';
-import { loadBzImage, type LinuxBootEntry } from './linux.js';
+import { isBzImage, loadBzImage, type LinuxBootEntry } from './linux.js';
 import { BootImageError } from './errors.js';
 import { findMultibootHeader, loadMultiboot } from './multiboot.js';
 import { loadPvh, probePvh } from './pvh.js';
@@ -41,17 +41,6 @@ export interface BootEntry {
   readonly kernelRange: { readonly start: number; readonly end: number };
 }
 
-/** The Linux boot protocol's "HdrS" signature at 0x202 (Documentation/arch/x86/boot.rst). */
-function looksLikeBzImage(image: Uint8Array): boolean {
-  return (
-    image.length >= 0x206 &&
-    image[0x202] === 0x48 &&
-    image[0x203] === 0x64 &&
-    image[0x204] === 0x72 &&
-    image[0x205] === 0x53
-  );
-}
-
 export function loadKernel(request: BootRequest): BootEntry | LinuxBootEntry {
   const { image, imageName: file } = request;
   if (image.length === 0) throw new BootImageError(file, 'the file is empty');
@@ -68,7 +57,7 @@ export function loadKernel(request: BootRequest): BootEntry | LinuxBootEntry {
         ? `it is an ELF${elf.class} file with Xen notes but no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): a Xen PV-only kernel?`
         : `it is an ELF${elf.class} file without a PVH entry note (Xen, XEN_ELFNOTE_PHYS32_ENTRY)`,
     );
-  } else if (looksLikeBzImage(image)) {
+  } else if (isBzImage(image)) {
     return loadBzImage(request);
   } else {
     reasons.push('it is not an ELF file');
