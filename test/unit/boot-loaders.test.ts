@@ -29,7 +29,7 @@ test('detection: what is not a multiboot or PVH ELF kernel says what it is', () 
   bz.set(new TextEncoder().encode('HdrS'), 0x202);
   h.rejects(
     bz,
-    /^k\.elf: not a multiboot or PVH ELF kernel: it says it is a bzImage \("HdrS" at offset 0x202\): Linux bzImage boot is not supported yet/,
+    /^k\.elf: Linux boot protocol 0\.00 too old: the 64-bit entry needs protocol 2\.10 or later/,
   );
   h.rejects(
     new TextEncoder().encode('#!/bin/sh\necho not a kernel\n'),
