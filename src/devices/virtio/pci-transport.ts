@@ -65,6 +65,7 @@ const W_CONFIG_GENERATION = 7;
 const W_QUEUE_SELECT = 8;
 const W_ISR = 9;
 const W_NOTIFY_GENERATION = 10; // bumped when the BAR moved and ioeventfds were re-registered
+const W_INTX_LEVEL = 11; // the INTx line as last driven (changes only on transitions)
 const W_QUEUES = 16;
 // Per queue: size, msix vector, enable, desc lo/hi, driver lo/hi, device lo/hi, ioeventfd address lo/hi
 const Q_SIZE = 0;
@@ -226,9 +227,12 @@ export class VirtioPciDevice implements PciFunction {
 
   private resetLocked(): void {
     const r = this.regs;
-    for (let w = 1; w < r.length; w++) if (w !== W_NOTIFY_GENERATION && w !== W_CONFIG_GENERATION) r[w] = 0;
+    // Device state goes back to its reset values; where the queues' ioeventfds are registered is host state
+    // (it follows the BAR, not the driver) and must survive, or a later BAR move would register twice.
+    for (let w = 1; w < W_QUEUES; w++) if (w !== W_NOTIFY_GENERATION && w !== W_CONFIG_GENERATION && w !== W_INTX_LEVEL) r[w] = 0;
     r[W_CONFIG_MSIX] = NO_VECTOR;
     this.info.queueSizes.forEach((size, i) => {
+      for (let w = 0; w < Q_NOTIFY_ADDR; w++) r[this.q(i, w)] = 0;
       r[this.q(i, Q_SIZE)] = size;
       r[this.q(i, Q_VECTOR)] = NO_VECTOR;
     });
@@ -344,7 +348,10 @@ export class VirtioPciDevice implements PciFunction {
 
   private updateIntxLocked(): void {
     if (!this.intx) return;
-    this.intx.set(this.regs[W_ISR] !== 0 && !this.msix.enabled);
+    const level = this.regs[W_ISR] !== 0 && !this.msix.enabled ? 1 : 0;
+    if (level === this.regs[W_INTX_LEVEL]) return;
+    this.regs[W_INTX_LEVEL] = level;
+    this.intx.set(level === 1);
   }
 
   /** Signals "used buffers" on queue `index` (MSI-X vector of the queue, or INTx + ISR bit 0). */
