@@ -18,8 +18,40 @@ if (!existsSync(rusage) || statSync(rusage).mtimeMs < statSync(join(root, 'bench
 const guest = join(root, 'build/guests/smp.pvh.elf');
 const haveQemu = spawnSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' }).status === 0;
 const vmms = {
-  partita: (n) => [process.execPath, join(root, 'bin/partita.js'), 'run', '--kernel', guest, '--cpus', String(n), '--memory', '128M'],
-  ...(haveQemu ? { qemu: (n) => ['qemu-system-x86_64', '-M', 'microvm,acpi=on', '-enable-kvm', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-m', '128M', '-smp', String(n), '-kernel', guest] } : {}),
+  partita: (n) => [
+    process.execPath,
+    join(root, 'bin/partita.js'),
+    'run',
+    '--kernel',
+    guest,
+    '--cpus',
+    String(n),
+    '--memory',
+    '128M',
+  ],
+  ...(haveQemu
+    ? {
+        qemu: (n) => [
+          'qemu-system-x86_64',
+          '-M',
+          'microvm,acpi=on',
+          '-enable-kvm',
+          '-nodefaults',
+          '-no-user-config',
+          '-nographic',
+          '-serial',
+          'stdio',
+          '-device',
+          'isa-debug-exit,iobase=0xf4,iosize=4',
+          '-m',
+          '128M',
+          '-smp',
+          String(n),
+          '-kernel',
+          guest,
+        ],
+      }
+    : {}),
 };
 const tmp = join(tmpdir(), `partita-smp-${process.pid}.json`);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -35,7 +67,9 @@ for (let run = 0; run < Number(values.runs); run++) {
   }
 }
 rmSync(tmp, { force: true });
-console.log(`${'VMM'.padEnd(8)} ${'N'.padStart(3)} ${'start→all online ms'.padStart(20)} ${'peak RSS MiB'.padStart(13)}`);
+console.log(
+  `${'VMM'.padEnd(8)} ${'N'.padStart(3)} ${'start→all online ms'.padStart(20)} ${'peak RSS MiB'.padStart(13)}`,
+);
 const row = {};
 for (const [name, byN] of Object.entries(samples)) {
   for (const [n, rs] of Object.entries(byN)) {
@@ -46,5 +80,11 @@ for (const [name, byN] of Object.entries(samples)) {
   }
 }
 const p = row.partita;
-console.log(`\nPartita RSS per extra vCPU: 1→16 ${((p[16].rss - p[1].rss) / 15).toFixed(2)} MiB, 16→64 ${((p[64].rss - p[16].rss) / 48).toFixed(2)} MiB (target ≤ 1 MiB)`);
-if (row.qemu) for (const n of [1, 16, 64]) console.log(`N=${n}: Partita/QEMU time ${(p[n].ms / row.qemu[n].ms).toFixed(2)}x, RSS ${(p[n].rss / row.qemu[n].rss).toFixed(2)}x`);
+console.log(
+  `\nPartita RSS per extra vCPU: 1→16 ${((p[16].rss - p[1].rss) / 15).toFixed(2)} MiB, 16→64 ${((p[64].rss - p[16].rss) / 48).toFixed(2)} MiB (target ≤ 1 MiB)`,
+);
+if (row.qemu)
+  for (const n of [1, 16, 64])
+    console.log(
+      `N=${n}: Partita/QEMU time ${(p[n].ms / row.qemu[n].ms).toFixed(2)}x, RSS ${(p[n].rss / row.qemu[n].rss).toFixed(2)}x`,
+    );

@@ -14,17 +14,36 @@ const force = process.argv.includes('--force');
 
 for (const tool of ['gcc', 'ld', 'objcopy']) {
   if (spawnSync(tool, ['--version'], { stdio: 'ignore' }).status !== 0) {
-    console.error(`partita: ${tool} is missing; the test guests need it.\n  Install with:  sudo apt-get install gcc binutils libc6-dev`);
+    console.error(
+      `partita: ${tool} is missing; the test guests need it.\n  Install with:  sudo apt-get install gcc binutils libc6-dev`,
+    );
     process.exit(1);
   }
 }
 
-const CFLAGS = ['-O2', '-m64', '-march=x86-64', '-mgeneral-regs-only', '-mno-red-zone', '-ffreestanding', '-fno-pic',
-  '-fno-pie', '-fno-stack-protector', '-fno-asynchronous-unwind-tables', '-fcf-protection=none', '-nostdlib',
-  '-mcmodel=small', '-Wall', '-Wextra', '-Werror'];
+const CFLAGS = [
+  '-O2',
+  '-m64',
+  '-march=x86-64',
+  '-mgeneral-regs-only',
+  '-mno-red-zone',
+  '-ffreestanding',
+  '-fno-pic',
+  '-fno-pie',
+  '-fno-stack-protector',
+  '-fno-asynchronous-unwind-tables',
+  '-fcf-protection=none',
+  '-nostdlib',
+  '-mcmodel=small',
+  '-Wall',
+  '-Wextra',
+  '-Werror',
+];
 const runtimeDir = join(src, 'runtime');
 const runtimeSources = readdirSync(runtimeDir).map((f) => join(runtimeDir, f));
-const guests = readdirSync(src).filter((f) => f.endsWith('.c')).map((f) => f.slice(0, -2));
+const guests = readdirSync(src)
+  .filter((f) => f.endsWith('.c'))
+  .map((f) => f.slice(0, -2));
 const newest = (files) => Math.max(...files.map((f) => statSync(f).mtimeMs));
 const tmp = join(out, 'obj');
 mkdirSync(tmp, { recursive: true });
@@ -47,8 +66,24 @@ for (const format of ['pvh', 'mb']) {
     const obj = join(tmp, `${name}.o`);
     const elf64 = join(tmp, `${name}.${format}.elf64`);
     run('gcc', [...CFLAGS, '-c', join(src, `${name}.c`), '-o', obj]);
-    run('ld', ['-m', 'elf_x86_64', '-nostdlib', '-z', 'max-page-size=0x1000', '-z', 'noexecstack', '--no-warn-rwx-segments',
-      '-T', join(runtimeDir, 'link.ld'), '-o', elf64, entryObj, runtimeObj, ...extra, obj]);
+    run('ld', [
+      '-m',
+      'elf_x86_64',
+      '-nostdlib',
+      '-z',
+      'max-page-size=0x1000',
+      '-z',
+      'noexecstack',
+      '--no-warn-rwx-segments',
+      '-T',
+      join(runtimeDir, 'link.ld'),
+      '-o',
+      elf64,
+      entryObj,
+      runtimeObj,
+      ...extra,
+      obj,
+    ]);
     run('objcopy', ['-O', 'elf32-i386', elf64, target]);
     built++;
   }

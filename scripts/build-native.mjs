@@ -19,8 +19,10 @@ if (process.platform !== 'linux' || process.arch !== 'x64') {
 }
 const cc = process.env.CC || 'gcc';
 if (spawnSync(cc, ['--version'], { stdio: 'ignore' }).status !== 0) {
-  console.error(`partita: no C compiler (${cc}) found; it builds the native layer and the test guests.\n` +
-    '  Install it with:  sudo apt-get install gcc libc6-dev');
+  console.error(
+    `partita: no C compiler (${cc}) found; it builds the native layer and the test guests.\n` +
+      '  Install it with:  sudo apt-get install gcc libc6-dev',
+  );
   process.exit(1);
 }
 if (existsSync(output) && statSync(output).mtimeMs >= statSync(source).mtimeMs && !process.argv.includes('--force')) {
@@ -29,5 +31,23 @@ if (existsSync(output) && statSync(output).mtimeMs >= statSync(source).mtimeMs &
 const require = createRequire(import.meta.url);
 const headers = join(dirname(require.resolve('node-api-headers/package.json')), 'include');
 mkdirSync(dirname(output), { recursive: true });
-execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Wno-unused-parameter', '-fPIC', '-shared', '-DNAPI_VERSION=8',
-  '-I', headers, '-o', output, source, '-lpthread', '-lrt'], { stdio: 'inherit' });
+execFileSync(
+  cc,
+  [
+    '-O2',
+    '-Wall',
+    '-Wextra',
+    '-Wno-unused-parameter',
+    '-fPIC',
+    '-shared',
+    '-DNAPI_VERSION=8',
+    '-I',
+    headers,
+    '-o',
+    output,
+    source,
+    '-lpthread',
+    '-lrt',
+  ],
+  { stdio: 'inherit' },
+);

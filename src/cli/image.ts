@@ -5,7 +5,9 @@ import { buildDemoImage, DemoImageError } from '../image/demo.js';
 export async function imageDemoCommand(opts: { refresh: boolean }): Promise<number> {
   // Loaded here, not at start-up: `partita run` should not pay for it.
   const { SingleBar, Presets } = await import('cli-progress');
-  const bar = process.stderr.isTTY ? new SingleBar({ format: 'partita: {stage} [{bar}] {percentage}%', hideCursor: true }, Presets.shades_classic) : undefined;
+  const bar = process.stderr.isTTY
+    ? new SingleBar({ format: 'partita: {stage} [{bar}] {percentage}%', hideCursor: true }, Presets.shades_classic)
+    : undefined;
   let started = false;
   try {
     const image = await buildDemoImage({

@@ -109,7 +109,8 @@ function runCommand(args: string[]): number {
   }
 
   const cpu = values.cpu as string | undefined;
-  if (cpu !== undefined && cpu !== 'host' && cpu !== 'compat') throw new UsageError(`--cpu '${cpu}' is not a profile (host or compat)`);
+  if (cpu !== undefined && cpu !== 'host' && cpu !== 'compat')
+    throw new UsageError(`--cpu '${cpu}' is not a profile (host or compat)`);
 
   const serial = (values.serial as string | undefined) ?? 'stdio';
   let serialOutputFd = 1;
@@ -120,7 +121,9 @@ function runCommand(args: string[]): number {
     try {
       serialOutputFd = openSync(serial.slice(5), 'w');
     } catch (e) {
-      throw new UsageError(`--serial: cannot open '${serial.slice(5)}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new UsageError(
+        `--serial: cannot open '${serial.slice(5)}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
     }
   } else {
     throw new UsageError(`--serial '${serial}' is not stdio or file:PATH`);
@@ -145,7 +148,8 @@ function runCommand(args: string[]): number {
   }
   try {
     const { reason } = runMachine(config);
-    if (reason.kind !== 'guest-exit') process.stderr.write(`${raw ? '\r\n' : ''}partita: ${reason.message.replace(/\n/g, raw ? '\r\n' : '\n')}\n`);
+    if (reason.kind !== 'guest-exit')
+      process.stderr.write(`${raw ? '\r\n' : ''}partita: ${reason.message.replace(/\n/g, raw ? '\r\n' : '\n')}\n`);
     return reason.status;
   } finally {
     if (raw) process.stdin.setRawMode(false);
@@ -156,7 +160,8 @@ function version(): string {
   // package.json is one level up from the bundle (dist/main.js), three from the tsc output (dist/src/cli/).
   for (const rel of ['../package.json', '../../../package.json']) {
     try {
-      return (JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name: string; version: string }).version;
+      return (JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name: string; version: string })
+        .version;
     } catch {
       continue;
     }
@@ -178,12 +183,18 @@ export function main(argv: string[]): number | Promise<number> {
     if (command === 'run') return runCommand(rest);
     if (command === 'image') {
       const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
-      if (positionals[0] !== 'demo' || positionals.length !== 1) throw new UsageError(`image: the only image is 'demo' (partita image demo [--refresh])`);
+      if (positionals[0] !== 'demo' || positionals.length !== 1)
+        throw new UsageError(`image: the only image is 'demo' (partita image demo [--refresh])`);
       return imageDemoCommand({ refresh: values.refresh === true });
     }
     throw new UsageError(`unknown command '${command}' (see partita --help)`);
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError || e instanceof BootImageError || e instanceof KvmUnavailableError) {
+    if (
+      e instanceof UsageError ||
+      e instanceof ConfigError ||
+      e instanceof BootImageError ||
+      e instanceof KvmUnavailableError
+    ) {
       fail(e.message);
     }
     throw e;

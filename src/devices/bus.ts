@@ -30,7 +30,9 @@ export class PortIoBus {
     }
     for (let p = base; p < base + length; p++) {
       if (this.slot[p]) {
-        throw new BusConflictError(`${device.name}: port 0x${p.toString(16)} already belongs to ${this.devices[this.slot[p] - 1].name}`);
+        throw new BusConflictError(
+          `${device.name}: port 0x${p.toString(16)} already belongs to ${this.devices[this.slot[p] - 1].name}`,
+        );
       }
     }
     this.devices.push(device);

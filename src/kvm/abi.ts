@@ -45,23 +45,63 @@ export const kvm_userspace_memory_region = layout('kvm_userspace_memory_region',
 });
 
 export const kvm_regs = layout('kvm_regs', 144, {
-  rax: [0, 8], rbx: [8, 8], rcx: [16, 8], rdx: [24, 8], rsi: [32, 8], rdi: [40, 8], rsp: [48, 8], rbp: [56, 8],
-  r8: [64, 8], r9: [72, 8], r10: [80, 8], r11: [88, 8], r12: [96, 8], r13: [104, 8], r14: [112, 8], r15: [120, 8],
-  rip: [128, 8], rflags: [136, 8],
+  rax: [0, 8],
+  rbx: [8, 8],
+  rcx: [16, 8],
+  rdx: [24, 8],
+  rsi: [32, 8],
+  rdi: [40, 8],
+  rsp: [48, 8],
+  rbp: [56, 8],
+  r8: [64, 8],
+  r9: [72, 8],
+  r10: [80, 8],
+  r11: [88, 8],
+  r12: [96, 8],
+  r13: [104, 8],
+  r14: [112, 8],
+  r15: [120, 8],
+  rip: [128, 8],
+  rflags: [136, 8],
 });
 export type RegName = keyof typeof kvm_regs.fields;
 
 export const kvm_segment = layout('kvm_segment', 24, {
-  base: [0, 8], limit: [8, 4], selector: [12, 2], type: [14, 1], present: [15, 1], dpl: [16, 1], db: [17, 1],
-  s: [18, 1], l: [19, 1], g: [20, 1], avl: [21, 1], unusable: [22, 1], padding: [23, 1],
+  base: [0, 8],
+  limit: [8, 4],
+  selector: [12, 2],
+  type: [14, 1],
+  present: [15, 1],
+  dpl: [16, 1],
+  db: [17, 1],
+  s: [18, 1],
+  l: [19, 1],
+  g: [20, 1],
+  avl: [21, 1],
+  unusable: [22, 1],
+  padding: [23, 1],
 });
 
 export const kvm_dtable = layout('kvm_dtable', 16, { base: [0, 8], limit: [8, 2] });
 
 export const kvm_sregs = layout('kvm_sregs', 312, {
-  cs: [0, 24], ds: [24, 24], es: [48, 24], fs: [72, 24], gs: [96, 24], ss: [120, 24], tr: [144, 24], ldt: [168, 24],
-  gdt: [192, 16], idt: [208, 16],
-  cr0: [224, 8], cr2: [232, 8], cr3: [240, 8], cr4: [248, 8], cr8: [256, 8], efer: [264, 8], apic_base: [272, 8],
+  cs: [0, 24],
+  ds: [24, 24],
+  es: [48, 24],
+  fs: [72, 24],
+  gs: [96, 24],
+  ss: [120, 24],
+  tr: [144, 24],
+  ldt: [168, 24],
+  gdt: [192, 16],
+  idt: [208, 16],
+  cr0: [224, 8],
+  cr2: [232, 8],
+  cr3: [240, 8],
+  cr4: [248, 8],
+  cr8: [256, 8],
+  efer: [264, 8],
+  apic_base: [272, 8],
   interrupt_bitmap: [280, 32],
 });
 export type SegmentName = 'cs' | 'ds' | 'es' | 'fs' | 'gs' | 'ss' | 'tr' | 'ldt';
@@ -97,7 +137,13 @@ export const kvm_run = layout('kvm_run', 2352 /* struct size; the mapping is KVM
 });
 
 export const kvm_cpuid_entry2 = layout('kvm_cpuid_entry2', 40, {
-  function: [0, 4], index: [4, 4], flags: [8, 4], eax: [12, 4], ebx: [16, 4], ecx: [20, 4], edx: [24, 4],
+  function: [0, 4],
+  index: [4, 4],
+  flags: [8, 4],
+  eax: [12, 4],
+  ebx: [16, 4],
+  ecx: [20, 4],
+  edx: [24, 4],
 });
 export const kvm_cpuid2 = layout('kvm_cpuid2', 8, { nent: [0, 4] });
 
@@ -108,34 +154,71 @@ export const kvm_msr_list = layout('kvm_msr_list', 4, { nmsrs: [0, 4] });
 export const kvm_irq_level = layout('kvm_irq_level', 8, { irq: [0, 4], level: [4, 4] });
 
 export const kvm_irq_routing_entry = layout('kvm_irq_routing_entry', 48, {
-  gsi: [0, 4], type: [4, 4], flags: [8, 4],
-  'u.irqchip.irqchip': [16, 4], 'u.irqchip.pin': [20, 4],
-  'u.msi.address_lo': [16, 4], 'u.msi.address_hi': [20, 4], 'u.msi.data': [24, 4], 'u.msi.devid': [28, 4],
+  gsi: [0, 4],
+  type: [4, 4],
+  flags: [8, 4],
+  'u.irqchip.irqchip': [16, 4],
+  'u.irqchip.pin': [20, 4],
+  'u.msi.address_lo': [16, 4],
+  'u.msi.address_hi': [20, 4],
+  'u.msi.data': [24, 4],
+  'u.msi.devid': [28, 4],
 });
 export const kvm_irq_routing = layout('kvm_irq_routing', 8, { nr: [0, 4], flags: [4, 4] });
 
 export const kvm_irqfd = layout('kvm_irqfd', 32, { fd: [0, 4], gsi: [4, 4], flags: [8, 4], resamplefd: [12, 4] });
 
 export const kvm_ioeventfd = layout('kvm_ioeventfd', 64, {
-  datamatch: [0, 8], addr: [8, 8], len: [16, 4], fd: [20, 4], flags: [24, 4],
+  datamatch: [0, 8],
+  addr: [8, 8],
+  len: [16, 4],
+  fd: [20, 4],
+  flags: [24, 4],
 });
 
 export const kvm_lapic_state = layout('kvm_lapic_state', 1024, { regs: [0, 1024] });
 export const kvm_pit_config = layout('kvm_pit_config', 64, { flags: [0, 4] });
 export const kvm_mp_state = layout('kvm_mp_state', 4, { mp_state: [0, 4] });
 export const kvm_msi = layout('kvm_msi', 32, {
-  address_lo: [0, 4], address_hi: [4, 4], data: [8, 4], flags: [12, 4], devid: [16, 4],
+  address_lo: [0, 4],
+  address_hi: [4, 4],
+  data: [8, 4],
+  flags: [12, 4],
+  devid: [16, 4],
 });
 export const kvm_translation = layout('kvm_translation', 24, {
-  linear_address: [0, 8], physical_address: [8, 8], valid: [16, 1], writeable: [17, 1], usermode: [18, 1],
+  linear_address: [0, 8],
+  physical_address: [8, 8],
+  valid: [16, 1],
+  writeable: [17, 1],
+  usermode: [18, 1],
 });
 export const kvm_enable_cap = layout('kvm_enable_cap', 104, { cap: [0, 4], flags: [4, 4], args: [8, 32] });
 
 /** Every layout, for the header check. */
 export const allLayouts: readonly StructLayout<string>[] = [
-  kvm_userspace_memory_region, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_run, kvm_cpuid_entry2,
-  kvm_cpuid2, kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_irq_level, kvm_irq_routing_entry, kvm_irq_routing,
-  kvm_irqfd, kvm_ioeventfd, kvm_lapic_state, kvm_pit_config, kvm_mp_state, kvm_msi, kvm_enable_cap, kvm_translation,
+  kvm_userspace_memory_region,
+  kvm_regs,
+  kvm_segment,
+  kvm_dtable,
+  kvm_sregs,
+  kvm_run,
+  kvm_cpuid_entry2,
+  kvm_cpuid2,
+  kvm_msr_entry,
+  kvm_msrs,
+  kvm_msr_list,
+  kvm_irq_level,
+  kvm_irq_routing_entry,
+  kvm_irq_routing,
+  kvm_irqfd,
+  kvm_ioeventfd,
+  kvm_lapic_state,
+  kvm_pit_config,
+  kvm_mp_state,
+  kvm_msi,
+  kvm_enable_cap,
+  kvm_translation,
 ];
 
 export const ioctls = {

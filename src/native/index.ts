@@ -26,7 +26,12 @@ interface NativeBinding {
   watchTerminationSignals(immediateExitAddress: bigint): number;
   pendingSignal(): number;
   restoreTerminationSignals(): number;
-  startVcpuThread(fd: number, id: number, onExit: (id: number, result: number) => void, immediateExitAddress: bigint): VcpuThreadHandle | number;
+  startVcpuThread(
+    fd: number,
+    id: number,
+    onExit: (id: number, result: number) => void,
+    immediateExitAddress: bigint,
+  ): VcpuThreadHandle | number;
   stopVcpuThreads(timeoutMs: number): number;
   completeVcpuExit(handle: bigint, keepRunning: boolean): void;
   watchFds(onReady: (fd: number) => void): bigint | number;

@@ -18,8 +18,19 @@ export type StopKind =
   | 'error';
 
 const KINDS: readonly StopKind[] = [
-  'guest-exit', 'poweroff', 'reset', 'triple-fault', 'emulation-failure', 'internal-error', 'fail-entry',
-  'unknown-exit', 'halted', 'system-event', 'signal', 'user-quit', 'error',
+  'guest-exit',
+  'poweroff',
+  'reset',
+  'triple-fault',
+  'emulation-failure',
+  'internal-error',
+  'fail-entry',
+  'unknown-exit',
+  'halted',
+  'system-event',
+  'signal',
+  'user-quit',
+  'error',
 ];
 
 export interface StopReason {

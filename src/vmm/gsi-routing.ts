@@ -1,7 +1,17 @@
 // The VM's GSI routing table (KVM_SET_GSI_ROUTING) and irqfds. KVM replaces the whole table on every update,
 // so the table is kept in shared memory, under a lock, and any thread can change one route and commit it all.
 // GSIs 0-23 keep KVM's default wiring (PIC for 0-15, IOAPIC pins 0-23); MSI routes are allocated above them.
-import { ioctls, kvm_irq_routing, kvm_irq_routing_entry, kvm_irqfd, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from '../kvm/abi.js';
+import {
+  ioctls,
+  kvm_irq_routing,
+  kvm_irq_routing_entry,
+  kvm_irqfd,
+  KVM_IRQ_ROUTING_IRQCHIP,
+  KVM_IRQ_ROUTING_MSI,
+  KVM_IRQCHIP_IOAPIC,
+  KVM_IRQCHIP_PIC_MASTER,
+  KVM_IRQCHIP_PIC_SLAVE,
+} from '../kvm/abi.js';
 import { check, native } from '../native/index.js';
 import { SharedLock } from '../devices/shared-lock.js';
 
@@ -38,7 +48,8 @@ export class GsiRouter {
     const at = HEADER_INTS + (gsi - FIRST_MSI_GSI) * ROUTE_INTS;
     this.lock.with(() => {
       const r = this.ints;
-      if (r[at] === 1 && r[at + 1] === (addressLo | 0) && r[at + 2] === (addressHi | 0) && r[at + 3] === (data | 0)) return;
+      if (r[at] === 1 && r[at + 1] === (addressLo | 0) && r[at + 2] === (addressHi | 0) && r[at + 3] === (data | 0))
+        return;
       r[at] = 1;
       r[at + 1] = addressLo | 0;
       r[at + 2] = addressHi | 0;
@@ -51,13 +62,26 @@ export class GsiRouter {
     const msiCount = this.ints[1];
     const entries: { gsi: number; type: number; a: number; b: number; c: number }[] = [];
     for (let gsi = 0; gsi < 24; gsi++) {
-      if (gsi < 16 && gsi !== 2) entries.push({ gsi, type: KVM_IRQ_ROUTING_IRQCHIP, a: gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, b: gsi % 8, c: 0 });
+      if (gsi < 16 && gsi !== 2)
+        entries.push({
+          gsi,
+          type: KVM_IRQ_ROUTING_IRQCHIP,
+          a: gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE,
+          b: gsi % 8,
+          c: 0,
+        });
       entries.push({ gsi, type: KVM_IRQ_ROUTING_IRQCHIP, a: KVM_IRQCHIP_IOAPIC, b: gsi, c: 0 });
     }
     for (let i = 0; i < msiCount; i++) {
       const at = HEADER_INTS + i * ROUTE_INTS;
       if (this.ints[at] !== 1) continue;
-      entries.push({ gsi: FIRST_MSI_GSI + i, type: KVM_IRQ_ROUTING_MSI, a: this.ints[at + 1], b: this.ints[at + 2], c: this.ints[at + 3] });
+      entries.push({
+        gsi: FIRST_MSI_GSI + i,
+        type: KVM_IRQ_ROUTING_MSI,
+        a: this.ints[at + 1],
+        b: this.ints[at + 2],
+        c: this.ints[at + 3],
+      });
     }
     const E = kvm_irq_routing_entry.fields;
     const buf = new DataView(new ArrayBuffer(kvm_irq_routing.size + entries.length * kvm_irq_routing_entry.size));

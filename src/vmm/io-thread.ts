@@ -86,7 +86,8 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
       const { forward, commands } = escape.feed(data);
       bytes = forward;
       for (const command of commands) {
-        if (command === 'quit') control.stop({ kind: 'user-quit', status: 0, message: 'quit from the console (Ctrl-A x)' });
+        if (command === 'quit')
+          control.stop({ kind: 'user-quit', status: 0, message: 'quit from the console (Ctrl-A x)' });
         else if (command === 'help') writeSync(2, `\r\n${ESCAPE_HELP.replace(/\n/g, '\r\n')}\r\n`);
         else if (command === 'break') uart.sendBreak();
       }

@@ -11,7 +11,14 @@ import { native } from '../native/index.js';
 import { supportedCpuid, vcpuCpuid, type CpuProfile } from '../arch/x86_64/cpuid.js';
 import { apicIdLayout, defaultTopology, parseTopology, type CpuTopology } from '../arch/x86_64/topology.js';
 import { msrIndexList, setupMsrs } from '../arch/x86_64/msrs.js';
-import { BOOT_GDT_ADDRESS, guestMemoryMap, IOAPIC_ADDRESS, LAPIC_ADDRESS, MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
+import {
+  BOOT_GDT_ADDRESS,
+  guestMemoryMap,
+  IOAPIC_ADDRESS,
+  LAPIC_ADDRESS,
+  MAX_MEMORY,
+  MIN_MEMORY,
+} from '../arch/x86_64/layout.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
 import { bootGdt, longModeEntry, protectedModeEntry } from '../arch/x86_64/registers.js';
@@ -58,18 +65,27 @@ function readInputFile(path: string, what: string): Uint8Array {
   } catch (e) {
     if (e instanceof ConfigError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(`cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`);
+    throw new ConfigError(
+      `cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`,
+    );
   }
   if (size === 0) throw new ConfigError(`${what} '${path}' is empty`);
   return readFileSync(path);
 }
 
 export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
-  if (!Number.isInteger(config.cpus) || config.cpus < 1) throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_VCPUS}`);
-  if (config.cpus > MAX_VCPUS) throw new ConfigError(`--cpus ${config.cpus} is more than Partita's limit of ${MAX_VCPUS} vCPUs per VM`);
-  if (kvm && config.cpus > kvm.maxVcpus) throw new ConfigError(`--cpus ${config.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
-  if (config.memory > MAX_MEMORY) throw new ConfigError(`--memory ${formatSize(config.memory)} is larger than the ${formatSize(MAX_MEMORY)} limit`);
-  if (config.memory < MIN_MEMORY) throw new ConfigError(`--memory ${formatSize(config.memory)} is smaller than the ${formatSize(MIN_MEMORY)} minimum`);
+  if (!Number.isInteger(config.cpus) || config.cpus < 1)
+    throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_VCPUS}`);
+  if (config.cpus > MAX_VCPUS)
+    throw new ConfigError(`--cpus ${config.cpus} is more than Partita's limit of ${MAX_VCPUS} vCPUs per VM`);
+  if (kvm && config.cpus > kvm.maxVcpus)
+    throw new ConfigError(`--cpus ${config.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
+  if (config.memory > MAX_MEMORY)
+    throw new ConfigError(`--memory ${formatSize(config.memory)} is larger than the ${formatSize(MAX_MEMORY)} limit`);
+  if (config.memory < MIN_MEMORY)
+    throw new ConfigError(
+      `--memory ${formatSize(config.memory)} is smaller than the ${formatSize(MIN_MEMORY)} minimum`,
+    );
   if (config.memory % 4096 !== 0) throw new ConfigError(`--memory must be a whole number of 4 KiB pages`);
   machineTopology(config);
 }
@@ -101,7 +117,10 @@ function trace(phase: string): void {
 export function runMachine(config: MachineConfig, control: VmControl = new VmControl()): RunResult {
   trace('builder start');
   // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
-  const worker = config.cpus > 1 || config.serialInput !== 'none' ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false }) : undefined;
+  const worker =
+    config.cpus > 1 || config.serialInput !== 'none'
+      ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
+      : undefined;
   worker?.unref();
   try {
     return buildAndRun(config, control, worker);
@@ -113,7 +132,11 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
 
 function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker | undefined): RunResult {
   const image = readInputFile(config.kernel, 'kernel');
-  const modules = config.initrd.map((path) => ({ name: basename(path), data: readInputFile(path, 'initrd'), cmdline: basename(path) }));
+  const modules = config.initrd.map((path) => ({
+    name: basename(path),
+    data: readInputFile(path, 'initrd'),
+    cmdline: basename(path),
+  }));
   const kvm = KvmSystem.open();
   validateConfig(config, kvm);
   const mmapSize = kvm.vcpuMmapSize;
@@ -206,7 +229,8 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
     native.restoreTerminationSignals();
     // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
     // (No kicks after this: pthread_kill on a finished thread is undefined behaviour.)
-    if (config.cpus > 1 && native.stopVcpuThreads(2000) > 0) process.stderr.write('partita: some vCPU threads did not stop\n');
+    if (config.cpus > 1 && native.stopVcpuThreads(2000) > 0)
+      process.stderr.write('partita: some vCPU threads did not stop\n');
     void worker?.terminate();
     return { reason, boot };
   } finally {
@@ -220,9 +244,13 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
  */
 function writePlatformTables(vm: Vm, apicIds: readonly number[]): number {
   const ioapicId = defaultIoapicId(apicIds);
-  const acpi = buildAcpiTables({ apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {} }, vm.memory);
+  const acpi = buildAcpiTables(
+    { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {} },
+    vm.memory,
+  );
   // The MP table cannot describe x2APIC IDs; such guests use ACPI.
-  if (apicIds.every((id) => id <= MP_MAX_APIC_ID)) writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS });
+  if (apicIds.every((id) => id <= MP_MAX_APIC_ID))
+    writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS });
   return acpi.rsdpAddress;
 }
 

@@ -217,4 +217,3 @@ export class GuestMemory {
     return Buffer.from(bytes).toString('latin1');
   }
 }
-

@@ -11,12 +11,18 @@ export function parseSize(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$/i.exec(text);
   if (!m) throw new RangeError(`"${text}" is not a size (examples: 512M, 4G, 1T)`);
   const value = Number(m[1]) * suffixes[m[2].toUpperCase()];
-  if (!Number.isFinite(value) || !Number.isSafeInteger(Math.round(value))) throw new RangeError(`"${text}" is too large`);
+  if (!Number.isFinite(value) || !Number.isSafeInteger(Math.round(value)))
+    throw new RangeError(`"${text}" is too large`);
   return Math.round(value);
 }
 
 export function formatSize(bytes: number): string {
-  for (const [unit, size] of [['T', TIB], ['G', GIB], ['M', MIB], ['K', KIB]] as const) {
+  for (const [unit, size] of [
+    ['T', TIB],
+    ['G', GIB],
+    ['M', MIB],
+    ['K', KIB],
+  ] as const) {
     if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
   }
   return `${bytes}`;

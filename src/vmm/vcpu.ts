@@ -17,7 +17,15 @@ import {
   systemEventTypes,
 } from '../kvm/abi.js';
 import { check, checkBig, EAGAIN, EINTR, MAP_SHARED, native, PROT_READ, PROT_WRITE } from '../native/index.js';
-import { decodeRegs, decodeSregs, encodeRegs, encodeSregs, formatRegisterDump, type Regs, type Sregs } from '../arch/x86_64/registers.js';
+import {
+  decodeRegs,
+  decodeSregs,
+  encodeRegs,
+  encodeSregs,
+  formatRegisterDump,
+  type Regs,
+  type Sregs,
+} from '../arch/x86_64/registers.js';
 import { encodeCpuid, type CpuidEntry } from '../arch/x86_64/cpuid.js';
 import type { MmioBus, PortIoBus } from '../devices/bus.js';
 import type { GuestMemory } from './memory.js';
@@ -49,7 +57,11 @@ export class Vcpu {
     readonly fd: number,
     mmapSize: number,
   ) {
-    this.runAddress = checkBig(native.mmap(mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), 'mmap', `kvm_run of vCPU ${id}`);
+    this.runAddress = checkBig(
+      native.mmap(mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+      'mmap',
+      `kvm_run of vCPU ${id}`,
+    );
     const buffer = native.view(this.runAddress, mmapSize);
     this.run = new DataView(buffer);
     this.runBytes = new Uint8Array(buffer);
@@ -195,7 +207,11 @@ export class Vcpu {
         // Only without an in-kernel LAPIC; Partita always has one, but a HLT here still means "idle forever".
         return ctx.control.fault(`vCPU ${this.id}: the guest halted (KVM_EXIT_HLT)\n${dump()}`, 3, 'halted');
       case exitReasons.KVM_EXIT_SHUTDOWN:
-        return ctx.control.fault(`vCPU ${this.id}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)\n${dump()}`, 3, 'triple-fault');
+        return ctx.control.fault(
+          `vCPU ${this.id}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)\n${dump()}`,
+          3,
+          'triple-fault',
+        );
       case exitReasons.KVM_EXIT_FAIL_ENTRY: {
         const hw = run.getBigUint64(R['fail_entry.hardware_entry_failure_reason'].offset, true);
         const cpu = run.getUint32(R['fail_entry.cpu'].offset, true);
@@ -208,7 +224,10 @@ export class Vcpu {
       case exitReasons.KVM_EXIT_INTERNAL_ERROR: {
         const sub = run.getUint32(R['internal.suberror'].offset, true);
         const ndata = Math.min(run.getUint32(R['internal.ndata'].offset, true), 16);
-        const data = Array.from({ length: ndata }, (_, i) => '0x' + run.getBigUint64(R['internal.data'].offset + 8 * i, true).toString(16));
+        const data = Array.from(
+          { length: ndata },
+          (_, i) => '0x' + run.getBigUint64(R['internal.data'].offset + 8 * i, true).toString(16),
+        );
         const what =
           sub === internalErrorSuberrors.KVM_INTERNAL_ERROR_EMULATION
             ? "KVM's instruction emulator could not run a guest instruction (emulation failure)"
@@ -225,9 +244,19 @@ export class Vcpu {
       }
       case exitReasons.KVM_EXIT_SYSTEM_EVENT: {
         const type = run.getUint32(R['system_event.type'].offset, true);
-        if (type === systemEventTypes.KVM_SYSTEM_EVENT_SHUTDOWN) return ctx.control.stop({ kind: 'poweroff', status: 0, message: 'the guest powered off' });
-        if (type === systemEventTypes.KVM_SYSTEM_EVENT_RESET) return ctx.control.stop({ kind: 'reset', status: 0, message: 'the guest requested a reset; Partita stops the VM (no reboot)' });
-        return ctx.control.fault(`vCPU ${this.id}: the guest reported a crash or system event ${type}\n${dump()}`, 3, 'system-event');
+        if (type === systemEventTypes.KVM_SYSTEM_EVENT_SHUTDOWN)
+          return ctx.control.stop({ kind: 'poweroff', status: 0, message: 'the guest powered off' });
+        if (type === systemEventTypes.KVM_SYSTEM_EVENT_RESET)
+          return ctx.control.stop({
+            kind: 'reset',
+            status: 0,
+            message: 'the guest requested a reset; Partita stops the VM (no reboot)',
+          });
+        return ctx.control.fault(
+          `vCPU ${this.id}: the guest reported a crash or system event ${type}\n${dump()}`,
+          3,
+          'system-event',
+        );
       }
       case exitReasons.KVM_EXIT_IRQ_WINDOW_OPEN:
       case exitReasons.KVM_EXIT_INTR:

@@ -1,6 +1,12 @@
 // One KVM virtual machine: its fd, in-kernel irqchip (PIC + IOAPIC + per-vCPU LAPICs) and PIT, the TSS and
 // identity-map pages KVM needs on Intel, guest RAM registered as memory slots, and its interrupt lines.
-import { ioctls, kvm_irq_level, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY } from '../kvm/abi.js';
+import {
+  ioctls,
+  kvm_irq_level,
+  kvm_pit_config,
+  kvm_userspace_memory_region,
+  KVM_PIT_SPEAKER_DUMMY,
+} from '../kvm/abi.js';
 import type { KvmSystem } from '../kvm/system.js';
 import { check, native } from '../native/index.js';
 import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS } from '../arch/x86_64/layout.js';
@@ -42,7 +48,11 @@ export class Vm {
     buf.setBigUint64(f.guest_phys_addr.offset, BigInt(gpa), true);
     buf.setBigUint64(f.memory_size.offset, BigInt(size), true);
     buf.setBigUint64(f.userspace_addr.offset, host, true);
-    check(native.ioctl(fd, ioctls.KVM_SET_USER_MEMORY_REGION, buf), 'KVM_SET_USER_MEMORY_REGION', `slot ${slot} at 0x${gpa.toString(16)}`);
+    check(
+      native.ioctl(fd, ioctls.KVM_SET_USER_MEMORY_REGION, buf),
+      'KVM_SET_USER_MEMORY_REGION',
+      `slot ${slot} at 0x${gpa.toString(16)}`,
+    );
   }
 
   /** An ISA interrupt line of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE); usable from any thread. */

@@ -19,44 +19,58 @@ interface Job {
 if (!isMainThread && workerData) {
   const job = workerData as Job;
   const result = runMachine(
-    { kernel: guest('exits'), initrd: [], cmdline: 'count=100000000', cpus: 1, memory: 64 * 1024 * 1024, serialOutputFd: openSync(job.out, 'w'), serialInput: 'none' },
+    {
+      kernel: guest('exits'),
+      initrd: [],
+      cmdline: 'count=100000000',
+      cpus: 1,
+      memory: 64 * 1024 * 1024,
+      serialOutputFd: openSync(job.out, 'w'),
+      serialInput: 'none',
+    },
     new VmControl(job.control),
   );
   parentPort!.postMessage(result.reason);
 } else {
-  test('pause stops the vCPUs, resume continues, stop ends the VM', { skip: !haveKvm && 'no /dev/kvm', timeout: 60_000 }, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'partita-pause-'));
-    const control = new VmControl();
-    const worker = new Worker(new URL(import.meta.url), { workerData: { control: control.buffer, out: join(dir, 'serial') } satisfies Job });
-    const done = new Promise<{ kind: string; status: number }>((resolve, reject) => {
-      worker.once('message', resolve);
-      worker.once('error', reject);
-    });
-    try {
-      await sleep(1500); // booted and inside the port-write loop
-      const cpu = (): number => process.cpuUsage().user + process.cpuUsage().system;
-      let before = cpu();
-      await sleep(500);
-      const running = cpu() - before;
-      control.pause();
-      await sleep(100);
-      before = cpu();
-      await sleep(1000);
-      const paused = cpu() - before;
-      control.resume();
-      before = cpu();
-      await sleep(500);
-      const resumed = cpu() - before;
-      assert.ok(running > 200_000, `the guest runs (${running} µs CPU in 0.5 s)`);
-      assert.ok(paused < 50_000, `a paused VM burns no CPU (${paused} µs in 1 s)`);
-      assert.ok(resumed > 200_000, `it runs again after resume (${resumed} µs in 0.5 s)`);
-      control.stop({ kind: 'user-quit', status: 0, message: 'stopped by the test' });
-      const reason = await done;
-      assert.equal(reason.kind, 'user-quit');
-      assert.equal(reason.status, 0);
-    } finally {
-      await worker.terminate();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  test(
+    'pause stops the vCPUs, resume continues, stop ends the VM',
+    { skip: !haveKvm && 'no /dev/kvm', timeout: 60_000 },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'partita-pause-'));
+      const control = new VmControl();
+      const worker = new Worker(new URL(import.meta.url), {
+        workerData: { control: control.buffer, out: join(dir, 'serial') } satisfies Job,
+      });
+      const done = new Promise<{ kind: string; status: number }>((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+      });
+      try {
+        await sleep(1500); // booted and inside the port-write loop
+        const cpu = (): number => process.cpuUsage().user + process.cpuUsage().system;
+        let before = cpu();
+        await sleep(500);
+        const running = cpu() - before;
+        control.pause();
+        await sleep(100);
+        before = cpu();
+        await sleep(1000);
+        const paused = cpu() - before;
+        control.resume();
+        before = cpu();
+        await sleep(500);
+        const resumed = cpu() - before;
+        assert.ok(running > 200_000, `the guest runs (${running} µs CPU in 0.5 s)`);
+        assert.ok(paused < 50_000, `a paused VM burns no CPU (${paused} µs in 1 s)`);
+        assert.ok(resumed > 200_000, `it runs again after resume (${resumed} µs in 0.5 s)`);
+        control.stop({ kind: 'user-quit', status: 0, message: 'stopped by the test' });
+        const reason = await done;
+        assert.equal(reason.kind, 'user-quit');
+        assert.equal(reason.status, 0);
+      } finally {
+        await worker.terminate();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 }

@@ -20,15 +20,19 @@ for (const format of ['pvh', 'mb'] as const) {
   });
 }
 
-test('memory: 128 GiB of lazily allocated RAM, patterns read back above 4 GiB', { skip, timeout: 120_000 }, async () => {
-  const r = await runPartita(['run', '--kernel', guest('memory'), '--memory', '128G'], { timeoutMs: 110_000 });
-  assert.equal(r.status, 1, `stderr: ${r.stderr}\nstdout: ${r.stdout}`);
-  assert.match(r.stdout, /memmap: base=0x0000000100000000 size=0x0000001f40000000 type=1\n/);
-  assert.match(r.stdout, /memory: ok at 0x1[0-9a-f]{8}\n/, 'a pattern above 4 GiB');
-  assert.match(r.stdout, /memory: ok at 0x20[0-9a-f]{8}\n/, 'a pattern near the top of 128 GiB');
-  assert.match(r.stdout, /memory: total RAM 131071 MiB, \d+ places tested, all ok\n/);
-  assert.doesNotMatch(r.stdout, /FAIL/);
-});
+test(
+  'memory: 128 GiB of lazily allocated RAM, patterns read back above 4 GiB',
+  { skip, timeout: 120_000 },
+  async () => {
+    const r = await runPartita(['run', '--kernel', guest('memory'), '--memory', '128G'], { timeoutMs: 110_000 });
+    assert.equal(r.status, 1, `stderr: ${r.stderr}\nstdout: ${r.stdout}`);
+    assert.match(r.stdout, /memmap: base=0x0000000100000000 size=0x0000001f40000000 type=1\n/);
+    assert.match(r.stdout, /memory: ok at 0x1[0-9a-f]{8}\n/, 'a pattern above 4 GiB');
+    assert.match(r.stdout, /memory: ok at 0x20[0-9a-f]{8}\n/, 'a pattern near the top of 128 GiB');
+    assert.match(r.stdout, /memory: total RAM 131071 MiB, \d+ places tested, all ok\n/);
+    assert.doesNotMatch(r.stdout, /FAIL/);
+  },
+);
 
 test('memory: small VM reports the memory map it was given', { skip }, async () => {
   const r = await runPartita(['run', '--kernel', guest('memory', 'mb'), '--memory', '64M']);
@@ -54,14 +58,18 @@ test('serial-echo: input reaches the guest through the UART receive interrupt', 
   assert.match(r.stdout, /serial-echo: ready\nabcq\nserial-echo: bye after [1-9]\d* interrupts\n/);
 });
 
-test('halt with interrupts disabled stops the VM with a register dump instead of hanging', { skip, timeout: 30_000 }, async () => {
-  const r = await runPartita(['run', '--kernel', guest('halt')], { timeoutMs: 20_000 });
-  assert.equal(r.timedOut, false);
-  assert.equal(r.status, 3);
-  assert.match(r.stdout, /halt: stopping with interrupts disabled/);
-  assert.match(r.stderr, /halted with interrupts disabled/);
-  assert.match(r.stderr, /RIP=[0-9a-f]{16} RFL=[0-9a-f]{8}/);
-});
+test(
+  'halt with interrupts disabled stops the VM with a register dump instead of hanging',
+  { skip, timeout: 30_000 },
+  async () => {
+    const r = await runPartita(['run', '--kernel', guest('halt')], { timeoutMs: 20_000 });
+    assert.equal(r.timedOut, false);
+    assert.equal(r.status, 3);
+    assert.match(r.stdout, /halt: stopping with interrupts disabled/);
+    assert.match(r.stderr, /halted with interrupts disabled/);
+    assert.match(r.stderr, /RIP=[0-9a-f]{16} RFL=[0-9a-f]{8}/);
+  },
+);
 
 test('triple fault stops the VM with a clear message', { skip, timeout: 30_000 }, async () => {
   const r = await runPartita(['run', '--kernel', guest('triple-fault')], { timeoutMs: 20_000 });
@@ -111,7 +119,9 @@ test('several vCPUs: the BSP boots while the APs wait for INIT/SIPI', { skip }, 
 test('SIGTERM stops a running VM with status 128+15', { skip, timeout: 30_000 }, async () => {
   const { spawn } = await import('node:child_process');
   const { partitaBin } = await import('../support/partita.js');
-  const child = spawn(process.execPath, [partitaBin, 'run', '--kernel', guest('serial-echo')], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [partitaBin, 'run', '--kernel', guest('serial-echo')], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => {
@@ -139,7 +149,10 @@ test('bad command lines give one clear line and a non-zero status', { skip: fals
     [['run', '--kernel', guest('hello'), '--cpus', 'many'], /^partita: --cpus 'many' is not a whole number/],
     [['run', '--kernel', guest('hello'), '--cpus', '65'], /^partita: --cpus 65 is more than Partita's limit of 64/],
     [['run', '--kernel', guest('hello'), '--cpus', '0'], /^partita: --cpus must be a whole number from 1 to 64/],
-    [['run', '--kernel', guest('hello'), '--serial', 'telnet'], /^partita: --serial 'telnet' is not stdio or file:PATH/],
+    [
+      ['run', '--kernel', guest('hello'), '--serial', 'telnet'],
+      /^partita: --serial 'telnet' is not stdio or file:PATH/,
+    ],
     [['run', '--kernel', guest('hello'), '--initrd', join(dir, 'nope')], /^partita: cannot read initrd/],
     [['fly'], /^partita: unknown command 'fly'/],
   ];

@@ -17,36 +17,61 @@ const cases: { cpus: number; topology?: string; smt: number; perPackage: number;
 ];
 
 for (const c of cases) {
-  test(`smp: ${c.cpus} vCPUs${c.topology ? ` (${c.topology})` : ''} all online with a consistent topology`, { skip, timeout: 60_000 }, async () => {
-    const args = ['run', '--kernel', guest('smp'), '--cpus', String(c.cpus), ...(c.topology ? ['--topology', c.topology] : [])];
-    const r = await runPartita(args, { timeoutMs: 50_000 });
-    assert.equal(r.status, 1, `stderr: ${r.stderr}\n${r.stdout}`);
-    assert.match(r.stdout, new RegExp(`smp: MADT lists ${c.cpus} CPUs, MP table ${c.cpus}, BSP APIC ID 0\\n`));
-    assert.match(r.stdout, new RegExp(`smp: ${c.cpus - 1} of ${c.cpus - 1} application processors online\\n`));
-    assert.match(r.stdout, new RegExp(`smp: ${c.cpus} CPUs online, ${c.smt} threads per core, ${c.perPackage} logical per package, topology consistent\\n`));
-    const packages = new Set([...r.stdout.matchAll(/package (\d+) core (\d+) thread (\d+)/g)].map((m) => m[1]));
-    assert.equal(packages.size, c.packages);
-    const places = new Set([...r.stdout.matchAll(/package (\d+) core (\d+) thread (\d+)/g)].map((m) => m.slice(1).join('.')));
-    assert.equal(places.size, c.cpus, 'every CPU has its own (package, core, thread)');
-  });
+  test(
+    `smp: ${c.cpus} vCPUs${c.topology ? ` (${c.topology})` : ''} all online with a consistent topology`,
+    { skip, timeout: 60_000 },
+    async () => {
+      const args = [
+        'run',
+        '--kernel',
+        guest('smp'),
+        '--cpus',
+        String(c.cpus),
+        ...(c.topology ? ['--topology', c.topology] : []),
+      ];
+      const r = await runPartita(args, { timeoutMs: 50_000 });
+      assert.equal(r.status, 1, `stderr: ${r.stderr}\n${r.stdout}`);
+      assert.match(r.stdout, new RegExp(`smp: MADT lists ${c.cpus} CPUs, MP table ${c.cpus}, BSP APIC ID 0\\n`));
+      assert.match(r.stdout, new RegExp(`smp: ${c.cpus - 1} of ${c.cpus - 1} application processors online\\n`));
+      assert.match(
+        r.stdout,
+        new RegExp(
+          `smp: ${c.cpus} CPUs online, ${c.smt} threads per core, ${c.perPackage} logical per package, topology consistent\\n`,
+        ),
+      );
+      const packages = new Set([...r.stdout.matchAll(/package (\d+) core (\d+) thread (\d+)/g)].map((m) => m[1]));
+      assert.equal(packages.size, c.packages);
+      const places = new Set(
+        [...r.stdout.matchAll(/package (\d+) core (\d+) thread (\d+)/g)].map((m) => m.slice(1).join('.')),
+      );
+      assert.equal(places.size, c.cpus, 'every CPU has its own (package, core, thread)');
+    },
+  );
 }
 
-test('smp on QEMU reaches the same verdict', { skip: skip || (!qemuAvailable() && QEMU_MISSING), timeout: 60_000 }, async () => {
-  const theirs = await runOnQemu(guest('smp'), { extraArgs: ['-smp', '4'] });
-  const ours = await runPartita(['run', '--kernel', guest('smp'), '--cpus', '4']);
-  for (const out of [theirs.output, ours.stdout]) {
-    assert.match(out, /smp: 3 of 3 application processors online\n/);
-    assert.match(out, /smp: 4 CPUs online, 1 threads per core, 4 logical per package, topology consistent\n/);
-  }
-  // Each CPU's CPUID topology view (leaf 1 and leaf 0xB) is the same under both VMMs.
-  const cpuLines = (out: string): string[] => out.split('\n').filter((l) => l.startsWith('cpu '));
-  assert.deepEqual(cpuLines(ours.stdout), cpuLines(theirs.output));
-  assert.equal(theirs.status, ours.status);
-});
+test(
+  'smp on QEMU reaches the same verdict',
+  { skip: skip || (!qemuAvailable() && QEMU_MISSING), timeout: 60_000 },
+  async () => {
+    const theirs = await runOnQemu(guest('smp'), { extraArgs: ['-smp', '4'] });
+    const ours = await runPartita(['run', '--kernel', guest('smp'), '--cpus', '4']);
+    for (const out of [theirs.output, ours.stdout]) {
+      assert.match(out, /smp: 3 of 3 application processors online\n/);
+      assert.match(out, /smp: 4 CPUs online, 1 threads per core, 4 logical per package, topology consistent\n/);
+    }
+    // Each CPU's CPUID topology view (leaf 1 and leaf 0xB) is the same under both VMMs.
+    const cpuLines = (out: string): string[] => out.split('\n').filter((l) => l.startsWith('cpu '));
+    assert.deepEqual(cpuLines(ours.stdout), cpuLines(theirs.output));
+    assert.equal(theirs.status, ours.status);
+  },
+);
 
 test('bad --cpus and --topology values: one clear line each', async () => {
   const cases: [string[], RegExp][] = [
-    [['--cpus', '4', '--topology', 'sockets=2,cores=3,threads=1'], /^partita: --topology 'sockets=2,cores=3,threads=1': .*6.*4|^partita: --topology .*4/],
+    [
+      ['--cpus', '4', '--topology', 'sockets=2,cores=3,threads=1'],
+      /^partita: --topology 'sockets=2,cores=3,threads=1': .*6.*4|^partita: --topology .*4/,
+    ],
     [['--cpus', '4', '--topology', 'sockets=two'], /^partita: --topology 'sockets=two'/],
     [['--cpus', '4', '--topology', 'dies=2'], /^partita: --topology 'dies=2'/],
     [['--cpus', '4', '--topology', 'cores=0'], /^partita: --topology 'cores=0'/],

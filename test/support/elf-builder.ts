@@ -253,8 +253,7 @@ export function bootHarness(size: number): BootHarness {
   const memory = GuestMemory.allocate(size);
   for (const r of memory.regions) memory.fill(r.gpa, r.size, RAM_PATTERN);
   const map = guestMemoryMap(size);
-  const load = (image: Uint8Array, opts: LoadOptions = {}): BootEntry =>
-    <BootEntry>loadKernel({
+  const load = (image: Uint8Array, opts: LoadOptions = {}): BootEntry => <BootEntry>loadKernel({
       imageName: opts.name ?? 'k.elf',
       image,
       cmdline: opts.cmdline ?? '',

@@ -14,9 +14,32 @@ export interface QemuResult {
   readonly timedOut: boolean;
 }
 
-export function runOnQemu(kernel: string, opts: { cmdline?: string; memory?: string; input?: string; inputAfter?: string; initrd?: string; timeoutMs?: number; extraArgs?: string[] } = {}): Promise<QemuResult> {
-  const args = ['-M', 'microvm,acpi=on', '-enable-kvm', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
-    '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-kernel', kernel];
+export function runOnQemu(
+  kernel: string,
+  opts: {
+    cmdline?: string;
+    memory?: string;
+    input?: string;
+    inputAfter?: string;
+    initrd?: string;
+    timeoutMs?: number;
+    extraArgs?: string[];
+  } = {},
+): Promise<QemuResult> {
+  const args = [
+    '-M',
+    'microvm,acpi=on',
+    '-enable-kvm',
+    '-nodefaults',
+    '-no-user-config',
+    '-nographic',
+    '-serial',
+    'stdio',
+    '-device',
+    'isa-debug-exit,iobase=0xf4,iosize=4',
+    '-kernel',
+    kernel,
+  ];
   if (opts.cmdline) args.push('-append', opts.cmdline);
   if (opts.memory) args.push('-m', opts.memory);
   if (opts.initrd) args.push('-initrd', opts.initrd);

@@ -27,10 +27,7 @@ test('detection: what is not a multiboot or PVH ELF kernel says what it is', () 
   h.rejects(new Uint8Array(0), /^k\.elf: the file is empty$/);
   const bz = new Uint8Array(0x400);
   bz.set(new TextEncoder().encode('HdrS'), 0x202);
-  h.rejects(
-    bz,
-    /^k\.elf: Linux boot protocol 0\.00 too old: the 64-bit entry needs protocol 2\.10 or later/,
-  );
+  h.rejects(bz, /^k\.elf: Linux boot protocol 0\.00 too old: the 64-bit entry needs protocol 2\.10 or later/);
   h.rejects(
     new TextEncoder().encode('#!/bin/sh\necho not a kernel\n'),
     /not a multiboot or PVH ELF kernel: it is not an ELF file; there is no multiboot header in its first 8 KiB/,

@@ -37,7 +37,10 @@ test('MMIO bus: binary search, accesses straddling a range end are misses', () =
   const seen: string[] = [];
   const dev = (name: string): MmioDevice => ({
     name,
-    mmioRead: (offset, data) => { seen.push(`${name} r${offset}`); data.fill(0x11); },
+    mmioRead: (offset, data) => {
+      seen.push(`${name} r${offset}`);
+      data.fill(0x11);
+    },
     mmioWrite: (offset, data) => void seen.push(`${name} w${offset}:${data.length}`),
   });
   bus.register(0xfec00000, 0x1000, dev('ioapic'));

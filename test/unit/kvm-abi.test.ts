@@ -6,7 +6,15 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { allLayouts, caps, exitReasons, ioctls, mpStates, internalErrorSuberrors, systemEventTypes } from '../../src/kvm/abi.js';
+import {
+  allLayouts,
+  caps,
+  exitReasons,
+  ioctls,
+  mpStates,
+  internalErrorSuberrors,
+  systemEventTypes,
+} from '../../src/kvm/abi.js';
 
 const HEADER = '/usr/include/linux/kvm.h';
 
@@ -36,13 +44,24 @@ function headerValues(): Map<string, number> {
   const dir = mkdtempSync(join(tmpdir(), 'partita-abi-'));
   try {
     const src = join(dir, 'abi.c');
-    writeFileSync(src, `#include <stdio.h>\n#include <stddef.h>\n#include <linux/kvm.h>\nint main(void) {\n${lines.join('\n')}\n  return 0;\n}\n`);
+    writeFileSync(
+      src,
+      `#include <stdio.h>\n#include <stddef.h>\n#include <linux/kvm.h>\nint main(void) {\n${lines.join('\n')}\n  return 0;\n}\n`,
+    );
     execFileSync('gcc', ['-o', join(dir, 'abi'), src]);
     const out = execFileSync(join(dir, 'abi'), { encoding: 'utf8' });
-    return new Map(out.trim().split('\n').map((line) => {
-      const i = line.lastIndexOf(' ');
-      return [line.slice(0, i), line.slice(i + 1) === 'absent' ? NaN : Number(line.slice(i + 1))] as [string, number];
-    }));
+    return new Map(
+      out
+        .trim()
+        .split('\n')
+        .map((line) => {
+          const i = line.lastIndexOf(' ');
+          return [line.slice(0, i), line.slice(i + 1) === 'absent' ? NaN : Number(line.slice(i + 1))] as [
+            string,
+            number,
+          ];
+        }),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,6 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { guestMemoryMap, ramRanges, MMIO_HOLE_START, FOUR_GIB, E820_RAM, E820_RESERVED, MAX_MEMORY } from '../../src/arch/x86_64/layout.js';
+import {
+  guestMemoryMap,
+  ramRanges,
+  MMIO_HOLE_START,
+  FOUR_GIB,
+  E820_RAM,
+  E820_RESERVED,
+  MAX_MEMORY,
+} from '../../src/arch/x86_64/layout.js';
 import { GuestMemory, GuestMemoryError } from '../../src/vmm/memory.js';
 import { GIB, MIB, TIB, parseSize, formatSize } from '../../src/vmm/units.js';
 

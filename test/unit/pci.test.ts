@@ -1,7 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PciBus, BarAllocator, devfn, type PciFunction } from '../../src/devices/pci/bus.js';
-import { PciConfigSpace, PCI_COMMAND, PCI_STATUS, PCI_BAR0, PCI_CAPABILITY_LIST } from '../../src/devices/pci/config-space.js';
+import {
+  PciConfigSpace,
+  PCI_COMMAND,
+  PCI_STATUS,
+  PCI_BAR0,
+  PCI_CAPABILITY_LIST,
+} from '../../src/devices/pci/config-space.js';
 import { PciHostBridge } from '../../src/devices/pci/host-bridge.js';
 
 function cf8(bus: PciBus, dev: number, fn: number, reg: number): void {
@@ -15,11 +21,20 @@ function testDevice(): PciFunction & { log: string[] } {
   config.defineBar({ index: 2, kind: 'mem64', size: 0x4000, prefetchable: true });
   config.defineBar({ index: 4, kind: 'io', size: 0x20 });
   config.addCapability(0x09, new Uint8Array([14, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
-  config.addCapability(0x11, new Uint8Array([3, 0, 0, 0, 0, 0, 0, 0, 0, 0]), new Uint8Array([0, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0]));
+  config.addCapability(
+    0x11,
+    new Uint8Array([3, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    new Uint8Array([0, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0]),
+  );
   const log: string[] = [];
   return {
-    name: 'test', config, log,
-    barRead: (bar, offset, data) => { log.push(`r${bar}+${offset}/${data.length}`); data.fill(0x5a); },
+    name: 'test',
+    config,
+    log,
+    barRead: (bar, offset, data) => {
+      log.push(`r${bar}+${offset}/${data.length}`);
+      data.fill(0x5a);
+    },
     barWrite: (bar, offset, data) => void log.push(`w${bar}+${offset}=${[...data].join(',')}`),
   };
 }
@@ -61,11 +76,19 @@ test('BAR sizing, placement, 64-bit BARs and decode enables', () => {
   assert.equal(probe(PCI_BAR0 + 16), 0xffffffe1, 'I/O 32 bytes');
   assert.equal(probe(PCI_BAR0 + 4), 0, 'unimplemented BAR');
 
-  const alloc = new BarAllocator({ base: 0xc0000000, end: 0xe0000000 }, { base: 2 ** 40, end: 2 ** 41 }, { base: 0xc000, end: 0x10000 });
+  const alloc = new BarAllocator(
+    { base: 0xc0000000, end: 0xe0000000 },
+    { base: 2 ** 40, end: 2 ** 41 },
+    { base: 0xc000, end: 0x10000 },
+  );
   dev.config.setBarAddress(0, alloc.allocate('mem32', 0x1000));
   dev.config.setBarAddress(2, alloc.allocate('mem64', 0x4000));
   dev.config.setBarAddress(4, alloc.allocate('io', 0x20));
-  assert.equal(bus.resolve('mem', 0xc0000010, 4), undefined, 'memory decoding is off until the command register enables it');
+  assert.equal(
+    bus.resolve('mem', 0xc0000010, 4),
+    undefined,
+    'memory decoding is off until the command register enables it',
+  );
   cf8(bus, 3, 0, PCI_COMMAND);
   ports.pioWrite(4, 2, 0x7);
   assert.deepEqual(bus.resolve('mem', 0xc0000010, 4), { fn: dev, bar: 0, offset: 0x10 });

@@ -8,8 +8,17 @@ import { Vm } from '../../src/vmm/vm.js';
 import { GsiRouter } from '../../src/vmm/gsi-routing.js';
 import { MIB } from '../../src/vmm/units.js';
 import {
-  COMMON_OFFSET, DEVICE_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK,
-  STATUS_NEEDS_RESET, VIRTIO_BAR, VirtioPciDevice, type VirtioDeviceInfo,
+  COMMON_OFFSET,
+  DEVICE_OFFSET,
+  ISR_OFFSET,
+  NOTIFY_OFFSET,
+  STATUS_ACKNOWLEDGE,
+  STATUS_DRIVER,
+  STATUS_FEATURES_OK,
+  STATUS_NEEDS_RESET,
+  VIRTIO_BAR,
+  VirtioPciDevice,
+  type VirtioDeviceInfo,
 } from '../../src/devices/virtio/pci-transport.js';
 import { PCI_CAPABILITY_LIST, PCI_COMMAND } from '../../src/devices/pci/config-space.js';
 
@@ -18,7 +27,13 @@ const info: VirtioDeviceInfo = { deviceType: 4, classCode: 0x00ff00, features: 0
 function setup(intxLog?: boolean[]): VirtioPciDevice {
   const kvm = KvmSystem.open();
   const vm = Vm.create(kvm, 16 * MIB);
-  const dev = VirtioPciDevice.create('virtio-rng', info, vm.fd, new GsiRouter(vm.fd), intxLog ? { set: (l) => void intxLog.push(l) } : undefined);
+  const dev = VirtioPciDevice.create(
+    'virtio-rng',
+    info,
+    vm.fd,
+    new GsiRouter(vm.fd),
+    intxLog ? { set: (l) => void intxLog.push(l) } : undefined,
+  );
   dev.config.setBarAddress(VIRTIO_BAR, 0xd0000000);
   dev.config.write(PCI_COMMAND, 2, 0x6);
   return dev;
@@ -29,7 +44,11 @@ const u16 = (v: number): Uint8Array => new Uint8Array(new Uint16Array([v]).buffe
 function read(dev: VirtioPciDevice, offset: number, size: number): number {
   const d = new Uint8Array(size);
   dev.barRead(VIRTIO_BAR, offset, d);
-  return size === 1 ? d[0] : size === 2 ? new DataView(d.buffer).getUint16(0, true) : new DataView(d.buffer).getUint32(0, true);
+  return size === 1
+    ? d[0]
+    : size === 2
+      ? new DataView(d.buffer).getUint16(0, true)
+      : new DataView(d.buffer).getUint32(0, true);
 }
 const write = (dev: VirtioPciDevice, offset: number, data: Uint8Array): void => dev.barWrite(VIRTIO_BAR, offset, data);
 const drainEventfd = (fd: number): bigint => {
@@ -54,71 +73,91 @@ test('PCI identity and the vendor capability chain (common, ISR, device, notify,
   assert.deepEqual(caps, [1, 3, 4, 2, 5, -0x11]);
 });
 
-test('feature negotiation: VERSION_1 required, only offered bits accepted, FEATURES_OK fixed afterwards', { skip }, () => {
-  const dev = setup();
-  write(dev, COMMON_OFFSET + 0x00, u32(1));
-  assert.equal(read(dev, COMMON_OFFSET + 0x04, 4) & 1, 1, 'VERSION_1 (bit 32) offered');
-  write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER]));
-  // Without VERSION_1, FEATURES_OK does not stick.
-  write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]));
-  assert.equal(read(dev, COMMON_OFFSET + 0x14, 1) & STATUS_FEATURES_OK, 0);
-  // A bit that was not offered is refused too.
-  write(dev, COMMON_OFFSET + 0x08, u32(1));
-  write(dev, COMMON_OFFSET + 0x0c, u32(1 | (1 << 5)));
-  write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]));
-  assert.equal(read(dev, COMMON_OFFSET + 0x14, 1) & STATUS_FEATURES_OK, 0);
-  write(dev, COMMON_OFFSET + 0x0c, u32(1));
-  write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]));
-  assert.equal(read(dev, COMMON_OFFSET + 0x14, 1) & STATUS_FEATURES_OK, STATUS_FEATURES_OK);
-  assert.equal(dev.negotiated(32n), true);
-  write(dev, COMMON_OFFSET + 0x0c, u32(0)); // after FEATURES_OK the features are fixed
-  assert.equal(dev.negotiated(32n), true);
-});
+test(
+  'feature negotiation: VERSION_1 required, only offered bits accepted, FEATURES_OK fixed afterwards',
+  { skip },
+  () => {
+    const dev = setup();
+    write(dev, COMMON_OFFSET + 0x00, u32(1));
+    assert.equal(read(dev, COMMON_OFFSET + 0x04, 4) & 1, 1, 'VERSION_1 (bit 32) offered');
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER]));
+    // Without VERSION_1, FEATURES_OK does not stick.
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]));
+    assert.equal(read(dev, COMMON_OFFSET + 0x14, 1) & STATUS_FEATURES_OK, 0);
+    // A bit that was not offered is refused too.
+    write(dev, COMMON_OFFSET + 0x08, u32(1));
+    write(dev, COMMON_OFFSET + 0x0c, u32(1 | (1 << 5)));
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]));
+    assert.equal(read(dev, COMMON_OFFSET + 0x14, 1) & STATUS_FEATURES_OK, 0);
+    write(dev, COMMON_OFFSET + 0x0c, u32(1));
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]));
+    assert.equal(read(dev, COMMON_OFFSET + 0x14, 1) & STATUS_FEATURES_OK, STATUS_FEATURES_OK);
+    assert.equal(dev.negotiated(32n), true);
+    write(dev, COMMON_OFFSET + 0x0c, u32(0)); // after FEATURES_OK the features are fixed
+    assert.equal(dev.negotiated(32n), true);
+  },
+);
 
-test('queue setup, enable, reset; notify reaches the queue eventfd through KVM ioeventfd registration', { skip }, () => {
-  const dev = setup();
-  dev.registerIoeventfds();
-  write(dev, COMMON_OFFSET + 0x16, u16(0));
-  assert.equal(read(dev, COMMON_OFFSET + 0x18, 2), 256, 'max queue size');
-  write(dev, COMMON_OFFSET + 0x18, u16(100)); // not a power of two: ignored
-  assert.equal(read(dev, COMMON_OFFSET + 0x18, 2), 256);
-  write(dev, COMMON_OFFSET + 0x18, u16(64));
-  write(dev, COMMON_OFFSET + 0x20, u32(0x10000));
-  write(dev, COMMON_OFFSET + 0x28, u32(0x11000));
-  write(dev, COMMON_OFFSET + 0x30, u32(0x12000));
-  write(dev, COMMON_OFFSET + 0x1a, u16(0));
-  write(dev, COMMON_OFFSET + 0x1c, u16(1));
-  assert.deepEqual(dev.queueConfig(0), { index: 0, size: 64, vector: 0, enabled: true, desc: 0x10000, driver: 0x11000, device: 0x12000 });
-  write(dev, COMMON_OFFSET + 0x20, u32(0x90000)); // ignored while enabled
-  assert.equal(dev.queueConfig(0).desc, 0x10000);
-  assert.equal(read(dev, COMMON_OFFSET + 0x1e, 2), 0, 'queue_notify_off');
-  assert.equal(read(dev, COMMON_OFFSET + 0x12, 2), 1, 'num_queues');
-  assert.ok(drainEventfd(dev.shared.controlEventFd) > 0n, 'the backend was told about the queue');
-  write(dev, NOTIFY_OFFSET, u16(0)); // an MMIO exit path notification (no ioeventfd in the way here)
-  assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1n);
-  write(dev, COMMON_OFFSET + 0x14, new Uint8Array([0])); // reset
-  assert.equal(dev.queueConfig(0).enabled, false);
-  assert.equal(dev.queueConfig(0).size, 256);
-  assert.equal(dev.status, 0);
-  assert.equal(read(dev, COMMON_OFFSET + 0x10, 2), 0xffff, 'config vector back to NO_VECTOR');
-  // Moving the BAR moves the ioeventfd registration (a second registration at the same address would fail).
-  dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0100000);
-  dev.barsChanged();
-  dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0000000);
-  dev.barsChanged();
-});
+test(
+  'queue setup, enable, reset; notify reaches the queue eventfd through KVM ioeventfd registration',
+  { skip },
+  () => {
+    const dev = setup();
+    dev.registerIoeventfds();
+    write(dev, COMMON_OFFSET + 0x16, u16(0));
+    assert.equal(read(dev, COMMON_OFFSET + 0x18, 2), 256, 'max queue size');
+    write(dev, COMMON_OFFSET + 0x18, u16(100)); // not a power of two: ignored
+    assert.equal(read(dev, COMMON_OFFSET + 0x18, 2), 256);
+    write(dev, COMMON_OFFSET + 0x18, u16(64));
+    write(dev, COMMON_OFFSET + 0x20, u32(0x10000));
+    write(dev, COMMON_OFFSET + 0x28, u32(0x11000));
+    write(dev, COMMON_OFFSET + 0x30, u32(0x12000));
+    write(dev, COMMON_OFFSET + 0x1a, u16(0));
+    write(dev, COMMON_OFFSET + 0x1c, u16(1));
+    assert.deepEqual(dev.queueConfig(0), {
+      index: 0,
+      size: 64,
+      vector: 0,
+      enabled: true,
+      desc: 0x10000,
+      driver: 0x11000,
+      device: 0x12000,
+    });
+    write(dev, COMMON_OFFSET + 0x20, u32(0x90000)); // ignored while enabled
+    assert.equal(dev.queueConfig(0).desc, 0x10000);
+    assert.equal(read(dev, COMMON_OFFSET + 0x1e, 2), 0, 'queue_notify_off');
+    assert.equal(read(dev, COMMON_OFFSET + 0x12, 2), 1, 'num_queues');
+    assert.ok(drainEventfd(dev.shared.controlEventFd) > 0n, 'the backend was told about the queue');
+    write(dev, NOTIFY_OFFSET, u16(0)); // an MMIO exit path notification (no ioeventfd in the way here)
+    assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1n);
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([0])); // reset
+    assert.equal(dev.queueConfig(0).enabled, false);
+    assert.equal(dev.queueConfig(0).size, 256);
+    assert.equal(dev.status, 0);
+    assert.equal(read(dev, COMMON_OFFSET + 0x10, 2), 0xffff, 'config vector back to NO_VECTOR');
+    // Moving the BAR moves the ioeventfd registration (a second registration at the same address would fail).
+    dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0100000);
+    dev.barsChanged();
+    dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0000000);
+    dev.barsChanged();
+  },
+);
 
-test('INTx: a queue interrupt sets ISR bit 0 and raises the line; reading ISR clears both; NEEDS_RESET', { skip }, () => {
-  const levels: boolean[] = [];
-  const dev = setup(levels);
-  dev.interruptQueue(0);
-  assert.deepEqual(levels, [true], 'the line is driven on transitions only');
-  assert.equal(read(dev, ISR_OFFSET, 1), 1);
-  assert.equal(read(dev, ISR_OFFSET, 1), 0, 'read to clear');
-  assert.deepEqual(levels, [true, false]);
-  dev.needsReset();
-  assert.equal(dev.status & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
-  assert.equal(read(dev, ISR_OFFSET, 1), 3, 'config change reported');
-  assert.equal(read(dev, COMMON_OFFSET + 0x15, 1), 1, 'config_generation bumped');
-  assert.equal(read(dev, DEVICE_OFFSET + 0x100, 4), 0, 'beyond the device configuration: zeros');
-});
+test(
+  'INTx: a queue interrupt sets ISR bit 0 and raises the line; reading ISR clears both; NEEDS_RESET',
+  { skip },
+  () => {
+    const levels: boolean[] = [];
+    const dev = setup(levels);
+    dev.interruptQueue(0);
+    assert.deepEqual(levels, [true], 'the line is driven on transitions only');
+    assert.equal(read(dev, ISR_OFFSET, 1), 1);
+    assert.equal(read(dev, ISR_OFFSET, 1), 0, 'read to clear');
+    assert.deepEqual(levels, [true, false]);
+    dev.needsReset();
+    assert.equal(dev.status & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+    assert.equal(read(dev, ISR_OFFSET, 1), 3, 'config change reported');
+    assert.equal(read(dev, COMMON_OFFSET + 0x15, 1), 1, 'config_generation bumped');
+    assert.equal(read(dev, DEVICE_OFFSET + 0x100, 4), 0, 'beyond the device configuration: zeros');
+  },
+);

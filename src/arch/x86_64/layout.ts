@@ -68,7 +68,8 @@ export function guestMemoryMap(memorySize: number): MemoryMapEntry[] {
     { base: 0, size: EBDA_START, type: E820_RAM },
     { base: EBDA_START, size: HIGH_MEMORY_START - EBDA_START, type: E820_RESERVED },
   ];
-  if (low.size > HIGH_MEMORY_START) map.push({ base: HIGH_MEMORY_START, size: low.size - HIGH_MEMORY_START, type: E820_RAM });
+  if (low.size > HIGH_MEMORY_START)
+    map.push({ base: HIGH_MEMORY_START, size: low.size - HIGH_MEMORY_START, type: E820_RAM });
   if (high) map.push({ base: high.gpa, size: high.size, type: E820_RAM });
   return map;
 }

@@ -21,10 +21,23 @@ export interface Segment {
 }
 
 export interface Sregs {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
+  cs: Segment;
+  ds: Segment;
+  es: Segment;
+  fs: Segment;
+  gs: Segment;
+  ss: Segment;
+  tr: Segment;
+  ldt: Segment;
   gdt: { base: bigint; limit: number };
   idt: { base: bigint; limit: number };
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apic_base: bigint;
+  cr0: bigint;
+  cr2: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  cr8: bigint;
+  efer: bigint;
+  apic_base: bigint;
   interruptBitmap: Uint8Array;
 }
 
@@ -79,7 +92,10 @@ const SEGMENTS: SegmentName[] = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt'
 
 export function decodeSregs(buf: DataView): Sregs {
   const f = kvm_sregs.fields;
-  const seg = Object.fromEntries(SEGMENTS.map((n) => [n, decodeSegment(buf, f[n].offset)])) as Record<SegmentName, Segment>;
+  const seg = Object.fromEntries(SEGMENTS.map((n) => [n, decodeSegment(buf, f[n].offset)])) as Record<
+    SegmentName,
+    Segment
+  >;
   return {
     ...seg,
     gdt: { base: buf.getBigUint64(f.gdt.offset, true), limit: buf.getUint16(f.gdt.offset + 8, true) },
@@ -91,7 +107,9 @@ export function decodeSregs(buf: DataView): Sregs {
     cr8: buf.getBigUint64(f.cr8.offset, true),
     efer: buf.getBigUint64(f.efer.offset, true),
     apic_base: buf.getBigUint64(f.apic_base.offset, true),
-    interruptBitmap: new Uint8Array(buf.buffer.slice(buf.byteOffset + f.interrupt_bitmap.offset, buf.byteOffset + f.interrupt_bitmap.offset + 32)),
+    interruptBitmap: new Uint8Array(
+      buf.buffer.slice(buf.byteOffset + f.interrupt_bitmap.offset, buf.byteOffset + f.interrupt_bitmap.offset + 32),
+    ),
   };
 }
 
@@ -102,7 +120,8 @@ export function encodeSregs(s: Sregs, buf: DataView = new DataView(new ArrayBuff
   buf.setUint16(f.gdt.offset + 8, s.gdt.limit, true);
   buf.setBigUint64(f.idt.offset, s.idt.base, true);
   buf.setUint16(f.idt.offset + 8, s.idt.limit, true);
-  for (const n of ['cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer', 'apic_base'] as const) buf.setBigUint64(f[n].offset, s[n], true);
+  for (const n of ['cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer', 'apic_base'] as const)
+    buf.setBigUint64(f[n].offset, s[n], true);
   new Uint8Array(buf.buffer, buf.byteOffset + f.interrupt_bitmap.offset, 32).set(s.interruptBitmap);
   return buf;
 }
@@ -124,7 +143,20 @@ export function bootGdt(): BigUint64Array {
 }
 
 function flat(selector: number, type: number): Segment {
-  return { base: 0n, limit: 0xffffffff, selector, type, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0 };
+  return {
+    base: 0n,
+    limit: 0xffffffff,
+    selector,
+    type,
+    present: 1,
+    dpl: 0,
+    db: 1,
+    s: 1,
+    l: 0,
+    g: 1,
+    avl: 0,
+    unusable: 0,
+  };
 }
 
 /**
@@ -136,9 +168,39 @@ export function protectedModeEntry(current: Sregs): Sregs {
   return {
     ...current,
     cs: flat(BOOT_CS, 0xb),
-    ds: data, es: { ...data }, fs: { ...data }, gs: { ...data }, ss: { ...data },
-    tr: { base: 0n, limit: 0x67, selector: BOOT_TSS, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
-    ldt: { base: 0n, limit: 0xffff, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
+    ds: data,
+    es: { ...data },
+    fs: { ...data },
+    gs: { ...data },
+    ss: { ...data },
+    tr: {
+      base: 0n,
+      limit: 0x67,
+      selector: BOOT_TSS,
+      type: 0xb,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 0,
+      l: 0,
+      g: 0,
+      avl: 0,
+      unusable: 0,
+    },
+    ldt: {
+      base: 0n,
+      limit: 0xffff,
+      selector: 0,
+      type: 0x2,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 0,
+      l: 0,
+      g: 0,
+      avl: 0,
+      unusable: 0,
+    },
     gdt: { base: BigInt(BOOT_GDT_ADDRESS), limit: 5 * 8 - 1 },
     idt: { base: 0n, limit: 0 },
     cr0: 0x11n, // PE | ET
@@ -153,13 +215,69 @@ export function protectedModeEntry(current: Sregs): Sregs {
  * "64-bit Boot Protocol"): paging on with the given identity map, CS = 0x10 64-bit code, DS/ES/SS = 0x18.
  */
 export function longModeEntry(current: Sregs, opts: { gdtBase: number; gdtLimit: number; cr3: number }): Sregs {
-  const data: Segment = { base: 0n, limit: 0xffffffff, selector: 0x18, type: 0x3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0 };
+  const data: Segment = {
+    base: 0n,
+    limit: 0xffffffff,
+    selector: 0x18,
+    type: 0x3,
+    present: 1,
+    dpl: 0,
+    db: 1,
+    s: 1,
+    l: 0,
+    g: 1,
+    avl: 0,
+    unusable: 0,
+  };
   return {
     ...current,
-    cs: { base: 0n, limit: 0xffffffff, selector: 0x10, type: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1, avl: 0, unusable: 0 },
-    ds: data, es: { ...data }, fs: { ...data }, gs: { ...data }, ss: { ...data },
-    tr: { base: 0n, limit: 0x67, selector: 0x20, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
-    ldt: { base: 0n, limit: 0xffff, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
+    cs: {
+      base: 0n,
+      limit: 0xffffffff,
+      selector: 0x10,
+      type: 0xb,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 1,
+      l: 1,
+      g: 1,
+      avl: 0,
+      unusable: 0,
+    },
+    ds: data,
+    es: { ...data },
+    fs: { ...data },
+    gs: { ...data },
+    ss: { ...data },
+    tr: {
+      base: 0n,
+      limit: 0x67,
+      selector: 0x20,
+      type: 0xb,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 0,
+      l: 0,
+      g: 0,
+      avl: 0,
+      unusable: 0,
+    },
+    ldt: {
+      base: 0n,
+      limit: 0xffff,
+      selector: 0,
+      type: 0x2,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 0,
+      l: 0,
+      g: 0,
+      avl: 0,
+      unusable: 0,
+    },
     gdt: { base: BigInt(opts.gdtBase), limit: opts.gdtLimit },
     idt: { base: 0n, limit: 0 },
     cr0: 0x80000011n, // PG | ET | PE

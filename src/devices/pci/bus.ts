@@ -38,7 +38,8 @@ export class PciBus {
   }
 
   add(slot: Devfn, fn: PciFunction): void {
-    if (this.functions.has(slot)) throw new Error(`PCI slot ${slot >> 3}.${slot & 7} is taken by ${this.functions.get(slot)!.name}`);
+    if (this.functions.has(slot))
+      throw new Error(`PCI slot ${slot >> 3}.${slot & 7} is taken by ${this.functions.get(slot)!.name}`);
     this.functions.set(slot, fn);
   }
 
@@ -61,7 +62,11 @@ export class PciBus {
   }
 
   /** Finds the function and BAR decoding `address` in the given space. */
-  resolve(space: 'io' | 'mem', address: number, length: number): { fn: PciFunction; bar: number; offset: number } | undefined {
+  resolve(
+    space: 'io' | 'mem',
+    address: number,
+    length: number,
+  ): { fn: PciFunction; bar: number; offset: number } | undefined {
     for (const fn of this.functions.values()) {
       for (let bar = 0; bar < 6; bar++) {
         const def = fn.config.bar(bar);

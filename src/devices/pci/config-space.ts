@@ -88,7 +88,11 @@ export class PciConfigSpace {
   /** Sets the write masks for what initialize() laid out; every thread viewing the device calls this. */
   defineMasks(id: Partial<PciIdentity>): void {
     // Command: I/O, memory, bus master, SERR#, INTx disable are writable (PCI 3.0 §6.2.2).
-    this.setMask(PCI_COMMAND, 2, PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | 0x100 | PCI_COMMAND_INTX_DISABLE);
+    this.setMask(
+      PCI_COMMAND,
+      2,
+      PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | 0x100 | PCI_COMMAND_INTX_DISABLE,
+    );
     // Status: the error bits are RW1C.
     this.setClearMask(PCI_STATUS, 2, 0xf900);
     this.writable[PCI_INTERRUPT_LINE] = 0xff;
@@ -105,8 +109,10 @@ export class PciConfigSpace {
   /** Declares a BAR; its address bits become writable, the low bits say its type (PCI 3.0 §6.2.5.1). */
   defineBar(bar: BarDefinition, initialize = true): void {
     const { index, kind, size } = bar;
-    if (index < 0 || index > 5 || (kind === 'mem64' && index > 4)) throw new RangeError(`BAR ${index} does not exist for ${kind}`);
-    if (size & (size - 1) || size < (kind === 'io' ? 4 : 16)) throw new RangeError(`BAR ${index} size ${size} is not a power of two ≥ ${kind === 'io' ? 4 : 16}`);
+    if (index < 0 || index > 5 || (kind === 'mem64' && index > 4))
+      throw new RangeError(`BAR ${index} does not exist for ${kind}`);
+    if (size & (size - 1) || size < (kind === 'io' ? 4 : 16))
+      throw new RangeError(`BAR ${index} size ${size} is not a power of two ≥ ${kind === 'io' ? 4 : 16}`);
     this.bars[index] = bar;
     const at = PCI_BAR0 + 4 * index;
     const typeBits = kind === 'io' ? 0x1 : (kind === 'mem64' ? 0x4 : 0) | (bar.prefetchable ? 0x8 : 0);
@@ -119,7 +125,7 @@ export class PciConfigSpace {
     const lowMask = size >= 2 ** 32 ? 0 : (~(size - 1) >>> 0) & (kind === 'io' ? 0xfffffffc : 0xfffffff0);
     this.setMask(at, 4, lowMask);
     if (kind === 'mem64') {
-      const highMask = size > 2 ** 32 ? (~(size / 2 ** 32 - 1) >>> 0) : 0xffffffff;
+      const highMask = size > 2 ** 32 ? ~(size / 2 ** 32 - 1) >>> 0 : 0xffffffff;
       this.setMask(at + 4, 4, highMask);
     }
   }
@@ -148,7 +154,8 @@ export class PciConfigSpace {
   setBarAddress(index: number, address: number): void {
     const bar = this.bars[index];
     if (!bar) throw new RangeError(`BAR ${index} is not defined`);
-    if (address % bar.size !== 0) throw new RangeError(`BAR ${index} address 0x${address.toString(16)} is not aligned to its size`);
+    if (address % bar.size !== 0)
+      throw new RangeError(`BAR ${index} address 0x${address.toString(16)} is not aligned to its size`);
     const at = PCI_BAR0 + 4 * index;
     const low = this.view.getUint32(at, true) & (bar.kind === 'io' ? 0x3 : 0xf);
     this.view.setUint32(at, ((address >>> 0) & (bar.kind === 'io' ? 0xfffffffc : 0xfffffff0)) | low, true);

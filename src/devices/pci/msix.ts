@@ -69,7 +69,13 @@ export class MsixVectors {
   }
 
   /** Adds the MSI-X capability: table at `tableOffset` and PBA at `pbaOffset`, both in BAR `bir`. */
-  addCapability(config: PciConfigSpace, bir: number, tableOffset: number, pbaOffset: number, initialize = true): number {
+  addCapability(
+    config: PciConfigSpace,
+    bir: number,
+    tableOffset: number,
+    pbaOffset: number,
+    initialize = true,
+  ): number {
     const body = new Uint8Array(10);
     const v = new DataView(body.buffer);
     v.setUint16(0, this.count - 1, true);
@@ -100,7 +106,12 @@ export class MsixVectors {
 
   private routeLocked(vector: number): void {
     const at = vector * ENTRY_BYTES;
-    this.router.setMsi(this.shared.gsis[vector], this.table.getUint32(at, true), this.table.getUint32(at + 4, true), this.table.getUint32(at + 8, true));
+    this.router.setMsi(
+      this.shared.gsis[vector],
+      this.table.getUint32(at, true),
+      this.table.getUint32(at + 4, true),
+      this.table.getUint32(at + 8, true),
+    );
   }
 
   private signal(vector: number): void {

@@ -119,7 +119,11 @@ export class VirtioPciDevice implements PciFunction {
     this.regs = new Int32Array(shared.registers);
     this.lock = new SharedLock(shared.registers, 0); // word 0
     this.deviceConfig = new Uint8Array(shared.deviceConfig);
-    this.offered = info.features | (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_F_RING_INDIRECT_DESC) | (1n << VIRTIO_F_RING_EVENT_IDX);
+    this.offered =
+      info.features |
+      (1n << VIRTIO_F_VERSION_1) |
+      (1n << VIRTIO_F_RING_INDIRECT_DESC) |
+      (1n << VIRTIO_F_RING_EVENT_IDX);
     const vectors = info.queueSizes.length + 1;
     this.msix = initialize ? MsixVectors.create(vectors, router) : MsixVectors.attach(vectors, shared.msix, router);
     this.config = new PciConfigSpace(shared.pciConfig);
@@ -128,7 +132,13 @@ export class VirtioPciDevice implements PciFunction {
   }
 
   /** Creates the device (once, on the builder's thread). */
-  static create(name: string, info: VirtioDeviceInfo, vmFd: number, router: GsiRouter, intx?: IrqLine): VirtioPciDevice {
+  static create(
+    name: string,
+    info: VirtioDeviceInfo,
+    vmFd: number,
+    router: GsiRouter,
+    intx?: IrqLine,
+  ): VirtioPciDevice {
     const queueWords = W_QUEUES + info.queueSizes.length * Q_WORDS;
     const queueEventFds = info.queueSizes.map(() => check(native.eventfd(0, EFD_NONBLOCK), 'eventfd'));
     const shared = {
@@ -145,7 +155,14 @@ export class VirtioPciDevice implements PciFunction {
   }
 
   /** Another thread's view of a device made by create(). */
-  static attach(name: string, info: VirtioDeviceInfo, shared: VirtioPciShared, vmFd: number, router: GsiRouter, intx?: IrqLine): VirtioPciDevice {
+  static attach(
+    name: string,
+    info: VirtioDeviceInfo,
+    shared: VirtioPciShared,
+    vmFd: number,
+    router: GsiRouter,
+    intx?: IrqLine,
+  ): VirtioPciDevice {
     return new VirtioPciDevice(name, info, shared, vmFd, router, intx, false);
   }
 
@@ -178,8 +195,18 @@ export class VirtioPciDevice implements PciFunction {
     };
     c.addCapability(PCI_CAP_ID_VNDR, cap(CAP_COMMON, COMMON_OFFSET, 0x38), undefined, initialize);
     c.addCapability(PCI_CAP_ID_VNDR, cap(CAP_ISR, ISR_OFFSET, 1), undefined, initialize);
-    c.addCapability(PCI_CAP_ID_VNDR, cap(CAP_DEVICE, DEVICE_OFFSET, Math.max(4, this.info.configSize)), undefined, initialize);
-    c.addCapability(PCI_CAP_ID_VNDR, cap(CAP_NOTIFY, NOTIFY_OFFSET, this.info.queueSizes.length * NOTIFY_MULTIPLIER, NOTIFY_MULTIPLIER), undefined, initialize);
+    c.addCapability(
+      PCI_CAP_ID_VNDR,
+      cap(CAP_DEVICE, DEVICE_OFFSET, Math.max(4, this.info.configSize)),
+      undefined,
+      initialize,
+    );
+    c.addCapability(
+      PCI_CAP_ID_VNDR,
+      cap(CAP_NOTIFY, NOTIFY_OFFSET, this.info.queueSizes.length * NOTIFY_MULTIPLIER, NOTIFY_MULTIPLIER),
+      undefined,
+      initialize,
+    );
     // VIRTIO_PCI_CAP_PCI_CFG: a window into the BARs through config space (bar, offset, length writable, data).
     const cfgBody = cap(CAP_PCI_CFG, 0, 0);
     const cfg = new Uint8Array(cfgBody.length + 4);
@@ -229,7 +256,8 @@ export class VirtioPciDevice implements PciFunction {
     const r = this.regs;
     // Device state goes back to its reset values; where the queues' ioeventfds are registered is host state
     // (it follows the BAR, not the driver) and must survive, or a later BAR move would register twice.
-    for (let w = 1; w < W_QUEUES; w++) if (w !== W_NOTIFY_GENERATION && w !== W_CONFIG_GENERATION && w !== W_INTX_LEVEL) r[w] = 0;
+    for (let w = 1; w < W_QUEUES; w++)
+      if (w !== W_NOTIFY_GENERATION && w !== W_CONFIG_GENERATION && w !== W_INTX_LEVEL) r[w] = 0;
     r[W_CONFIG_MSIX] = NO_VECTOR;
     this.info.queueSizes.forEach((size, i) => {
       for (let w = 0; w < Q_NOTIFY_ADDR; w++) r[this.q(i, w)] = 0;
@@ -249,29 +277,50 @@ export class VirtioPciDevice implements PciFunction {
     const inQueue = sel < this.info.queueSizes.length;
     const qw = (w: number): number => (inQueue ? r[this.q(sel, w)] : 0);
     switch (offset) {
-      case 0x00: return r[W_DEVICE_FEATURE_SELECT];
+      case 0x00:
+        return r[W_DEVICE_FEATURE_SELECT];
       case 0x04: {
         const s = r[W_DEVICE_FEATURE_SELECT];
         return s === 0 ? Number(this.offered & 0xffffffffn) : s === 1 ? Number(this.offered >> 32n) : 0;
       }
-      case 0x08: return r[W_DRIVER_FEATURE_SELECT];
-      case 0x0c: { const s = r[W_DRIVER_FEATURE_SELECT]; return s === 0 ? r[W_DRIVER_FEATURES_LO] >>> 0 : s === 1 ? r[W_DRIVER_FEATURES_HI] >>> 0 : 0; }
-      case 0x10: return r[W_CONFIG_MSIX];
-      case 0x12: return this.info.queueSizes.length;
-      case 0x14: return size === 1 ? r[W_STATUS] : r[W_STATUS] | (r[W_CONFIG_GENERATION] << 8);
-      case 0x15: return r[W_CONFIG_GENERATION] & 0xff;
-      case 0x16: return sel;
-      case 0x18: return qw(Q_SIZE);
-      case 0x1a: return inQueue ? qw(Q_VECTOR) : NO_VECTOR;
-      case 0x1c: return qw(Q_ENABLE);
-      case 0x1e: return inQueue ? sel : 0; // queue_notify_off: queue i notifies at i * multiplier
-      case 0x20: return qw(Q_DESC) >>> 0;
-      case 0x24: return qw(Q_DESC + 1) >>> 0;
-      case 0x28: return qw(Q_DRIVER) >>> 0;
-      case 0x2c: return qw(Q_DRIVER + 1) >>> 0;
-      case 0x30: return qw(Q_DEVICE) >>> 0;
-      case 0x34: return qw(Q_DEVICE + 1) >>> 0;
-      default: return 0;
+      case 0x08:
+        return r[W_DRIVER_FEATURE_SELECT];
+      case 0x0c: {
+        const s = r[W_DRIVER_FEATURE_SELECT];
+        return s === 0 ? r[W_DRIVER_FEATURES_LO] >>> 0 : s === 1 ? r[W_DRIVER_FEATURES_HI] >>> 0 : 0;
+      }
+      case 0x10:
+        return r[W_CONFIG_MSIX];
+      case 0x12:
+        return this.info.queueSizes.length;
+      case 0x14:
+        return size === 1 ? r[W_STATUS] : r[W_STATUS] | (r[W_CONFIG_GENERATION] << 8);
+      case 0x15:
+        return r[W_CONFIG_GENERATION] & 0xff;
+      case 0x16:
+        return sel;
+      case 0x18:
+        return qw(Q_SIZE);
+      case 0x1a:
+        return inQueue ? qw(Q_VECTOR) : NO_VECTOR;
+      case 0x1c:
+        return qw(Q_ENABLE);
+      case 0x1e:
+        return inQueue ? sel : 0; // queue_notify_off: queue i notifies at i * multiplier
+      case 0x20:
+        return qw(Q_DESC) >>> 0;
+      case 0x24:
+        return qw(Q_DESC + 1) >>> 0;
+      case 0x28:
+        return qw(Q_DRIVER) >>> 0;
+      case 0x2c:
+        return qw(Q_DRIVER + 1) >>> 0;
+      case 0x30:
+        return qw(Q_DEVICE) >>> 0;
+      case 0x34:
+        return qw(Q_DEVICE + 1) >>> 0;
+      default:
+        return 0;
     }
   }
 
@@ -282,8 +331,12 @@ export class VirtioPciDevice implements PciFunction {
     // Queue fields may only change while the queue is disabled and the driver is not yet running it.
     const queueWritable = inQueue && r[this.q(sel, Q_ENABLE)] === 0;
     switch (offset) {
-      case 0x00: r[W_DEVICE_FEATURE_SELECT] = value; return;
-      case 0x08: r[W_DRIVER_FEATURE_SELECT] = value; return;
+      case 0x00:
+        r[W_DEVICE_FEATURE_SELECT] = value;
+        return;
+      case 0x08:
+        r[W_DRIVER_FEATURE_SELECT] = value;
+        return;
       case 0x0c: {
         if (r[W_STATUS] & STATUS_FEATURES_OK) return; // features are fixed after FEATURES_OK
         const s = r[W_DRIVER_FEATURE_SELECT];
@@ -291,30 +344,52 @@ export class VirtioPciDevice implements PciFunction {
         else if (s === 1) r[W_DRIVER_FEATURES_HI] = value;
         return;
       }
-      case 0x10: r[W_CONFIG_MSIX] = value < this.msix.count ? value : NO_VECTOR; return;
-      case 0x14: this.statusWrite(value & 0xff); return;
-      case 0x16: r[W_QUEUE_SELECT] = value & 0xffff; return;
+      case 0x10:
+        r[W_CONFIG_MSIX] = value < this.msix.count ? value : NO_VECTOR;
+        return;
+      case 0x14:
+        this.statusWrite(value & 0xff);
+        return;
+      case 0x16:
+        r[W_QUEUE_SELECT] = value & 0xffff;
+        return;
       case 0x18:
         if (queueWritable) {
           const max = this.info.queueSizes[sel];
           // Sizes are powers of two up to the maximum (§2.7: split queues); anything else is refused.
-          r[this.q(sel, Q_SIZE)] = value && value <= max && (value & (value - 1)) === 0 ? value : r[this.q(sel, Q_SIZE)];
+          r[this.q(sel, Q_SIZE)] =
+            value && value <= max && (value & (value - 1)) === 0 ? value : r[this.q(sel, Q_SIZE)];
         }
         return;
-      case 0x1a: if (inQueue) r[this.q(sel, Q_VECTOR)] = value < this.msix.count ? value : NO_VECTOR; return;
+      case 0x1a:
+        if (inQueue) r[this.q(sel, Q_VECTOR)] = value < this.msix.count ? value : NO_VECTOR;
+        return;
       case 0x1c:
         if (inQueue && value === 1 && r[this.q(sel, Q_ENABLE)] === 0) {
           r[this.q(sel, Q_ENABLE)] = 1;
           this.notifyBackend();
         }
         return;
-      case 0x20: if (queueWritable) r[this.q(sel, Q_DESC)] = value; return;
-      case 0x24: if (queueWritable) r[this.q(sel, Q_DESC + 1)] = value; return;
-      case 0x28: if (queueWritable) r[this.q(sel, Q_DRIVER)] = value; return;
-      case 0x2c: if (queueWritable) r[this.q(sel, Q_DRIVER + 1)] = value; return;
-      case 0x30: if (queueWritable) r[this.q(sel, Q_DEVICE)] = value; return;
-      case 0x34: if (queueWritable) r[this.q(sel, Q_DEVICE + 1)] = value; return;
-      default: return;
+      case 0x20:
+        if (queueWritable) r[this.q(sel, Q_DESC)] = value;
+        return;
+      case 0x24:
+        if (queueWritable) r[this.q(sel, Q_DESC + 1)] = value;
+        return;
+      case 0x28:
+        if (queueWritable) r[this.q(sel, Q_DRIVER)] = value;
+        return;
+      case 0x2c:
+        if (queueWritable) r[this.q(sel, Q_DRIVER + 1)] = value;
+        return;
+      case 0x30:
+        if (queueWritable) r[this.q(sel, Q_DEVICE)] = value;
+        return;
+      case 0x34:
+        if (queueWritable) r[this.q(sel, Q_DEVICE + 1)] = value;
+        return;
+      default:
+        return;
     }
   }
 
@@ -401,7 +476,8 @@ export class VirtioPciDevice implements PciFunction {
       });
     } else if (offset >= DEVICE_OFFSET && offset < DEVICE_OFFSET + this.deviceConfig.length) {
       const at = offset - DEVICE_OFFSET;
-      for (let i = data.length - 1; i >= 0; i--) value = value * 256 + (at + i < this.deviceConfig.length ? this.deviceConfig[at + i] : 0);
+      for (let i = data.length - 1; i >= 0; i--)
+        value = value * 256 + (at + i < this.deviceConfig.length ? this.deviceConfig[at + i] : 0);
       for (let i = 0; i < data.length; i++) data[i] = at + i < this.deviceConfig.length ? this.deviceConfig[at + i] : 0;
       return;
     }
@@ -492,6 +568,10 @@ export class VirtioPciDevice implements PciFunction {
     buf.setUint32(f.len.offset, 2, true);
     buf.setInt32(f.fd.offset, fd, true);
     buf.setUint32(f.flags.offset, deassign ? 4 /* KVM_IOEVENTFD_FLAG_DEASSIGN */ : 0, true);
-    check(native.ioctl(this.vmFd, ioctls.KVM_IOEVENTFD, buf), 'KVM_IOEVENTFD', `${this.name} notify at 0x${address.toString(16)}`);
+    check(
+      native.ioctl(this.vmFd, ioctls.KVM_IOEVENTFD, buf),
+      'KVM_IOEVENTFD',
+      `${this.name} notify at 0x${address.toString(16)}`,
+    );
   }
 }

@@ -4,7 +4,14 @@
 import { native } from '../../native/index.js';
 import type { GuestMemory } from '../../vmm/memory.js';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
-import { STATUS_DRIVER_OK, STATUS_FAILED, STATUS_NEEDS_RESET, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, type VirtioPciDevice } from './pci-transport.js';
+import {
+  STATUS_DRIVER_OK,
+  STATUS_FAILED,
+  STATUS_NEEDS_RESET,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  type VirtioPciDevice,
+} from './pci-transport.js';
 import { SplitQueue } from './queue.js';
 
 /** One epoll watcher per I/O thread serves every device on it. */
