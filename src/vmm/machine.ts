@@ -142,100 +142,97 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
   const mmapSize = kvm.vcpuMmapSize;
   const vm = Vm.create(kvm, config.memory);
   trace('VM created');
-  try {
-    vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
-    const topology = machineTopology(config);
-    const layout = apicIdLayout(topology);
-    const apicIds = [...layout.apicIds];
-    const rsdpAddress = writePlatformTables(vm, apicIds);
-    trace('ACPI and MP tables written');
-    const boot = loadKernel({
-      imageName: config.kernel,
-      image,
-      cmdline: config.cmdline,
-      modules,
-      memory: vm.memory,
-      memoryMap: guestMemoryMap(config.memory),
-      rsdpAddress,
-    });
+  // The process exits right after the run; KVM tears the VM down with its fds, so nothing is unmapped by hand.
+  vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
+  const topology = machineTopology(config);
+  const layout = apicIdLayout(topology);
+  const apicIds = [...layout.apicIds];
+  const rsdpAddress = writePlatformTables(vm, apicIds);
+  trace('ACPI and MP tables written');
+  const boot = loadKernel({
+    imageName: config.kernel,
+    image,
+    cmdline: config.cmdline,
+    modules,
+    memory: vm.memory,
+    memoryMap: guestMemoryMap(config.memory),
+    rsdpAddress,
+  });
 
-    trace('kernel loaded');
-    const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
-    const cpuid = supportedCpuid(kvm.fd);
-    const indexList = msrIndexList(kvm.fd);
-    const vcpus: Vcpu[] = [];
-    for (let index = 0; index < config.cpus; index++) {
-      // KVM makes the vCPU id the local APIC ID, so vCPUs are created with their topology's APIC IDs.
-      const vcpu = Vcpu.create(vm.fd, layout.apicIds[index], mmapSize);
-      const table = vcpuCpuid(cpuid, { topology, index, profile, layout });
-      vcpu.setCpuid(table);
-      setupMsrs(vcpu.fd, kvm.fd, { indexList, cpuid: table });
-      vcpus.push(vcpu);
-    }
-    const bsp = vcpus[0];
-    const regs = bsp.getRegs();
-    for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;
-    regs.rip = BigInt(boot.entryPoint);
-    regs.rflags = 0x2n;
-    if (boot.protocol === 'linux') {
-      // Linux boot protocol, 64-bit entry: long mode with the loader's identity map, rsi = boot_params.
-      bsp.setSregs(longModeEntry(bsp.getSregs(), { gdtBase: boot.gdtAddress, gdtLimit: boot.gdtLimit, cr3: boot.cr3 }));
-      regs.rsi = BigInt(boot.rsi);
-    } else {
-      bsp.setSregs(protectedModeEntry(bsp.getSregs()));
-      regs.rax = BigInt(boot.eax);
-      regs.rbx = BigInt(boot.ebx);
-    }
-    bsp.setRegs(regs);
-
-    const shared = createSharedDeviceState();
-    const devices = buildDevices(shared, { vmFd: vm.fd, control, serialOutputFd: config.serialOutputFd });
-
-    control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
-    native.watchTerminationSignals(bsp.immediateExitAddress);
-    const tick = native.startTick(250);
-
-    if (worker) {
-      const data: IoThreadData = {
-        control: control.buffer,
-        devices: shared,
-        vmFd: vm.fd,
-        memory: vm.memory.describe(),
-        mmapSize,
-        aps: vcpus.slice(1).map((v) => ({ id: v.id, fd: v.fd })),
-        serialOutputFd: config.serialOutputFd,
-        serialInput: config.serialInput,
-      };
-      worker.postMessage(data);
-    }
-
-    trace('vCPUs ready, entering the guest');
-    const reason = bsp.runLoop({
-      pio: devices.pio,
-      mmio: devices.mmio,
-      control,
-      memory: vm.memory,
-      onKick: (vcpu) => {
-        const sig = native.pendingSignal();
-        if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
-        if (control.paused) control.waitWhilePaused();
-        if (control.stopping) return control.reason();
-        if (config.cpus === 1) return deadHaltCheck(vcpu, control, vm);
-        return undefined;
-      },
-    });
-    trace(`guest stopped (${reason.kind})`);
-    if (typeof tick === 'bigint') native.stopTick(tick);
-    native.restoreTerminationSignals();
-    // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
-    // (No kicks after this: pthread_kill on a finished thread is undefined behaviour.)
-    if (config.cpus > 1 && native.stopVcpuThreads(2000) > 0)
-      process.stderr.write('partita: some vCPU threads did not stop\n');
-    void worker?.terminate();
-    return { reason, boot };
-  } finally {
-    // The process exits right after; KVM tears the VM down with its fds. Nothing to unmap by hand.
+  trace('kernel loaded');
+  const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
+  const cpuid = supportedCpuid(kvm.fd);
+  const indexList = msrIndexList(kvm.fd);
+  const vcpus: Vcpu[] = [];
+  for (let index = 0; index < config.cpus; index++) {
+    // KVM makes the vCPU id the local APIC ID, so vCPUs are created with their topology's APIC IDs.
+    const vcpu = Vcpu.create(vm.fd, layout.apicIds[index], mmapSize);
+    const table = vcpuCpuid(cpuid, { topology, index, profile, layout });
+    vcpu.setCpuid(table);
+    setupMsrs(vcpu.fd, kvm.fd, { indexList, cpuid: table });
+    vcpus.push(vcpu);
   }
+  const bsp = vcpus[0];
+  const regs = bsp.getRegs();
+  for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;
+  regs.rip = BigInt(boot.entryPoint);
+  regs.rflags = 0x2n;
+  if (boot.protocol === 'linux') {
+    // Linux boot protocol, 64-bit entry: long mode with the loader's identity map, rsi = boot_params.
+    bsp.setSregs(longModeEntry(bsp.getSregs(), { gdtBase: boot.gdtAddress, gdtLimit: boot.gdtLimit, cr3: boot.cr3 }));
+    regs.rsi = BigInt(boot.rsi);
+  } else {
+    bsp.setSregs(protectedModeEntry(bsp.getSregs()));
+    regs.rax = BigInt(boot.eax);
+    regs.rbx = BigInt(boot.ebx);
+  }
+  bsp.setRegs(regs);
+
+  const shared = createSharedDeviceState();
+  const devices = buildDevices(shared, { vmFd: vm.fd, control, serialOutputFd: config.serialOutputFd });
+
+  control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
+  native.watchTerminationSignals(bsp.immediateExitAddress);
+  const tick = native.startTick(250);
+
+  if (worker) {
+    const data: IoThreadData = {
+      control: control.buffer,
+      devices: shared,
+      vmFd: vm.fd,
+      memory: vm.memory.describe(),
+      mmapSize,
+      aps: vcpus.slice(1).map((v) => ({ id: v.id, fd: v.fd })),
+      serialOutputFd: config.serialOutputFd,
+      serialInput: config.serialInput,
+    };
+    worker.postMessage(data);
+  }
+
+  trace('vCPUs ready, entering the guest');
+  const reason = bsp.runLoop({
+    pio: devices.pio,
+    mmio: devices.mmio,
+    control,
+    memory: vm.memory,
+    onKick: (vcpu) => {
+      const sig = native.pendingSignal();
+      if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
+      if (control.paused) control.waitWhilePaused();
+      if (control.stopping) return control.reason();
+      if (config.cpus === 1) return deadHaltCheck(vcpu, control, vm);
+      return undefined;
+    },
+  });
+  trace(`guest stopped (${reason.kind})`);
+  if (typeof tick === 'bigint') native.stopTick(tick);
+  native.restoreTerminationSignals();
+  // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
+  // (No kicks after this: pthread_kill on a finished thread is undefined behaviour.)
+  if (config.cpus > 1 && native.stopVcpuThreads(2000) > 0)
+    process.stderr.write('partita: some vCPU threads did not stop\n');
+  void worker?.terminate();
+  return { reason, boot };
 }
 
 /**

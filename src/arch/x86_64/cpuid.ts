@@ -7,7 +7,7 @@
 // 0x4000_0000/0x4000_0001 as Documentation/virt/kvm/x86/cpuid.rst describes them.
 import { ioctls, kvm_cpuid2, kvm_cpuid_entry2 } from '../../kvm/abi.js';
 import { check, native } from '../../native/index.js';
-import { apicIdLayout, defaultTopology, type ApicIdLayout, type CpuTopology } from './topology.js';
+import { apicIdLayout, type ApicIdLayout, type CpuTopology } from './topology.js';
 
 export interface CpuidEntry {
   function: number;
@@ -243,28 +243,11 @@ export interface VcpuCpuidOptions {
 }
 
 /**
- * The old call, before topologies: `vcpuCount` single-threaded cores in one socket, where APIC ID = index.
- * @deprecated pass `{ topology, index, profile }`.
- */
-export interface LegacyVcpuCpuidOptions {
-  readonly apicId: number;
-  readonly vcpuCount: number;
-  readonly profile: CpuProfile;
-}
-
-/**
  * The CPUID table for vCPU `index` of a VM with the given topology, built from KVM_GET_SUPPORTED_CPUID.
  * Give it to the vCPU created with KVM_CREATE_VCPU(id = apicIdLayout(topology).apicIds[index]): KVM uses the
  * vCPU id as the local APIC ID, and this table reports that same ID.
  */
-export function vcpuCpuid(
-  supported: readonly CpuidEntry[],
-  options: VcpuCpuidOptions | LegacyVcpuCpuidOptions,
-): CpuidEntry[] {
-  const opts: VcpuCpuidOptions =
-    'topology' in options
-      ? options
-      : { topology: defaultTopology(options.vcpuCount), index: options.apicId, profile: options.profile };
+export function vcpuCpuid(supported: readonly CpuidEntry[], opts: VcpuCpuidOptions): CpuidEntry[] {
   const layout = opts.layout ?? apicIdLayout(opts.topology);
   const place = layout.places[opts.index];
   if (!Number.isInteger(opts.index) || !place) {
