@@ -159,48 +159,30 @@ function flat(selector: number, type: number): Segment {
   };
 }
 
-/**
- * 32-bit protected mode, paging off, flat 4 GiB code and data segments, as the PVH and multiboot
- * specifications require at the kernel's entry; the descriptor caches match the GDT at BOOT_GDT_ADDRESS.
- */
-export function protectedModeEntry(current: Sregs): Sregs {
-  const data = flat(BOOT_DS, 0x3);
+/** Segment registers for a kernel entry: code and flat data, a busy TSS, an unused LDT; all bases 0. */
+function entrySegments(code: Segment, dataSelector: number, tssSelector: number): Pick<Sregs, SegmentName> {
+  const data = flat(dataSelector, 0x3);
+  const system = { base: 0n, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 };
   return {
-    ...current,
-    cs: flat(BOOT_CS, 0xb),
+    cs: code,
     ds: data,
     es: { ...data },
     fs: { ...data },
     gs: { ...data },
     ss: { ...data },
-    tr: {
-      base: 0n,
-      limit: 0x67,
-      selector: BOOT_TSS,
-      type: 0xb,
-      present: 1,
-      dpl: 0,
-      db: 0,
-      s: 0,
-      l: 0,
-      g: 0,
-      avl: 0,
-      unusable: 0,
-    },
-    ldt: {
-      base: 0n,
-      limit: 0xffff,
-      selector: 0,
-      type: 0x2,
-      present: 1,
-      dpl: 0,
-      db: 0,
-      s: 0,
-      l: 0,
-      g: 0,
-      avl: 0,
-      unusable: 0,
-    },
+    tr: { ...system, limit: 0x67, selector: tssSelector, type: 0xb },
+    ldt: { ...system, limit: 0xffff, selector: 0, type: 0x2 },
+  };
+}
+
+/**
+ * 32-bit protected mode, paging off, flat 4 GiB code and data segments, as the PVH and multiboot
+ * specifications require at the kernel's entry; the descriptor caches match the GDT at BOOT_GDT_ADDRESS.
+ */
+export function protectedModeEntry(current: Sregs): Sregs {
+  return {
+    ...current,
+    ...entrySegments(flat(BOOT_CS, 0xb), BOOT_DS, BOOT_TSS),
     gdt: { base: BigInt(BOOT_GDT_ADDRESS), limit: 5 * 8 - 1 },
     idt: { base: 0n, limit: 0 },
     cr0: 0x11n, // PE | ET
@@ -215,69 +197,9 @@ export function protectedModeEntry(current: Sregs): Sregs {
  * "64-bit Boot Protocol"): paging on with the given identity map, CS = 0x10 64-bit code, DS/ES/SS = 0x18.
  */
 export function longModeEntry(current: Sregs, opts: { gdtBase: number; gdtLimit: number; cr3: number }): Sregs {
-  const data: Segment = {
-    base: 0n,
-    limit: 0xffffffff,
-    selector: 0x18,
-    type: 0x3,
-    present: 1,
-    dpl: 0,
-    db: 1,
-    s: 1,
-    l: 0,
-    g: 1,
-    avl: 0,
-    unusable: 0,
-  };
   return {
     ...current,
-    cs: {
-      base: 0n,
-      limit: 0xffffffff,
-      selector: 0x10,
-      type: 0xb,
-      present: 1,
-      dpl: 0,
-      db: 0,
-      s: 1,
-      l: 1,
-      g: 1,
-      avl: 0,
-      unusable: 0,
-    },
-    ds: data,
-    es: { ...data },
-    fs: { ...data },
-    gs: { ...data },
-    ss: { ...data },
-    tr: {
-      base: 0n,
-      limit: 0x67,
-      selector: 0x20,
-      type: 0xb,
-      present: 1,
-      dpl: 0,
-      db: 0,
-      s: 0,
-      l: 0,
-      g: 0,
-      avl: 0,
-      unusable: 0,
-    },
-    ldt: {
-      base: 0n,
-      limit: 0xffff,
-      selector: 0,
-      type: 0x2,
-      present: 1,
-      dpl: 0,
-      db: 0,
-      s: 0,
-      l: 0,
-      g: 0,
-      avl: 0,
-      unusable: 0,
-    },
+    ...entrySegments({ ...flat(0x10, 0xb), db: 0, l: 1 }, 0x18, 0x20),
     gdt: { base: BigInt(opts.gdtBase), limit: opts.gdtLimit },
     idt: { base: 0n, limit: 0 },
     cr0: 0x80000011n, // PG | ET | PE
