@@ -12,6 +12,8 @@ interface NativeBinding {
   open(path: string, flags: number): number;
   close(fd: number): number;
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer): number;
+  /** flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8. */
+  flock(fd: number, operation: number): number;
   run(fd: number): number;
   mmap(length: number | bigint, prot: number, flags: number, fd: number, offset: number): bigint | number;
   munmap(address: bigint, length: number | bigint): number;

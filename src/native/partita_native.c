@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -159,6 +160,15 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
   int r = close((int)get_i64(env, argv[0]));
+  return num(env, r < 0 ? -errno : r);
+}
+
+// flock(fd, operation): 0 | -errno. Disk images are locked LOCK_EX|LOCK_NB (or LOCK_SH read-only) so two VMs
+// cannot open one image for writing; the lock belongs to the open file description and ends with it.
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  int r = flock((int)get_i64(env, argv[0]), (int)get_i64(env, argv[1]));
   return num(env, r < 0 ? -errno : r);
 }
 
@@ -601,7 +611,7 @@ static napi_value init(napi_env env, napi_value exports) {
 
   struct { const char *name; napi_callback cb; } fns[] = {
       {"open", js_open},         {"close", js_close},
-      {"ioctl", js_ioctl},       {"run", js_run},
+      {"ioctl", js_ioctl},       {"flock", js_flock},       {"run", js_run},
       {"mmap", js_mmap},         {"munmap", js_munmap},
       {"madvise", js_madvise},   {"view", js_view},
       {"addressOf", js_address_of}, {"eventfd", js_eventfd},
