@@ -501,3 +501,62 @@ test('ByteWriter: fields written across buffer growth land in the result', () =>
   assert.throws(() => new ByteWriter().u8(256), RangeError);
   assert.throws(() => new ByteWriter().ascii('ABC', 4), RangeError);
 });
+
+test('ACPI tables with PCI: MCFG names the ECAM window, DSDT has PCI0 with its windows and _PRT', (t) => {
+  const pci = {
+    ecam: { base: 0xe000_0000, size: 0x1000_0000, endBus: 255 },
+    mmio32: { base: 0xc000_0000, end: 0xe000_0000 },
+    io: { base: 0xc000, end: 0x1_0000 },
+    intx: [
+      { slot: 1, gsi: 16 },
+      { slot: 2, gsi: 17 },
+    ],
+  };
+  const opts = { ...options([0, 1]), pci };
+  const mem = new LowMemory();
+  const result = buildAcpiTables(opts, mem);
+  const mcfg = result.tables.find((x) => x.signature === 'MCFG');
+  assert.ok(mcfg, 'an MCFG table is built');
+  assert.equal(walk(mem).byPointer.get('MCFG'), mcfg.address, 'the XSDT points at the MCFG');
+  assert.equal(sum8(mcfg.bytes), 0);
+  assert.equal(
+    buildAcpiTables(options([0])).tables.find((x) => x.signature === 'MCFG'),
+    undefined,
+    'no PCI, no MCFG',
+  );
+  if (!iasl) {
+    t.skip(NO_IASL);
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'partita-acpi-'));
+  try {
+    const m = disassemble(dir, 'mcfg', mcfg.bytes);
+    assert.match(m, /Base Address : 00000000E0000000/);
+    assert.match(m, /Segment Group Number : 0000/);
+    assert.match(m, /Start Bus Number : 00/);
+    assert.match(m, /End Bus Number : FF/);
+    const dsdt = result.tables.find((x) => x.signature === 'DSDT');
+    assert.ok(dsdt);
+    const d = disassemble(dir, 'dsdt', dsdt.bytes);
+    assert.match(d, /Device \(PCI0\)\s*\{\s*Name \(_HID, EisaId \("PNP0A08"\)/);
+    assert.match(d, /Name \(_CID, EisaId \("PNP0A03"\)/);
+    assert.match(
+      d,
+      /WordBusNumber \(ResourceProducer, MinFixed, MaxFixed, PosDecode,\s*0x0000,\s*\/\/ Granularity\s*0x0000,\s*\/\/ Range Minimum\s*0x00FF,/,
+    );
+    assert.match(
+      d,
+      /WordIO \(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,\s*0x0000,\s*\/\/ Granularity\s*0xC000,\s*\/\/ Range Minimum\s*0xFFFF,/,
+    );
+    assert.match(
+      d,
+      /DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,\s*0x00000000,\s*\/\/ Granularity\s*0xC0000000,\s*\/\/ Range Minimum\s*0xDFFFFFFF,/,
+    );
+    assert.match(d, /Package \(0x04\)\s*\{\s*0x0001FFFF,\s*Zero,\s*Zero,\s*0x10\s*\}/);
+    assert.match(d, /Package \(0x04\)\s*\{\s*0x0002FFFF,\s*Zero,\s*Zero,\s*0x11\s*\}/);
+    assert.match(d, /Memory32Fixed \(ReadWrite,\s*0xE0000000,\s*\/\/ Address Base\s*0x10000000,/);
+    recompile(dir, 'dsdt');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

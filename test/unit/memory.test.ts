@@ -8,6 +8,8 @@ import {
   E820_RAM,
   E820_RESERVED,
   MAX_MEMORY,
+  PCI_ECAM_BASE,
+  PCI_ECAM_SIZE,
 } from '../../src/arch/x86_64/layout.js';
 import { GuestMemory, GuestMemoryError } from '../../src/vmm/memory.js';
 import { GIB, MIB, TIB, parseSize, formatSize } from '../../src/vmm/units.js';
@@ -26,14 +28,22 @@ test('RAM below the 32-bit hole, the rest above 4 GiB', () => {
 test('guest memory map: low RAM, reserved BIOS area, high RAM; sorted and disjoint', () => {
   for (const size of [16 * MIB, 512 * MIB, 3 * GIB, 4 * GIB, 128 * GIB]) {
     const map = guestMemoryMap(size);
-    let ram = 0;
+    let ramTotal = 0;
     for (let i = 0; i < map.length; i++) {
       if (i) assert.ok(map[i].base >= map[i - 1].base + map[i - 1].size, `entry ${i} overlaps for ${size}`);
-      if (map[i].type === E820_RAM) ram += map[i].size;
+      if (map[i].type === E820_RAM) ramTotal += map[i].size;
     }
     assert.equal(map[1].type, E820_RESERVED);
-    assert.equal(ram, size - (0x100000 - 0x9fc00), `RAM total for ${formatSize(size)}`);
-    assert.ok(map.every((e) => e.base + e.size <= MMIO_HOLE_START || e.base >= FOUR_GIB));
+    assert.equal(ramTotal, size - (0x100000 - 0x9fc00), `RAM total for ${formatSize(size)}`);
+    const ram = map.filter((e) => e.type === E820_RAM);
+    assert.ok(
+      ram.every((e) => e.base + e.size <= MMIO_HOLE_START || e.base >= FOUR_GIB),
+      'no RAM in the hole',
+    );
+    assert.ok(
+      map.some((e) => e.type === E820_RESERVED && e.base === PCI_ECAM_BASE && e.size === PCI_ECAM_SIZE),
+      'the PCIe ECAM window is reserved',
+    );
   }
   const big = guestMemoryMap(128 * GIB);
   assert.equal(big.at(-1)!.base, FOUR_GIB);

@@ -3,8 +3,11 @@
 //   0x0000_0000 ─ 0x0009_FC00  RAM (boot structures live here, see BOOT_* below)
 //   0x0009_FC00 ─ 0x0010_0000  reserved: EBDA, VGA window, option ROMs, BIOS (as on a PC)
 //   0x0010_0000 ─ lowRamEnd    RAM, up to the 32-bit PCI hole
-//   0xC000_0000 ─ 0x1_0000_0000 the 32-bit MMIO hole: PCI BARs, IOAPIC (0xFEC0_0000), LAPIC (0xFEE0_0000),
-//                              KVM's TSS and identity-map pages, firmware flash (just below 4 GiB)
+//   0xC000_0000 ─ 0x1_0000_0000 the 32-bit MMIO hole:
+//       0xC000_0000 ─ 0xE000_0000  PCI 32-bit memory window (BARs)
+//       0xE000_0000 ─ 0xF000_0000  PCIe ECAM (MMCONFIG) for buses 0-255, E820-reserved
+//       then IOAPIC (0xFEC0_0000), LAPIC (0xFEE0_0000), KVM's TSS and identity-map pages, firmware (below 4 GiB)
+// The PCI windows and ECAM are where QEMU's microvm puts them, so one test guest finds PCI alike on both.
 //   0x1_0000_0000 ─ …          RAM above 4 GiB: whatever did not fit below the hole
 import { GIB, KIB, MIB } from '../../vmm/units.js';
 
@@ -15,6 +18,18 @@ export const MMIO_HOLE_START = 3 * GIB;
 export const FOUR_GIB = 4 * GIB;
 export const IOAPIC_ADDRESS = 0xfec0_0000;
 export const LAPIC_ADDRESS = 0xfee0_0000;
+/** PCI: the 32-bit BAR window, the ECAM window, and the I/O port window for I/O BARs (above the legacy ports). */
+export const PCI_MMIO32_BASE = 0xc000_0000;
+export const PCI_MMIO32_END = 0xe000_0000;
+export const PCI_ECAM_BASE = 0xe000_0000;
+export const PCI_ECAM_BUSES = 256;
+export const PCI_ECAM_SIZE = PCI_ECAM_BUSES << 20;
+export const PCI_IO_BASE = 0xc000;
+export const PCI_IO_END = 0x1_0000;
+/** INTA# of PCI slot s (1..) goes to GSI PCI_INTX_GSI_BASE + (s - 1) % PCI_INTX_GSI_COUNT (IOAPIC pins 16-23). */
+export const PCI_INTX_GSI_BASE = 16;
+export const PCI_INTX_GSI_COUNT = 8;
+
 /** KVM_SET_IDENTITY_MAP_ADDR (one page) and KVM_SET_TSS_ADDR (three pages), inside the hole, as QEMU places them. */
 export const KVM_IDENTITY_MAP_ADDRESS = 0xfeffc000;
 export const KVM_TSS_ADDRESS = 0xfeffd000;
@@ -70,6 +85,8 @@ export function guestMemoryMap(memorySize: number): MemoryMapEntry[] {
   ];
   if (low.size > HIGH_MEMORY_START)
     map.push({ base: HIGH_MEMORY_START, size: low.size - HIGH_MEMORY_START, type: E820_RAM });
+  // The ECAM window must be reserved in E820 or an OS may refuse MMCONFIG (PCI Firmware 3.2 §4.1.2 note).
+  map.push({ base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, type: E820_RESERVED });
   if (high) map.push({ base: high.gpa, size: high.size, type: E820_RAM });
   return map;
 }
