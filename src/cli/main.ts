@@ -7,6 +7,8 @@ import { parseSize } from '../vmm/units.js';
 import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
+import { DeviceOptionError, parseConsole, parseDisk, parseNet } from './device-options.js';
+import type { VirtioDeviceSpec } from '../vmm/virtio-devices.js';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
 
@@ -21,6 +23,14 @@ Options:
   --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
   --serial MODE        stdio (default) or file:PATH
   --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
+  --disk PATH[,readonly][,serial=ID][,queues=N]
+                       virtio-blk disk on a raw image (locked: one VM at a time); repeatable
+  --net user|tap=NAME|socket=PATH[,mac=MAC]
+                       virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket speaking
+                       QEMU's stream protocol; repeatable
+  --rng                virtio-rng fed from the host's getrandom
+  --console PATH       virtio-console port to a file (guest output) or a UNIX socket (both ways)
+  --stats              print the VM's exit counts when it stops
   -h, --help           this help
 
 On a terminal, Ctrl-A x quits and Ctrl-A h lists the console keys.
@@ -87,6 +97,11 @@ function runCommand(args: string[]): number {
     memory: { type: 'string' },
     serial: { type: 'string' },
     cpu: { type: 'string' },
+    disk: { type: 'string', multiple: true },
+    net: { type: 'string', multiple: true },
+    rng: { type: 'boolean' },
+    console: { type: 'string' },
+    stats: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) {
@@ -129,8 +144,21 @@ function runCommand(args: string[]): number {
     throw new UsageError(`--serial '${serial}' is not stdio or file:PATH`);
   }
 
+  const virtio: VirtioDeviceSpec[] = [];
+  try {
+    for (const d of (values.disk as string[] | undefined) ?? []) virtio.push(parseDisk(d));
+    for (const n of (values.net as string[] | undefined) ?? []) virtio.push(parseNet(n));
+    if (values.rng) virtio.push({ kind: 'entropy' });
+    if (values.console !== undefined) virtio.push(parseConsole(values.console as string));
+  } catch (e) {
+    if (e instanceof DeviceOptionError) throw new UsageError(e.message);
+    throw e;
+  }
+
   const config: MachineConfig = {
     kernel,
+    virtio,
+    stats: values.stats === true,
     initrd: (values.initrd as string[] | undefined) ?? [],
     cmdline: (values.cmdline as string | undefined) ?? '',
     cpus,

@@ -520,6 +520,7 @@ typedef struct fd_watcher {
   int stopfd;
   pthread_t thread;
   napi_threadsafe_function tsfn;
+  atomic_int finalizing;
 } fd_watcher;
 
 static void watcher_call_js(napi_env env, napi_value js_cb, void *context, void *data) {
@@ -545,12 +546,28 @@ static void *watcher_main(void *arg) {
       uint64_t count;
       if (fd == w->stopfd) goto done;
       if (read(fd, &count, sizeof count) != sizeof count) continue;
-      napi_call_threadsafe_function(w->tsfn, (void *)(intptr_t)fd, napi_tsfn_blocking);
+      if (atomic_load(&w->finalizing)) goto done;
+      if (napi_call_threadsafe_function(w->tsfn, (void *)(intptr_t)fd, napi_tsfn_nonblocking) == napi_closing) goto done;
     }
   }
 done:
-  napi_release_threadsafe_function(w->tsfn, napi_tsfn_release);
   return NULL;
+}
+
+// The thread that owns the watcher is going away (a worker ending, or process exit): Node frees the
+// thread-safe function then, whatever other threads hold it, so the watcher thread is stopped and joined
+// before this returns and never touches the function again.
+static void watcher_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  fd_watcher *w = data;
+  atomic_store(&w->finalizing, 1);
+  uint64_t one = 1;
+  if (write(w->stopfd, &one, sizeof one) < 0) { /* the thread also checks `finalizing` */ }
+  pthread_join(w->thread, NULL);
+  close(w->epfd);
+  close(w->stopfd);
+  free(w);
 }
 
 // watchFds(onReady(fd)): bigint watcher handle. Add fds with watchFdAdd(handle, fd).
@@ -570,17 +587,23 @@ static napi_value js_watch_fds(napi_env env, napi_callback_info info) {
   epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stopfd, &ev);
   napi_value name;
   napi_create_string_utf8(env, "partita-fd-watcher", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, NULL, watcher_call_js, &w->tsfn) != napi_ok) {
+  // The thread is started before the function exists so the finalizer always has a thread to join; it waits
+  // on epoll and touches the function only after an fd is added (by JavaScript, after this returns).
+  if (pthread_create(&w->thread, NULL, watcher_main, w)) {
+    close(w->epfd);
+    close(w->stopfd);
+    free(w);
+    return num(env, -EAGAIN);
+  }
+  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, w, watcher_finalize, NULL, watcher_call_js, &w->tsfn) != napi_ok) {
+    atomic_store(&w->finalizing, 1);
+    uint64_t one = 1;
+    if (write(w->stopfd, &one, sizeof one) < 0) { /* see watcher_finalize */ }
+    pthread_join(w->thread, NULL);
     free(w);
     return throw_last(env);
   }
   napi_unref_threadsafe_function(env, w->tsfn);  // watching does not keep the event loop alive by itself
-  if (pthread_create(&w->thread, NULL, watcher_main, w)) {
-    napi_release_threadsafe_function(w->tsfn, napi_tsfn_abort);
-    free(w);
-    return num(env, -EAGAIN);
-  }
-  pthread_detach(w->thread);
   return big(env, (uint64_t)(uintptr_t)w);
 }
 

@@ -46,7 +46,11 @@ const KIND = 2;
 const PAUSED = 3; // 0 running, 1 paused
 const MESSAGE_LENGTH = 4;
 const TARGET_COUNT = 5;
-const HEADER_INTS = 8;
+/** Exits handled in userspace, by kind (what --stats prints). */
+export const EXIT_COUNT_PIO = 8;
+export const EXIT_COUNT_MMIO = 9;
+export const EXIT_COUNT_OTHER = 10;
+const HEADER_INTS = 16;
 const MAX_TARGETS = 1024;
 const MESSAGE_BYTES = 16384;
 
@@ -59,6 +63,19 @@ export class VmControl {
     this.ints = new Int32Array(buffer, 0, HEADER_INTS);
     this.targets = new BigUint64Array(buffer, HEADER_INTS * 4, MAX_TARGETS * 2);
     this.message = new Uint8Array(buffer, HEADER_INTS * 4 + MAX_TARGETS * 16, MESSAGE_BYTES);
+  }
+
+  /** Counters any exit-handling thread bumps with Atomics.add (indexes EXIT_COUNT_*). */
+  get counters(): Int32Array {
+    return this.ints;
+  }
+
+  exitCounts(): { pio: number; mmio: number; other: number } {
+    return {
+      pio: Atomics.load(this.ints, EXIT_COUNT_PIO),
+      mmio: Atomics.load(this.ints, EXIT_COUNT_MMIO),
+      other: Atomics.load(this.ints, EXIT_COUNT_OTHER),
+    };
   }
 
   static createBuffer(): SharedArrayBuffer {

@@ -13,7 +13,10 @@ import { buildDevices, type SharedDeviceState } from './devices.js';
 import { GuestMemory, type MemoryRegionDescriptor } from './memory.js';
 import { Vcpu, type VcpuExitContext } from './vcpu.js';
 import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
+import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';
 import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
+import { EventFdDispatcher, VirtioRunner } from '../devices/virtio/runner.js';
+import { backendFor } from './virtio-devices.js';
 
 export interface IoThreadData {
   readonly control: SharedArrayBuffer;
@@ -105,10 +108,25 @@ function main(data: IoThreadData): void {
   const control = new VmControl(data.control);
   const devices = buildDevices(data.devices, { vmFd: data.vmFd, control, serialOutputFd: data.serialOutputFd });
   const memory = GuestMemory.attach(data.memory);
+  startVirtioDevices(data, devices.virtio, memory);
   startApplicationProcessors(data, { pio: devices.pio, mmio: devices.mmio, control, memory });
   if (data.serialInput !== 'none') {
     feedSerialInput(openInput(data.serialInput), devices.com1, control, data.serialInput === 'tty');
   }
+}
+
+/** Each virtio device's backend runs here, woken by its ioeventfds and control eventfd through one epoll watcher. */
+function startVirtioDevices(data: IoThreadData, transports: readonly VirtioPciDevice[], memory: GuestMemory): void {
+  if (transports.length === 0) return;
+  // The watcher does not keep an event loop alive by itself (tests use it on their main thread), but this
+  // thread must live as long as the VM: it ends when the builder terminates it.
+  setInterval(() => undefined, 2 ** 30);
+  const dispatcher = new EventFdDispatcher();
+  const log = (message: string): void => void writeSync(2, `partita: ${message}\n`);
+  transports.forEach((transport, i) => {
+    const backend = backendFor(data.devices.pci.virtio[i].device);
+    new VirtioRunner(transport, backend, memory, dispatcher, log);
+  });
 }
 
 /** stdin as an event-driven stream: a terminal, a pipe or socket (libuv handles), or a file (threadpool reads). */
@@ -119,5 +137,26 @@ function openInput(mode: 'tty' | 'stream'): Readable {
   return createReadStream('', { fd: 0, autoClose: false });
 }
 
+/**
+ * An error on this thread would otherwise go to the main thread's 'error' event, which never runs while vCPU 0
+ * holds the main thread: report it on fd 2 and stop the VM instead of leaving it without its devices.
+ */
+function fatal(control: VmControl | undefined, e: unknown): void {
+  const text = e instanceof Error ? (e.stack ?? e.message) : String(e);
+  writeSync(2, `partita: I/O thread error: ${text}\n`);
+  control?.fault(`the I/O thread failed: ${e instanceof Error ? e.message : String(e)}`, 3, 'error');
+}
+
 // The VM arrives as one message once it is built (the worker starts while the builder runs).
-if (!isMainThread && parentPort) parentPort.once('message', (data: IoThreadData) => main(data));
+if (!isMainThread && parentPort) {
+  let control: VmControl | undefined;
+  process.on('uncaughtException', (e) => fatal(control, e));
+  parentPort.once('message', (data: IoThreadData) => {
+    control = new VmControl(data.control);
+    try {
+      main(data);
+    } catch (e) {
+      fatal(control, e);
+    }
+  });
+}

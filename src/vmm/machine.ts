@@ -18,6 +18,13 @@ import {
   LAPIC_ADDRESS,
   MAX_MEMORY,
   MIN_MEMORY,
+  PCI_ECAM_BASE,
+  PCI_ECAM_BUSES,
+  PCI_ECAM_SIZE,
+  PCI_IO_BASE,
+  PCI_IO_END,
+  PCI_MMIO32_BASE,
+  PCI_MMIO32_END,
 } from '../arch/x86_64/layout.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
@@ -29,8 +36,11 @@ import { formatSize } from './units.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
-import { buildDevices, createSharedDeviceState } from './devices.js';
+import { buildDevices, createSharedDeviceState, MAX_PCI_DEVICES, pciSlot } from './devices.js';
 import type { IoThreadData } from './io-thread.js';
+import { backendFor, openVirtioDevices, type OpenedVirtioDevice, type VirtioDeviceSpec } from './virtio-devices.js';
+import { DeviceOpenError } from '../devices/virtio/device.js';
+import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';
 
 export const MAX_VCPUS = 64;
 
@@ -46,6 +56,10 @@ export interface MachineConfig {
   /** Guest serial output goes to this fd; input comes from stdin when `serialInput` is set. */
   readonly serialOutputFd: number;
   readonly serialInput: 'tty' | 'stream' | 'none';
+  /** Print exit counts and virtio notification counts to stderr when the VM stops. */
+  readonly stats?: boolean;
+  /** Virtio devices on PCI, in slot order (--disk, --net, --rng, --console). */
+  readonly virtio?: readonly VirtioDeviceSpec[];
 }
 
 /** A configuration or input problem the user can fix: one clear line, exit status 2. */
@@ -88,6 +102,8 @@ export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
     );
   if (config.memory % 4096 !== 0) throw new ConfigError(`--memory must be a whole number of 4 KiB pages`);
   machineTopology(config);
+  if ((config.virtio?.length ?? 0) > MAX_PCI_DEVICES)
+    throw new ConfigError(`${config.virtio?.length} devices: the PCI bus has room for ${MAX_PCI_DEVICES}`);
 }
 
 export function machineTopology(config: Pick<MachineConfig, 'cpus' | 'topology'>): CpuTopology {
@@ -118,7 +134,7 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
   trace('builder start');
   // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
   const worker =
-    config.cpus > 1 || config.serialInput !== 'none'
+    config.cpus > 1 || config.serialInput !== 'none' || (config.virtio?.length ?? 0) > 0
       ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
       : undefined;
   worker?.unref();
@@ -139,6 +155,35 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
   }));
   const kvm = KvmSystem.open();
   validateConfig(config, kvm);
+  let opened: OpenedVirtioDevice[];
+  try {
+    opened = openVirtioDevices(config.virtio ?? []);
+  } catch (e) {
+    if (e instanceof DeviceOpenError) throw new ConfigError(e.message);
+    throw e;
+  }
+  try {
+    return buildAndRunWithDevices(config, control, worker, kvm, image, modules, opened);
+  } finally {
+    for (const d of opened) {
+      try {
+        backendFor(d).close();
+      } catch {
+        // releasing host resources at exit is best effort: the process is ending and the kernel closes the rest
+      }
+    }
+  }
+}
+
+function buildAndRunWithDevices(
+  config: MachineConfig,
+  control: VmControl,
+  worker: Worker | undefined,
+  kvm: KvmSystem,
+  image: Uint8Array,
+  modules: { name: string; data: Uint8Array; cmdline: string }[],
+  opened: readonly OpenedVirtioDevice[],
+): RunResult {
   const mmapSize = kvm.vcpuMmapSize;
   const vm = Vm.create(kvm, config.memory);
   trace('VM created');
@@ -147,7 +192,7 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
   const topology = machineTopology(config);
   const layout = apicIdLayout(topology);
   const apicIds = [...layout.apicIds];
-  const rsdpAddress = writePlatformTables(vm, apicIds);
+  const rsdpAddress = writePlatformTables(vm, apicIds, opened.length);
   trace('ACPI and MP tables written');
   const boot = loadKernel({
     imageName: config.kernel,
@@ -188,7 +233,7 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
   }
   bsp.setRegs(regs);
 
-  const shared = createSharedDeviceState();
+  const shared = createSharedDeviceState(vm.fd, opened);
   const devices = buildDevices(shared, { vmFd: vm.fd, control, serialOutputFd: config.serialOutputFd });
 
   control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
@@ -225,6 +270,7 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
     },
   });
   trace(`guest stopped (${reason.kind})`);
+  if (config.stats) printStats(control, devices.virtio);
   if (typeof tick === 'bigint') native.stopTick(tick);
   native.restoreTerminationSignals();
   // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
@@ -239,16 +285,32 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
  * The tables a guest OS reads to find its CPUs and interrupt controllers: ACPI (RSDP found by scanning the BIOS
  * area, or through the boot protocol) and, for guests that predate ACPI, an MP table. Returns the RSDP address.
  */
-function writePlatformTables(vm: Vm, apicIds: readonly number[]): number {
+function writePlatformTables(vm: Vm, apicIds: readonly number[], pciDevices: number): number {
   const ioapicId = defaultIoapicId(apicIds);
+  const pci = {
+    ecam: { base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, endBus: PCI_ECAM_BUSES - 1 },
+    mmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
+    io: { base: PCI_IO_BASE, end: PCI_IO_END },
+    intx: Array.from({ length: pciDevices }, (_, n) => pciSlot(n)),
+  };
   const acpi = buildAcpiTables(
-    { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {} },
+    { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {}, pci },
     vm.memory,
   );
   // The MP table cannot describe x2APIC IDs; such guests use ACPI.
   if (apicIds.every((id) => id <= MP_MAX_APIC_ID))
     writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS });
   return acpi.rsdpAddress;
+}
+
+function printStats(control: VmControl, virtio: readonly VirtioPciDevice[]): void {
+  const e = control.exitCounts();
+  const lines = [`partita: exits to userspace: ${e.pio} port I/O, ${e.mmio} MMIO, ${e.other} other`];
+  for (const dev of virtio) {
+    const n = dev.notificationCounts();
+    lines.push(`partita: ${dev.name}: ${n.kicks} ioeventfd wake-ups, ${n.notifyExits} queue notifications by exit`);
+  }
+  process.stderr.write(lines.join('\n') + '\n');
 }
 
 /** A lone vCPU halted with interrupts disabled can never run again: stop instead of hanging forever. */

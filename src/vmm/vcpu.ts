@@ -29,7 +29,7 @@ import {
 import { encodeCpuid, type CpuidEntry } from '../arch/x86_64/cpuid.js';
 import type { MmioBus, PortIoBus } from '../devices/bus.js';
 import type { GuestMemory } from './memory.js';
-import { VmControl, type StopReason } from './control.js';
+import { EXIT_COUNT_MMIO, EXIT_COUNT_OTHER, EXIT_COUNT_PIO, VmControl, type StopReason } from './control.js';
 
 const R = kvm_run.fields;
 const EXIT_IO = exitReasons.KVM_EXIT_IO;
@@ -166,7 +166,9 @@ export class Vcpu {
   handleExit(ctx: VcpuExitContext): StopReason | undefined {
     const run = this.run;
     const reason = run.getUint32(R.exit_reason.offset, true);
+    const counters = ctx.control.counters;
     if (reason === EXIT_IO) {
+      Atomics.add(counters, EXIT_COUNT_PIO, 1);
       const bytes = this.runBytes;
       const size = bytes[R['io.size'].offset];
       const port = run.getUint16(R['io.port'].offset, true);
@@ -188,6 +190,7 @@ export class Vcpu {
       return undefined;
     }
     if (reason === EXIT_MMIO) {
+      Atomics.add(counters, EXIT_COUNT_MMIO, 1);
       const address = Number(run.getBigUint64(R['mmio.phys_addr'].offset, true));
       const len = run.getUint32(R['mmio.len'].offset, true);
       const data = this.mmioData[len > 8 ? 8 : len];
@@ -195,6 +198,7 @@ export class Vcpu {
       else ctx.mmio.read(address, data);
       return undefined;
     }
+    Atomics.add(counters, EXIT_COUNT_OTHER, 1);
     return this.handleRareExit(reason, ctx);
   }
 

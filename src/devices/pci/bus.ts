@@ -11,6 +11,8 @@ export interface PciFunction {
   readonly config: PciConfigSpace;
   barRead(bar: number, offset: number, data: Uint8Array): void;
   barWrite(bar: number, offset: number, data: Uint8Array): void;
+  /** Called before a config read, for registers whose value is computed on demand (virtio's PCI_CFG window). */
+  beforeConfigRead?(offset: number, size: number): void;
   /** Config writes beyond the generic handling (e.g. MSI-X enable); called after the bytes were stored. */
   configWritten?(offset: number, size: number): void;
   /** A BAR moved or decoding was switched (for ioeventfd re-registration). */
@@ -50,6 +52,7 @@ export class PciBus {
   configRead(bus: number, slot: Devfn, offset: number, size: number): number {
     const fn = bus === 0 ? this.functions.get(slot) : undefined;
     if (!fn) return size === 4 ? 0xffffffff : (1 << (8 * size)) - 1; // no device: master abort reads all ones
+    fn.beforeConfigRead?.(offset, size);
     return fn.config.read(offset, size);
   }
 

@@ -66,6 +66,8 @@ const W_QUEUE_SELECT = 8;
 const W_ISR = 9;
 const W_NOTIFY_GENERATION = 10; // bumped when the BAR moved and ioeventfds were re-registered
 const W_INTX_LEVEL = 11; // the INTx line as last driven (changes only on transitions)
+const W_NOTIFY_EXITS = 12; // queue notifications that reached userspace instead of the ioeventfd
+const W_KICKS = 13; // ioeventfd wake-ups the backend's runner received (coalesced kicks)
 const W_QUEUES = 16;
 // Per queue: size, msix vector, enable, desc lo/hi, driver lo/hi, device lo/hi, ioeventfd address lo/hi
 const Q_SIZE = 0;
@@ -497,10 +499,20 @@ export class VirtioPciDevice implements PciFunction {
     } else if (offset >= NOTIFY_OFFSET && offset < NOTIFY_OFFSET + this.info.queueSizes.length * NOTIFY_MULTIPLIER) {
       // A notification that was not caught by the ioeventfd (e.g. while the BAR was being moved).
       const queue = Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER);
+      Atomics.add(this.regs, W_NOTIFY_EXITS, 1);
       writeSync(this.shared.queueEventFds[queue], this.one);
     } else if (offset >= DEVICE_OFFSET && offset < DEVICE_OFFSET + this.deviceConfig.length) {
       this.deviceConfigWritten?.(offset - DEVICE_OFFSET, data);
     }
+  }
+
+  /** How guest kicks arrived: through the ioeventfd (`kicks`, as the runner woke up) or as MMIO exits. */
+  notificationCounts(): { kicks: number; notifyExits: number } {
+    return { kicks: Atomics.load(this.regs, W_KICKS), notifyExits: Atomics.load(this.regs, W_NOTIFY_EXITS) };
+  }
+
+  countKick(): void {
+    Atomics.add(this.regs, W_KICKS, 1);
   }
 
   /** Set by devices whose config space has writable fields (e.g. virtio-console emergency write). */
@@ -522,6 +534,11 @@ export class VirtioPciDevice implements PciFunction {
         this.barWrite(bar, off, data);
       }
     }
+  }
+
+  beforeConfigRead(offset: number, size: number): void {
+    const data = this.pciCfgCap + 16;
+    if (this.pciCfgCap && offset < data + 4 && offset + size > data) this.refreshPciCfgWindow();
   }
 
   /** Loads pci_cfg_data before a config read of it (called by the owner of the bus before reads). */

@@ -102,6 +102,7 @@ export class VirtioRunner {
   }
 
   private kicked(index: number): void {
+    this.transport.countKick();
     if (this.active && this.queues[index]) this.backend.queueNotified(index);
   }
 

@@ -1,0 +1,76 @@
+// Parsing of the device options of `partita run`, QEMU-style: "value,key=value,flag"; a literal comma in a path
+// is written as ",,". Each parser returns a VirtioDeviceSpec or throws UsageError-worthy RangeErrors.
+import type { VirtioDeviceSpec } from '../vmm/virtio-devices.js';
+
+export class DeviceOptionError extends Error {}
+
+/** Splits on single commas; ",," stands for a comma inside a value. */
+export function splitOption(text: string): string[] {
+  const parts: string[] = [];
+  let current = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] === ',') {
+      if (text[i + 1] === ',') {
+        current += ',';
+        i++;
+        continue;
+      }
+      parts.push(current);
+      current = '';
+      continue;
+    }
+    current += text[i];
+  }
+  parts.push(current);
+  return parts;
+}
+
+function keyValue(part: string): [string, string | undefined] {
+  const eq = part.indexOf('=');
+  return eq < 0 ? [part, undefined] : [part.slice(0, eq), part.slice(eq + 1)];
+}
+
+/** --disk PATH[,readonly][,serial=ID][,queues=N] */
+export function parseDisk(text: string): VirtioDeviceSpec {
+  const [path, ...rest] = splitOption(text);
+  if (!path) throw new DeviceOptionError(`--disk '${text}': the image path is missing`);
+  let readOnly = false;
+  let serial: string | undefined;
+  let queues: number | undefined;
+  for (const part of rest) {
+    const [key, value] = keyValue(part);
+    if (key === 'readonly' && (value === undefined || value === 'on')) readOnly = true;
+    else if (key === 'readonly' && value === 'off') readOnly = false;
+    else if (key === 'serial' && value !== undefined) serial = value;
+    else if (key === 'queues' && value !== undefined && /^\d+$/.test(value)) queues = Number(value);
+    else
+      throw new DeviceOptionError(
+        `--disk '${text}': unknown or malformed option '${part}' (readonly, serial=ID, queues=N)`,
+      );
+  }
+  return { kind: 'block', options: { path, readOnly, serial, queues } };
+}
+
+/** --net user|tap=NAME|socket=PATH[,mac=52:54:00:12:34:56] */
+export function parseNet(text: string): VirtioDeviceSpec {
+  const [first, ...rest] = splitOption(text);
+  const [kind, value] = keyValue(first);
+  let backend: Extract<VirtioDeviceSpec, { kind: 'net' }>['options']['backend'];
+  if (kind === 'user' && value === undefined) backend = { kind: 'user' };
+  else if (kind === 'tap' && value) backend = { kind: 'tap', name: value };
+  else if (kind === 'socket' && value) backend = { kind: 'socket', path: value };
+  else throw new DeviceOptionError(`--net '${text}': expected user, tap=NAME or socket=PATH`);
+  let mac: string | undefined;
+  for (const part of rest) {
+    const [key, v] = keyValue(part);
+    if (key === 'mac' && v !== undefined) mac = v;
+    else throw new DeviceOptionError(`--net '${text}': unknown or malformed option '${part}' (mac=XX:XX:XX:XX:XX:XX)`);
+  }
+  return { kind: 'net', options: { backend, mac } };
+}
+
+/** --console PATH (a file to write, or a UNIX socket to connect to) */
+export function parseConsole(text: string): VirtioDeviceSpec {
+  if (!text) throw new DeviceOptionError('--console needs a path');
+  return { kind: 'console', options: { path: text } };
+}

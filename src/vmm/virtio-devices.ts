@@ -1,0 +1,67 @@
+// The virtio devices a user asked for (--disk, --net, --rng, --console): parsed from CLI specs, opened on the
+// builder thread (files, locks, sockets and helper processes: errors surface before the guest starts), and
+// turned into backends on the I/O thread. What crosses threads is a structured-clone-safe handle.
+import type { VirtioBackend } from '../devices/virtio/device.js';
+import { openBlock, VirtioBlock, type BlockHandle, type BlockOptions } from '../devices/virtio/block.js';
+import { openNet, VirtioNet, type NetHandle, type NetOptions } from '../devices/virtio/net.js';
+import { openEntropy, VirtioEntropy, type EntropyHandle } from '../devices/virtio/entropy.js';
+import { openConsole, VirtioConsole, type ConsoleHandle } from '../devices/virtio/console.js';
+
+export type VirtioDeviceSpec =
+  | { readonly kind: 'block'; readonly options: BlockOptions }
+  | { readonly kind: 'net'; readonly options: NetOptions }
+  | { readonly kind: 'entropy' }
+  | { readonly kind: 'console'; readonly options: { readonly path: string } };
+
+export type OpenedVirtioDevice =
+  | { readonly kind: 'block'; readonly name: string; readonly handle: BlockHandle }
+  | { readonly kind: 'net'; readonly name: string; readonly handle: NetHandle }
+  | { readonly kind: 'entropy'; readonly name: string; readonly handle: EntropyHandle }
+  | { readonly kind: 'console'; readonly name: string; readonly handle: ConsoleHandle };
+
+/** Opens every device's host side; on failure closes what was already opened, then rethrows. */
+export function openVirtioDevices(specs: readonly VirtioDeviceSpec[]): OpenedVirtioDevice[] {
+  const opened: OpenedVirtioDevice[] = [];
+  const counts = new Map<string, number>();
+  const nameFor = (kind: string): string => {
+    const n = counts.get(kind) ?? 0;
+    counts.set(kind, n + 1);
+    return `virtio-${kind}${n}`;
+  };
+  try {
+    for (const spec of specs) {
+      switch (spec.kind) {
+        case 'block':
+          opened.push({ kind: 'block', name: nameFor('blk'), handle: openBlock(spec.options) });
+          break;
+        case 'net':
+          opened.push({ kind: 'net', name: nameFor('net'), handle: openNet(spec.options) });
+          break;
+        case 'entropy':
+          opened.push({ kind: 'entropy', name: nameFor('rng'), handle: openEntropy() });
+          break;
+        case 'console':
+          opened.push({ kind: 'console', name: nameFor('console'), handle: openConsole(spec.options) });
+          break;
+      }
+    }
+  } catch (e) {
+    for (const d of opened) backendFor(d).close();
+    throw e;
+  }
+  return opened;
+}
+
+/** A backend object for an opened device (cheap: the work starts at activate()). */
+export function backendFor(device: OpenedVirtioDevice): VirtioBackend {
+  switch (device.kind) {
+    case 'block':
+      return new VirtioBlock(device.handle);
+    case 'net':
+      return new VirtioNet(device.handle);
+    case 'entropy':
+      return new VirtioEntropy(device.handle);
+    case 'console':
+      return new VirtioConsole(device.handle);
+  }
+}

@@ -1,0 +1,47 @@
+// The device options of `partita run` (--disk, --net, --console): QEMU-style "value,key=value" parsing.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DeviceOptionError, parseConsole, parseDisk, parseNet, splitOption } from '../../src/cli/device-options.js';
+
+test('splitOption: commas separate, a doubled comma is a literal comma', () => {
+  assert.deepEqual(splitOption('a,b=c,d'), ['a', 'b=c', 'd']);
+  assert.deepEqual(splitOption('dir,,x/disk.img,readonly'), ['dir,x/disk.img', 'readonly']);
+  assert.deepEqual(splitOption(''), ['']);
+});
+
+test('--disk: path, readonly, serial, queues', () => {
+  assert.deepEqual(parseDisk('/tmp/a.img'), {
+    kind: 'block',
+    options: { path: '/tmp/a.img', readOnly: false, serial: undefined, queues: undefined },
+  });
+  assert.deepEqual(parseDisk('a.img,readonly,serial=DISK-1,queues=4'), {
+    kind: 'block',
+    options: { path: 'a.img', readOnly: true, serial: 'DISK-1', queues: 4 },
+  });
+  assert.throws(() => parseDisk(',readonly'), /image path is missing/);
+  assert.throws(
+    () => parseDisk('a.img,bogus'),
+    (e) => e instanceof DeviceOptionError && /'bogus'/.test(e.message),
+  );
+  assert.throws(() => parseDisk('a.img,queues=x'), /queues=x/);
+});
+
+test('--net: user, tap=NAME, socket=PATH, mac=', () => {
+  assert.deepEqual(parseNet('user'), { kind: 'net', options: { backend: { kind: 'user' }, mac: undefined } });
+  assert.deepEqual(parseNet('tap=tap0,mac=52:54:00:12:34:56'), {
+    kind: 'net',
+    options: { backend: { kind: 'tap', name: 'tap0' }, mac: '52:54:00:12:34:56' },
+  });
+  assert.deepEqual(parseNet('socket=/run/x.sock'), {
+    kind: 'net',
+    options: { backend: { kind: 'socket', path: '/run/x.sock' }, mac: undefined },
+  });
+  assert.throws(() => parseNet('tap'), /expected user, tap=NAME or socket=PATH/);
+  assert.throws(() => parseNet('bridge=br0'), /expected user/);
+  assert.throws(() => parseNet('user,speed=10'), /'speed=10'/);
+});
+
+test('--console: a path is required', () => {
+  assert.deepEqual(parseConsole('/tmp/out'), { kind: 'console', options: { path: '/tmp/out' } });
+  assert.throws(() => parseConsole(''), /needs a path/);
+});
