@@ -41,6 +41,10 @@ const CFLAGS = [
 ];
 const runtimeDir = join(src, 'runtime');
 const runtimeSources = readdirSync(runtimeDir).map((f) => join(runtimeDir, f));
+// Shared driver code (test/guests/lib/*.c, e.g. the mini virtio-pci driver) is linked into every guest.
+const libDir = join(src, 'lib');
+const libSources = existsSync(libDir) ? readdirSync(libDir).map((f) => join(libDir, f)) : [];
+const libC = libSources.filter((f) => f.endsWith('.c'));
 const guests = readdirSync(src)
   .filter((f) => f.endsWith('.c'))
   .map((f) => f.slice(0, -2));
@@ -56,13 +60,15 @@ for (const format of ['pvh', 'mb']) {
   const runtimeObj = join(tmp, 'runtime.o');
   for (const name of guests) {
     const target = join(out, `${name}.${format}.elf`);
-    const inputs = [join(src, `${name}.c`), ...runtimeSources, fileURLToPath(import.meta.url)];
+    const inputs = [join(src, `${name}.c`), ...runtimeSources, ...libSources, fileURLToPath(import.meta.url)];
     // Guests that start application processors also link the real-mode trampoline.
     const extra = name.startsWith('smp') ? [join(tmp, 'trampoline.o')] : [];
     if (!force && existsSync(target) && statSync(target).mtimeMs >= newest(inputs)) continue;
     run('gcc', [...CFLAGS, define, '-c', join(runtimeDir, 'entry.S'), '-o', entryObj]);
     run('gcc', [...CFLAGS, '-c', join(runtimeDir, 'runtime.c'), '-o', runtimeObj]);
     if (extra.length) run('gcc', [...CFLAGS, '-c', join(runtimeDir, 'trampoline.S'), '-o', extra[0]]);
+    const libObjs = libC.map((c) => join(tmp, `lib-${c.slice(libDir.length + 1, -2)}.o`));
+    libC.forEach((c, i) => run('gcc', [...CFLAGS, '-c', c, '-o', libObjs[i]]));
     const obj = join(tmp, `${name}.o`);
     const elf64 = join(tmp, `${name}.${format}.elf64`);
     run('gcc', [...CFLAGS, '-c', join(src, `${name}.c`), '-o', obj]);
@@ -83,6 +89,7 @@ for (const format of ['pvh', 'mb']) {
       runtimeObj,
       ...extra,
       obj,
+      ...libObjs,
     ]);
     run('objcopy', ['-O', 'elf32-i386', elf64, target]);
     built++;

@@ -1,0 +1,553 @@
+// virtio 1.2 §5.1 Network Device: receiveq0 and transmitq0, MAC/status/MTU configuration (§5.1.4), mergeable
+// receive buffers (§5.1.6.3.2), and frames to and from a host backend: a TAP interface, passt ("user"
+// networking), or a UNIX stream socket with QEMU's "stream" framing (src/devices/net/).
+//
+// Header (§5.1.6): with VERSION_1 every packet, both ways, starts with the 12-byte struct virtio_net_hdr
+// { flags u8, gso_type u8, hdr_len le16, gso_size le16, csum_start le16, csum_offset le16, num_buffers le16 }.
+// A TAP opened with a 12-byte vnet header takes and gives that header as it is, so checksum and TSO offloads are
+// offered there (only when the kernel accepted them); passt and stream sockets carry plain Ethernet frames, so
+// the device strips the header on transmit and writes a neutral one (flags 0, GSO_NONE, num_buffers) on receive,
+// and offers no offloads.
+//
+// Receive: frames from the backend wait in a bounded queue until the driver posts buffers. Chains popped for a
+// frame that does not fit yet are held, never put back: the device's avail index then always covers every buffer
+// it has seen, so when it re-arms notifications the driver's next buffer brings a kick (§2.7.10). Without
+// MRG_RXBUF a frame larger than the chain in hand is dropped and counted; with it, a frame spans as many chains
+// as it needs (num_buffers says how many).
+//
+// Back-pressure: a long receive queue pauses the backend (the socket is not read, the TAP not polled) until the
+// driver catches up; a congested backend stops transmit-queue processing until it drains. Nothing in flight ever
+// outlives a reset: every continuation checks the generation, and reset() drops queued frames and held chains.
+import { randomBytes } from 'node:crypto';
+import { writeSync } from 'node:fs';
+import type { VirtioBackend, VirtioQueueContext } from './device.js';
+import { DeviceOpenError } from './device.js';
+import type { VirtioDeviceInfo } from './pci-transport.js';
+import { VirtqueueError, type DescriptorChain, type SplitQueue } from './queue.js';
+import { openPasst, releasePasst, type PasstHandle } from '../net/passt.js';
+import { NET_MAX_FRAME, openStreamSocket, StreamSocketLink, type StreamSocketHandle } from '../net/stream-socket.js';
+import { openTap, releaseTap, TapLink, type TapHandle } from '../net/tap.js';
+
+export { NET_MAX_FRAME };
+
+export const VIRTIO_ID_NET = 1;
+export const NET_RX_QUEUE = 0;
+export const NET_TX_QUEUE = 1;
+export const NET_QUEUE_SIZE = 256;
+export const NET_MTU = 1500;
+/** struct virtio_net_hdr with num_buffers: 12 bytes whenever VERSION_1 is negotiated (§5.1.6). */
+export const VIRTIO_NET_HDR_SIZE = 12;
+/** The longest transmit chain carried: header + the largest frame. Longer ones are dropped and counted. */
+export const NET_MAX_TX_CHAIN = VIRTIO_NET_HDR_SIZE + NET_MAX_FRAME;
+
+// Feature bits, §5.1.3.
+export const VIRTIO_NET_F_CSUM = 0n;
+export const VIRTIO_NET_F_GUEST_CSUM = 1n;
+export const VIRTIO_NET_F_MTU = 3n;
+export const VIRTIO_NET_F_MAC = 5n;
+export const VIRTIO_NET_F_GUEST_TSO4 = 7n;
+export const VIRTIO_NET_F_GUEST_TSO6 = 8n;
+export const VIRTIO_NET_F_HOST_TSO4 = 11n;
+export const VIRTIO_NET_F_HOST_TSO6 = 12n;
+export const VIRTIO_NET_F_MRG_RXBUF = 15n;
+export const VIRTIO_NET_F_STATUS = 16n;
+export const VIRTIO_NET_S_LINK_UP = 1;
+/** struct virtio_net_config up to mtu (§5.1.4): mac[6], status, max_virtqueue_pairs, mtu. */
+export const NET_CONFIG_SIZE = 12;
+
+/** Frames queued for the guest before the backend is paused, and resumed below; and the hard caps (tail drop). */
+const RX_HIGH_FRAMES = 256;
+const RX_LOW_FRAMES = 64;
+const RX_MAX_FRAMES = 4096;
+const RX_MAX_BYTES = 4 * 1024 * 1024;
+/** Transmit chains served per turn of the I/O thread before yielding (setImmediate). */
+const TX_TURN_CHAINS = 256;
+const ZERO_HEADER = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+
+export type NetBackendOption = { kind: 'tap'; name: string } | { kind: 'user' } | { kind: 'socket'; path: string };
+
+export interface NetOptions {
+  readonly backend: NetBackendOption;
+  /** "52:54:00:12:34:56"; a random locally administered 52:54:00:xx:xx:xx when absent. */
+  readonly mac?: string;
+}
+
+export type NetBackendHandle = TapHandle | PasstHandle | StreamSocketHandle;
+
+/** What crosses from the builder thread to the I/O thread: plain data (fds are process-wide). */
+export interface NetHandle {
+  readonly mac: string;
+  readonly backend: NetBackendHandle;
+}
+
+/** Receive offloads the driver negotiated (what a TAP may hand the guest). */
+export interface GuestOffloads {
+  readonly csum: boolean;
+  readonly tso4: boolean;
+  readonly tso6: boolean;
+}
+
+/** 'full': sent, but the backend is congested: stop transmitting until NetLinkSink.writable(). */
+export type SendResult = 'sent' | 'full' | 'dropped';
+
+/** How a host backend reports to the device (all calls on the I/O thread). */
+export interface NetLinkSink {
+  /** A frame from the host (ownership passes to the device); with a vnet-header link, header included. */
+  frame(frame: Uint8Array): void;
+  /** The backend can take frames again (after 'full', or once connected). */
+  writable(): void;
+  warn(message: string): void;
+  /** The backend is gone for good (peer hung up, protocol error, read error). */
+  closed(reason: string): void;
+}
+
+/** A host backend as the device drives it (I/O thread). */
+export interface NetLink {
+  /** Frames carry the 12-byte virtio_net_hdr (TAP) rather than being plain Ethernet. */
+  readonly vnetHeader: boolean;
+  readonly description: string;
+  start(sink: NetLinkSink): void;
+  /** Sends one frame given as spans (live guest-memory views, valid only during the call) totalling `length`. */
+  send(spans: readonly Uint8Array[], length: number): SendResult;
+  pause(): void;
+  resume(): void;
+  negotiated(offloads: GuestOffloads): void;
+  close(): void;
+}
+
+export interface NetStats {
+  txFrames: number;
+  txBytes: number;
+  /** Oversized, empty, or refused by the backend (down, congested kernel, bad GSO fields). */
+  txDropped: number;
+  rxFrames: number;
+  rxBytes: number;
+  /** No driver running, receive queue over its hard cap, or larger than the buffers the driver gives. */
+  rxDropped: number;
+  /** Times the backend was paused because the guest was not taking frames. */
+  rxPauses: number;
+}
+
+/** Parses "xx:xx:xx:xx:xx:xx" into bytes; a malformed, multicast or all-zero address is the user's to fix. */
+export function parseMac(text: string): Uint8Array {
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(text))
+    throw new DeviceOpenError(`MAC address '${text}' is not six hex pairs like 52:54:00:12:34:56`);
+  const bytes = Uint8Array.from(text.split(':').map((h) => parseInt(h, 16)));
+  if (bytes[0] & 1)
+    throw new DeviceOpenError(`MAC address ${text} is a multicast address (the first byte must be even)`);
+  if (bytes.every((b) => b === 0)) throw new DeviceOpenError(`MAC address ${text} is not a usable unicast address`);
+  return bytes;
+}
+
+export function formatMac(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+/** 52:54:00 (QEMU's prefix: locally administered, unicast) and three random bytes. */
+export function randomMac(): string {
+  return formatMac(Uint8Array.from([0x52, 0x54, 0x00, ...randomBytes(3)]));
+}
+
+/** Builder thread: validates the options and opens the backend's host side (TAP fd, passt process, socket check). */
+export function openNet(options: NetOptions): NetHandle {
+  const mac = options.mac === undefined ? randomMac() : formatMac(parseMac(options.mac));
+  const b = options.backend;
+  switch (b.kind) {
+    case 'tap':
+      return { mac, backend: openTap(b.name) };
+    case 'user':
+      return { mac, backend: openPasst(NET_MTU) };
+    case 'socket':
+      return { mac, backend: openStreamSocket(b.path) };
+    default:
+      throw new DeviceOpenError(`unknown network backend '${(b as { kind: string }).kind}' (tap, user or socket)`);
+  }
+}
+
+const logToStderr = (message: string): void => void writeSync(2, `partita: ${message}\n`);
+
+const bit = (features: bigint, b: bigint): boolean => ((features >> b) & 1n) === 1n;
+
+export class VirtioNet implements VirtioBackend {
+  readonly info: VirtioDeviceInfo;
+  readonly stats: NetStats = {
+    txFrames: 0,
+    txBytes: 0,
+    txDropped: 0,
+    rxFrames: 0,
+    rxBytes: 0,
+    rxDropped: 0,
+    rxPauses: 0,
+  };
+  private readonly mac: Uint8Array;
+  private link: NetLink | undefined;
+  private ctx: VirtioQueueContext | undefined;
+  /** Bumped whenever serving stops (reset, needs-reset, close): a continuation of an older one does nothing. */
+  private generation = 0;
+  private mergeable = false;
+  private guestCsum = false;
+  /** CSUM negotiated: the guest's transmit header means something and goes to a TAP as is. */
+  private hostOffloads = false;
+  private readonly rxFrames: Uint8Array[] = [];
+  private rxQueuedBytes = 0;
+  private rxPaused = false;
+  /** Receive chains popped but not used yet (waiting for a frame, or for more chains for a big frame). */
+  private rxHeld: DescriptorChain[] = [];
+  private txBlocked = false;
+  private txContinuation: NodeJS.Immediate | undefined;
+  private closed = false;
+
+  constructor(
+    readonly handle: NetHandle,
+    private readonly log: (message: string) => void = logToStderr,
+  ) {
+    this.mac = parseMac(handle.mac);
+    let features =
+      (1n << VIRTIO_NET_F_MAC) |
+      (1n << VIRTIO_NET_F_STATUS) |
+      (1n << VIRTIO_NET_F_MTU) |
+      (1n << VIRTIO_NET_F_MRG_RXBUF);
+    if (handle.backend.kind === 'tap' && handle.backend.offloads) {
+      // §5.1.3.1: the TSO bits depend on the matching CSUM bit; both directions go through the kernel's checks.
+      for (const b of [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+      ])
+        features |= 1n << b;
+    }
+    this.info = {
+      deviceType: VIRTIO_ID_NET,
+      classCode: 0x020000, // network controller, Ethernet
+      features,
+      queueSizes: [NET_QUEUE_SIZE, NET_QUEUE_SIZE],
+      configSize: NET_CONFIG_SIZE,
+    };
+  }
+
+  /** Frames from the host waiting for receive buffers. */
+  get rxQueuedFrames(): number {
+    return this.rxFrames.length;
+  }
+
+  configBytes(): Uint8Array {
+    const config = new Uint8Array(NET_CONFIG_SIZE);
+    const view = new DataView(config.buffer);
+    config.set(this.mac, 0);
+    view.setUint16(6, VIRTIO_NET_S_LINK_UP, true);
+    view.setUint16(8, 1, true); // max_virtqueue_pairs: one (no VIRTIO_NET_F_MQ)
+    view.setUint16(10, NET_MTU, true);
+    return config;
+  }
+
+  activate(ctx: VirtioQueueContext): void {
+    if (this.closed) return;
+    this.stopServing();
+    this.ctx = ctx;
+    this.mergeable = bit(ctx.features, VIRTIO_NET_F_MRG_RXBUF);
+    this.guestCsum = bit(ctx.features, VIRTIO_NET_F_GUEST_CSUM);
+    this.hostOffloads = bit(ctx.features, VIRTIO_NET_F_CSUM);
+    if (!this.link) {
+      // The backend connects on the first activation and stays up across driver resets (passt --one-off would
+      // exit if its client went away).
+      this.link = this.createLink();
+      this.link.start({
+        frame: (frame) => this.received(frame),
+        writable: () => {
+          this.txBlocked = false;
+          this.processTx();
+        },
+        warn: (message) => this.log(`virtio-net: ${message}`),
+        closed: (reason) => {
+          this.log(`virtio-net: ${reason}`);
+          this.txBlocked = false;
+          this.processTx(); // what the guest queued is dropped now rather than left hanging
+        },
+      });
+    }
+    this.link.negotiated({
+      csum: this.guestCsum,
+      tso4: bit(ctx.features, VIRTIO_NET_F_GUEST_TSO4),
+      tso6: bit(ctx.features, VIRTIO_NET_F_GUEST_TSO6),
+    });
+  }
+
+  queueNotified(index: number): void {
+    if (index === NET_RX_QUEUE) this.deliverRx();
+    else if (index === NET_TX_QUEUE) this.processTx();
+  }
+
+  reset(): void {
+    this.stopServing();
+    this.link?.negotiated({ csum: false, tso4: false, tso6: false });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopServing();
+    this.link?.close();
+    const b = this.handle.backend;
+    if (b.kind === 'tap') releaseTap(b);
+    else if (b.kind === 'user') releasePasst(b);
+  }
+
+  private createLink(): NetLink {
+    const b = this.handle.backend;
+    switch (b.kind) {
+      case 'tap':
+        return new TapLink(b);
+      case 'user':
+      case 'socket':
+        return new StreamSocketLink(b.path);
+    }
+  }
+
+  /** Stops touching the current queues: queued frames and held chains are dropped, continuations disarmed. */
+  private stopServing(): void {
+    this.generation++;
+    this.ctx = undefined;
+
+    this.rxHeld = [];
+    this.txBlocked = false;
+    if (this.txContinuation) clearImmediate(this.txContinuation);
+    this.txContinuation = undefined;
+    if (this.rxPaused) {
+      this.rxPaused = false;
+      this.link?.resume(); // with no driver, frames are read and dropped, as a NIC without a driver does
+    }
+  }
+
+  /** A driver error: stop serving, tell the driver about what was already used, ask for a reset (§2.1.2). */
+  private fail(ctx: VirtioQueueContext, queue: number, pushed: boolean, reason: string): void {
+    this.stopServing();
+    if (pushed) ctx.interrupt(queue);
+    ctx.needsReset(reason); // the runner resets this backend from inside this call
+  }
+
+  // ---- receive ------------------------------------------------------------------------------------------
+
+  private received(frame: Uint8Array): void {
+    const vnet = this.link?.vnetHeader ?? false;
+    if (
+      !this.ctx ||
+      (vnet && frame.length <= VIRTIO_NET_HDR_SIZE) ||
+      this.rxFrames.length >= RX_MAX_FRAMES ||
+      this.rxQueuedBytes + frame.length > RX_MAX_BYTES
+    ) {
+      this.stats.rxDropped++;
+      return;
+    }
+    this.rxFrames.push(frame);
+    this.rxQueuedBytes += frame.length;
+    this.deliverRx();
+    if (this.rxFrames.length >= RX_HIGH_FRAMES && !this.rxPaused) {
+      this.rxPaused = true;
+      this.stats.rxPauses++;
+      this.link?.pause();
+    }
+  }
+
+  private deliverRx(): void {
+    const ctx = this.ctx;
+    const queue = ctx?.queues[NET_RX_QUEUE];
+    const link = this.link;
+    if (!ctx || !queue || !link) return;
+    let used = 0;
+    try {
+      while (this.rxFrames.length > 0) {
+        const frame = this.rxFrames[0];
+        const need = link.vnetHeader ? frame.length : VIRTIO_NET_HDR_SIZE + frame.length;
+        const chains = this.gather(ctx, queue, need, used > 0);
+        if (chains === 'failed') return;
+        if (chains === 'wait') break;
+        this.rxFrames.shift();
+        this.rxQueuedBytes -= frame.length;
+        if (chains === 'too-big') {
+          this.stats.rxDropped++;
+          continue;
+        }
+        this.writeFrame(queue, frame, chains, link.vnetHeader);
+        used += chains;
+        this.stats.rxFrames++;
+        this.stats.rxBytes += link.vnetHeader ? frame.length - VIRTIO_NET_HDR_SIZE : frame.length;
+      }
+    } catch (e) {
+      // Validated chains cannot fault; if one does anyway, the device stops instead of the I/O thread.
+      this.fail(ctx, NET_RX_QUEUE, used > 0, `receiveq: internal error: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
+    if (used > 0) ctx.interrupt(NET_RX_QUEUE);
+    if (this.rxPaused && this.rxFrames.length <= RX_LOW_FRAMES) {
+      this.rxPaused = false;
+      link.resume();
+    }
+  }
+
+  /**
+   * Makes sure enough receive chains are held for a packet of `need` bytes (header included): returns how many
+   * of the held chains it takes, 'wait' (the driver must post more; notifications re-armed), 'too-big' (drop
+   * the frame), or 'failed' (a malformed chain: the device asked for a reset).
+   */
+  private gather(
+    ctx: VirtioQueueContext,
+    queue: SplitQueue,
+    need: number,
+    pushed: boolean,
+  ): number | 'wait' | 'too-big' | 'failed' {
+    for (;;) {
+      if (!this.mergeable) {
+        // One chain per packet (§5.1.6.3.2): a frame larger than the chain in hand is dropped, the chain kept.
+        if (this.rxHeld.length > 0) return this.rxHeld[0].writableLength >= need ? 1 : 'too-big';
+      } else {
+        let sum = 0;
+        for (let i = 0; i < this.rxHeld.length; i++) {
+          sum += this.rxHeld[i].writableLength;
+          if (sum >= need) return i + 1;
+        }
+        // Every buffer the ring can hold is here and the frame still does not fit: it never will.
+        if (this.rxHeld.length >= queue.size) return 'too-big';
+      }
+      const chain = queue.popAvailable();
+      if (chain === undefined) {
+        if (queue.enableNotifications()) continue; // buffers arrived while re-arming: take them
+        return 'wait';
+      }
+      if (chain instanceof VirtqueueError) {
+        this.fail(ctx, NET_RX_QUEUE, pushed, `receiveq: ${chain.message}`);
+        return 'failed';
+      }
+      // §5.1.6.3.1: receive buffers are device-writable and each holds at least the header.
+      if (chain.readableCount > 0 || chain.writableLength < VIRTIO_NET_HDR_SIZE) {
+        const what =
+          chain.readableCount > 0
+            ? `has ${chain.readableCount} device-readable buffer(s)`
+            : `has ${chain.writableLength} writable bytes, less than the ${VIRTIO_NET_HDR_SIZE}-byte header`;
+        this.fail(ctx, NET_RX_QUEUE, pushed, `receiveq: chain ${chain.head} ${what}`);
+        return 'failed';
+      }
+      this.rxHeld.push(chain);
+    }
+  }
+
+  /** Writes header + frame across the first `count` held chains and returns them to the driver in order. */
+  private writeFrame(queue: SplitQueue, frame: Uint8Array, count: number, vnet: boolean): void {
+    const chains = this.rxHeld.splice(0, count);
+    let header: Uint8Array;
+    if (vnet) {
+      header = frame.subarray(0, VIRTIO_NET_HDR_SIZE); // the kernel's header, passed on
+      // §5.1.6.4.1: without GUEST_CSUM the device must leave flags 0 (the kernel may have said DATA_VALID).
+      if (!this.guestCsum) header[0] = 0;
+    } else {
+      header = new Uint8Array(VIRTIO_NET_HDR_SIZE); // flags 0, VIRTIO_NET_HDR_GSO_NONE, no checksum to do
+    }
+    header[10] = count & 0xff; // num_buffers (1 without MRG_RXBUF)
+    header[11] = count >> 8;
+    const parts = vnet ? [frame] : [header, frame];
+    const written = new Array<number>(count).fill(0);
+    let index = 0;
+    let offset = 0;
+    for (const part of parts) {
+      let at = 0;
+      while (at < part.length && index < count) {
+        const chain = chains[index];
+        const n = chain.writeBytes(part.subarray(at), offset);
+        at += n;
+        offset += n;
+        written[index] += n;
+        if (offset >= chain.writableLength) {
+          index++;
+          offset = 0;
+        }
+      }
+    }
+    chains.forEach((chain, i) => queue.pushUsed(chain, written[i]));
+  }
+
+  // ---- transmit -----------------------------------------------------------------------------------------
+
+  private processTx(): void {
+    const ctx = this.ctx;
+    const queue = ctx?.queues[NET_TX_QUEUE];
+    const link = this.link;
+    if (!ctx || !queue || !link || this.txBlocked || this.txContinuation) return;
+    queue.disableNotifications(); // we are looking anyway; re-armed once the ring is empty
+    let chains = 0;
+    try {
+      for (;;) {
+        if (chains === TX_TURN_CHAINS) {
+          const generation = this.generation;
+          this.txContinuation = setImmediate(() => {
+            this.txContinuation = undefined;
+            if (generation === this.generation) this.processTx();
+          });
+          break;
+        }
+        const chain = queue.popAvailable();
+        if (chain === undefined) {
+          if (queue.enableNotifications()) continue;
+          break;
+        }
+        if (chain instanceof VirtqueueError) {
+          this.fail(ctx, NET_TX_QUEUE, chains > 0, `transmitq: ${chain.message}`);
+          return;
+        }
+        // §5.1.6.2: a transmit chain is device-readable and starts with the header.
+        if (chain.writableLength > 0 || chain.readableLength < VIRTIO_NET_HDR_SIZE) {
+          const what =
+            chain.writableLength > 0
+              ? `has ${chain.writableLength} device-writable bytes`
+              : `has ${chain.readableLength} bytes, less than the ${VIRTIO_NET_HDR_SIZE}-byte header`;
+          this.fail(ctx, NET_TX_QUEUE, chains > 0, `transmitq: chain ${chain.head} ${what}`);
+          return;
+        }
+        const result = this.transmit(link, chain);
+        queue.pushUsed(chain, 0);
+        chains++;
+        if (result === 'full') {
+          this.txBlocked = true; // NetLinkSink.writable() resumes
+          break;
+        }
+      }
+    } catch (e) {
+      this.fail(ctx, NET_TX_QUEUE, chains > 0, `transmitq: internal error: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
+    if (chains > 0) ctx.interrupt(NET_TX_QUEUE);
+  }
+
+  private transmit(link: NetLink, chain: DescriptorChain): SendResult {
+    const total = chain.readableLength;
+    const frameLength = total - VIRTIO_NET_HDR_SIZE;
+    if (total > NET_MAX_TX_CHAIN || frameLength === 0) {
+      this.stats.txDropped++;
+      return 'dropped';
+    }
+    // Zero-copy views of the guest's buffers; the backend uses (or copies) them before we push the chain back.
+    const spans: Uint8Array[] = [];
+    const collect = (view: Uint8Array): void => void spans.push(view);
+    let length = frameLength;
+    if (!link.vnetHeader) {
+      chain.forEachSpan('readable', collect, VIRTIO_NET_HDR_SIZE, frameLength);
+    } else if (this.hostOffloads) {
+      chain.forEachSpan('readable', collect, 0, total);
+      length = total;
+    } else {
+      // Without CSUM the header's fields mean nothing (§5.1.6.2): the kernel gets a neutral one.
+      spans.push(ZERO_HEADER);
+      chain.forEachSpan('readable', collect, VIRTIO_NET_HDR_SIZE, frameLength);
+      length = total;
+    }
+    const result = link.send(spans, length);
+    if (result === 'dropped') {
+      this.stats.txDropped++;
+    } else {
+      this.stats.txFrames++;
+      this.stats.txBytes += frameLength;
+    }
+    return result;
+  }
+}
