@@ -346,11 +346,30 @@ function checkRun(s: Scenario, r: HostedRun): void {
   r.checkHost();
 }
 
+/**
+ * The platform each VMM gives the guest: ECAM at 0xE0000000 on both; the BARs (virtio BAR 4, MSI-X BAR 1) in
+ * the 32-bit window, placed by Partita before boot, left unassigned by QEMU's qboot (the guest places them).
+ */
+function checkPlatform(vmm: Vmm, r: GuestRun): void {
+  assert.match(r.output, /^info: pci config through ECAM at 0xe0000000$/m, show(r));
+  const bars = [
+    ...r.output.matchAll(/^info: ..\.. BAR(\d) at 0x([0-9a-f]+) size 0x([0-9a-f]+) \(placed by (\w+)\)$/gm),
+  ];
+  assert.ok(bars.length >= 1, `BAR lines\n${show(r)}`);
+  for (const [line, , at, size, who] of bars) {
+    assert.equal(who, vmm === 'partita' ? 'vmm' : 'guest', line);
+    const base = parseInt(at, 16);
+    assert.ok(base >= 0xc0000000 && base + parseInt(size, 16) <= 0xe0000000, `${line}: inside the 32-bit window`);
+  }
+}
+
 for (const s of scenarios) {
   for (const vmm of ['qemu', 'partita'] as const) {
-    test(`${s.name} on ${vmm === 'qemu' ? 'QEMU' : 'Partita'}`, { skip: skipFor[vmm], timeout: 60_000 }, async () =>
-      checkRun(s, await runOn(s, vmm)),
-    );
+    test(`${s.name} on ${vmm === 'qemu' ? 'QEMU' : 'Partita'}`, { skip: skipFor[vmm], timeout: 60_000 }, async () => {
+      const r = await runOn(s, vmm);
+      checkRun(s, r);
+      checkPlatform(vmm, r);
+    });
   }
   test(
     `${s.name}: same lines and status on QEMU and Partita`,
