@@ -124,7 +124,7 @@ function startVirtioDevices(data: IoThreadData, transports: readonly VirtioPciDe
   const dispatcher = new EventFdDispatcher();
   const log = (message: string): void => void writeSync(2, `partita: ${message}\n`);
   transports.forEach((transport, i) => {
-    const backend = backendFor(data.devices.pci.virtio[i].device);
+    const backend = backendFor(data.devices.pci.virtio[i].device, log);
     new VirtioRunner(transport, backend, memory, dispatcher, log);
   });
 }

@@ -52,16 +52,16 @@ export function openVirtioDevices(specs: readonly VirtioDeviceSpec[]): OpenedVir
   return opened;
 }
 
-/** A backend object for an opened device (cheap: the work starts at activate()). */
-export function backendFor(device: OpenedVirtioDevice): VirtioBackend {
+/** A backend object for an opened device (cheap: the work starts at activate()); `log` gets its host-side errors. */
+export function backendFor(device: OpenedVirtioDevice, log?: (message: string) => void): VirtioBackend {
   switch (device.kind) {
     case 'block':
       return new VirtioBlock(device.handle);
     case 'net':
-      return new VirtioNet(device.handle);
+      return new VirtioNet(device.handle, log);
     case 'entropy':
       return new VirtioEntropy(device.handle);
     case 'console':
-      return new VirtioConsole(device.handle);
+      return new VirtioConsole(device.handle, log);
   }
 }

@@ -1,7 +1,7 @@
 // virtio-console (virtio 1.2 §5.3), one port, driven by a fake guest driver: guest output into a file and into a
 // UNIX socket (in order, with back-pressure), host input from the socket into receive buffers (bounded, the
 // socket paused while the guest takes nothing), hostile chains, resets, and the open-time errors.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -47,7 +47,8 @@ interface Harness {
   readonly logs: string[];
 }
 
-function harness(handle: ConsoleHandle, txHeap = 256 * 1024, rxHeap = 256 * 1024): Harness {
+/** A console activated on fresh rings; closed when the test ends, even if it fails. */
+function harness(t: TestContext, handle: ConsoleHandle, txHeap = 256 * 1024, rxHeap = 256 * 1024): Harness {
   const logs: string[] = [];
   const h: Harness = {
     device: new VirtioConsole(handle, (m) => void logs.push(m)),
@@ -58,6 +59,7 @@ function harness(handle: ConsoleHandle, txHeap = 256 * 1024, rxHeap = 256 * 1024
     logs,
   };
   activate(h);
+  t.after(() => h.device.close());
   return h;
 }
 
@@ -110,13 +112,21 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 const concat = (parts: readonly Uint8Array[]): Buffer => Buffer.concat(parts.map((p) => Buffer.from(p)));
 
-/** A UNIX socket server at a fresh path; `connection` resolves with the console's connection. */
-async function server(name: string, options: { pauseOnConnect?: boolean } = {}) {
+/** A UNIX socket server at a fresh path; `connection` resolves with the console's connection. Torn down when the test ends. */
+async function server(t: TestContext, name: string, options: { pauseOnConnect?: boolean } = {}) {
   const path = join(dir, name);
+  const peers = new Set<Socket>();
   let accept!: (s: Socket) => void;
   const connection = new Promise<Socket>((resolve) => (accept = resolve));
-  const srv: Server = createServer({ pauseOnConnect: options.pauseOnConnect ?? false }, (s) => accept(s));
+  const srv: Server = createServer({ pauseOnConnect: options.pauseOnConnect ?? false }, (s) => {
+    peers.add(s);
+    accept(s);
+  });
   await new Promise<void>((resolve) => srv.listen(path, resolve));
+  t.after(() => {
+    for (const p of peers) p.destroy();
+    if (srv.listening) srv.close();
+  });
   return { path, srv, connection };
 }
 
@@ -146,7 +156,7 @@ test('device identity: type 3, two queues, no features; config is struct virtio_
   device.close();
 });
 
-test('openConsole: a file is created, or truncated; a UNIX socket is recorded, not connected', async () => {
+test('openConsole: a file is created, or truncated; a UNIX socket is recorded, not connected', async (t) => {
   const path = join(dir, 'truncate.log');
   writeFileSync(path, 'old contents');
   const handle = openConsole({ path });
@@ -155,7 +165,7 @@ test('openConsole: a file is created, or truncated; a UNIX socket is recorded, n
   if (handle.sink === 'file') assert.ok(fstatSync(handle.fd).isFile());
   new VirtioConsole(handle).close();
 
-  const s = await server('record.sock');
+  const s = await server(t, 'record.sock');
   let connected = false;
   s.srv.on('connection', () => (connected = true));
   const sock = openConsole({ path: s.path });
@@ -217,9 +227,9 @@ test('openConsole: permission denied', () => {
 
 // ---- transmitq to a file -----------------------------------------------------------------------------------
 
-test('guest output lands in the file in ring order, across many chains, buffers and turns', async () => {
+test('guest output lands in the file in ring order, across many chains, buffers and turns', async (t) => {
   const path = join(dir, 'order.log');
-  const h = harness(openConsole({ path }), 512 * 1024);
+  const h = harness(t, openConsole({ path }), 512 * 1024);
   const expected: Uint8Array[] = [];
   // Rounds of chains: 1–3 readable buffers each, some in indirect tables; the 200-chain round spans turns.
   for (const [round, count] of [
@@ -254,9 +264,9 @@ test('guest output lands in the file in ring order, across many chains, buffers 
   h.device.close();
 });
 
-test('hostile transmit chains: writable-only, huge, readable receive buffers, buffers outside RAM', async () => {
+test('hostile transmit chains: writable-only, huge, readable receive buffers, buffers outside RAM', async (t) => {
   const path = join(dir, 'hostile.log');
-  const h = harness(openConsole({ path }), 2 * MIB);
+  const h = harness(t, openConsole({ path }), 2 * MIB);
   // A transmit chain with only a writable buffer (against §5.3.6.1): nothing to send, used with length 0.
   const writableOnly = h.tx.addChain([{ len: 4096, writable: true }]);
   // 24 descriptors naming the same 1 MiB: 24 MiB readable; only CONSOLE_TX_CHAIN_MAX bytes are taken.
@@ -297,9 +307,9 @@ test('hostile transmit chains: writable-only, huge, readable receive buffers, bu
   h.device.close();
 });
 
-test('reset mid-stream: no transmit chain is used after reset(); a new activation serves again', async () => {
+test('reset mid-stream: no transmit chain is used after reset(); a new activation serves again', async (t) => {
   const path = join(dir, 'reset.log');
-  const h = harness(openConsole({ path }));
+  const h = harness(t, openConsole({ path }));
   const chunks = Array.from({ length: 150 }, (_, i) => text(`line ${i}\n`));
   for (const c of chunks) transmit(h.tx, c);
   h.device.queueNotified(1);
@@ -329,9 +339,9 @@ test('reset mid-stream: no transmit chain is used after reset(); a new activatio
 
 // ---- a UNIX socket, both ways ------------------------------------------------------------------------------
 
-test('socket: host input reaches the receive buffers in order, guest output reaches the host', async () => {
-  const s = await server('both.sock');
-  const h = harness(openConsole({ path: s.path }));
+test('socket: host input reaches the receive buffers in order, guest output reaches the host', async (t) => {
+  const s = await server(t, 'both.sock');
+  const h = harness(t, openConsole({ path: s.path }));
   const peer = await s.connection;
   const received: Buffer[] = [];
   peer.on('data', (b: Buffer) => received.push(b));
@@ -375,9 +385,9 @@ test('socket: host input reaches the receive buffers in order, guest output reac
   await closeServer(s.srv);
 });
 
-test('socket: input is bounded while the guest takes none (the socket is paused), then arrives intact', async () => {
-  const s = await server('backpressure-rx.sock');
-  const h = harness(openConsole({ path: s.path }), 64 * 1024, 2 * MIB);
+test('socket: input is bounded while the guest takes none (the socket is paused), then arrives intact', async (t) => {
+  const s = await server(t, 'backpressure-rx.sock');
+  const h = harness(t, openConsole({ path: s.path }), 64 * 1024, 2 * MIB);
   const peer = await s.connection;
   const total = 1 * MIB;
   const input = randomBytes(total);
@@ -418,9 +428,9 @@ test('socket: input is bounded while the guest takes none (the socket is paused)
   await closeServer(s.srv);
 });
 
-test('socket: guest output waits while the host does not read, then arrives complete and in order', async () => {
-  const s = await server('backpressure-tx.sock', { pauseOnConnect: true });
-  const h = harness(openConsole({ path: s.path }), 4 * MIB);
+test('socket: guest output waits while the host does not read, then arrives complete and in order', async (t) => {
+  const s = await server(t, 'backpressure-tx.sock', { pauseOnConnect: true });
+  const h = harness(t, openConsole({ path: s.path }), 4 * MIB);
   const peer = await s.connection;
   const chains = 48;
   const chunk = 64 * 1024;
@@ -442,11 +452,11 @@ test('socket: guest output waits while the host does not read, then arrives comp
   await closeServer(s.srv);
 });
 
-test('socket: a connection that fails is logged and guest output is consumed, so the guest never stalls', async () => {
-  const s = await server('gone.sock');
+test('socket: a connection that fails is logged and guest output is consumed, so the guest never stalls', async (t) => {
+  const s = await server(t, 'gone.sock');
   const handle = openConsole({ path: s.path });
   await closeServer(s.srv); // the socket disappears between open and activate
-  const h = harness(handle);
+  const h = harness(t, handle);
   await waitFor(() => h.logs.length > 0, 'a log line');
   assert.match(h.logs[0], /gone\.sock: .*guest output is dropped from now on/);
   for (let i = 0; i < 5; i++) transmit(h.tx, text(`lost ${i}\n`));
@@ -456,9 +466,9 @@ test('socket: a connection that fails is logged and guest output is consumed, so
   h.device.close();
 });
 
-test('socket: host input that arrives during a driver reset is kept for the next activation', async () => {
-  const s = await server('reset.sock');
-  const h = harness(openConsole({ path: s.path }));
+test('socket: host input that arrives during a driver reset is kept for the next activation', async (t) => {
+  const s = await server(t, 'reset.sock');
+  const h = harness(t, openConsole({ path: s.path }));
   const peer = await s.connection;
   h.device.reset();
   peer.write('typed while the guest rebooted\n');
@@ -472,4 +482,24 @@ test('socket: host input that arrives during a driver reset is kept for the next
   assert.equal(Buffer.from(memory.read(posted.get(u.id)!, u.len)).toString(), 'typed while the guest rebooted\n');
   h.device.close();
   await closeServer(s.srv);
+});
+
+test('socket: input spread over many small receive buffers continues across turns', async (t) => {
+  const s = await server(t, 'turns.sock');
+  const h = harness(t, openConsole({ path: s.path }));
+  const peer = await s.connection;
+  const count = 200;
+  const posted = postReceive(h.rx, count, 1);
+  h.device.queueNotified(0);
+  const input = randomBytes(count);
+  peer.write(input);
+  // One turn fills at most CONSOLE_TURN_CHAINS buffers; the rest must follow without another kick or read.
+  await waitFor(() => h.rx.usedIdx === count, 'every buffer filled');
+  const used = h.rx.takeUsed();
+  assert.ok(used.every((u) => u.len === 1));
+  const got = Buffer.from(used.map((u) => memory.readU8(posted.get(u.id)!)));
+  assert.ok(got.equals(input), 'in order');
+  const batches = h.interrupts.filter((q) => q === 0).length;
+  assert.ok(batches >= Math.ceil(count / CONSOLE_TURN_CHAINS), `${batches} batches`);
+  assert.equal(h.device.bufferedInput, 0);
 });

@@ -34,6 +34,8 @@ export const CONSOLE_RX_BUFFER_LIMIT = 64 * 1024;
 /** Per queue and turn of the I/O thread. */
 export const CONSOLE_TURN_CHAINS = 64;
 export const CONSOLE_TURN_BYTES = 1024 * 1024;
+/** How long close() waits for queued output to reach a socket peer before hanging up anyway. */
+const CLOSE_GRACE_MS = 1000;
 
 export interface ConsoleOptions {
   /** An existing UNIX socket to connect to, or a file to create (or truncate) for the guest's output. */
@@ -201,7 +203,11 @@ export class VirtioConsole implements VirtioBackend {
       }
     }
     const socket = this.socket;
-    if (socket && !socket.destroyed) socket.end(() => socket.destroy()); // flush queued output, then hang up
+    if (socket && !socket.destroyed) {
+      // Flush queued output, then hang up; a peer that stopped reading gets CLOSE_GRACE_MS, not forever.
+      socket.end(() => socket.destroy());
+      setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+    }
   }
 
   private stop(): void {
