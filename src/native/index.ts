@@ -14,6 +14,8 @@ interface NativeBinding {
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer): number;
   /** flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8. */
   flock(fd: number, operation: number): number;
+  /** fallocate(2): mode FALLOC_FL_KEEP_SIZE 1, PUNCH_HOLE 2, ZERO_RANGE 0x10. */
+  fallocate(fd: number, mode: number, offset: number, length: number): number;
   run(fd: number): number;
   mmap(length: number | bigint, prot: number, flags: number, fd: number, offset: number): bigint | number;
   munmap(address: bigint, length: number | bigint): number;

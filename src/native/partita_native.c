@@ -172,6 +172,16 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : r);
 }
 
+// fallocate(fd, mode, offset, length): 0 | -errno. virtio-blk discard and write-zeroes punch holes
+// (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) or zero ranges, so disk images stay sparse.
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  get_args(env, info, 4, argv);
+  int r = fallocate((int)get_i64(env, argv[0]), (int)get_i64(env, argv[1]), (off_t)get_i64(env, argv[2]),
+                    (off_t)get_i64(env, argv[3]));
+  return num(env, r < 0 ? -errno : r);
+}
+
 // ioctl(fd, request, arg?: number | bigint | ArrayBufferView | ArrayBuffer): result | -errno
 // A buffer argument is passed by pointer (the struct); a number is passed by value.
 static napi_value js_ioctl(napi_env env, napi_callback_info info) {
@@ -634,7 +644,7 @@ static napi_value init(napi_env env, napi_value exports) {
 
   struct { const char *name; napi_callback cb; } fns[] = {
       {"open", js_open},         {"close", js_close},
-      {"ioctl", js_ioctl},       {"flock", js_flock},       {"run", js_run},
+      {"ioctl", js_ioctl},       {"flock", js_flock}, {"fallocate", js_fallocate},       {"run", js_run},
       {"mmap", js_mmap},         {"munmap", js_munmap},
       {"madvise", js_madvise},   {"view", js_view},
       {"addressOf", js_address_of}, {"eventfd", js_eventfd},

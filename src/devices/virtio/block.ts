@@ -74,6 +74,8 @@ const ENOSYS = 38;
 const ENODEV = 19;
 /** libuv caps a readv/writev at IOV_MAX buffers; more are sent in the next call. */
 const IOV_MAX = 1024;
+/** Adjacent requests merged into one transfer up to this size: long enough to save round trips, short enough to keep several in flight. */
+const MERGE_MAX_BYTES = 256 * 1024;
 /** Discard and write-zeroes without fallocate write zeros in chunks of this size. */
 const ZERO_CHUNK = 1024 * 1024;
 
@@ -206,10 +208,22 @@ interface Request {
   readonly status: Uint8Array;
 }
 
-/** A read or write in progress: what is left of it (it may take several calls: short transfers, IOV_MAX). */
-interface Transfer {
+/** A read's or write's data: guest RAM views and where in the image they go. */
+interface DataRange {
   readonly request: Request;
+  readonly views: readonly Uint8Array[];
+  readonly position: number;
+  readonly length: number;
+}
+
+/**
+ * One pread/pwrite(v) in progress, for one request or several adjacent ones merged (QEMU's virtio-blk does the
+ * same): a sequential stream then costs one thread-pool round trip per batch, not per request.
+ */
+interface Transfer {
   readonly write: boolean;
+  readonly ranges: DataRange[];
+  /** What is left, advanced on short transfers (or beyond IOV_MAX buffers). */
   views: Uint8Array[];
   position: number;
   remaining: number;
@@ -251,6 +265,8 @@ export class VirtioBlock implements VirtioBackend {
   /** Queues owed an interrupt: one per queue per event-loop turn, however many requests completed in it. */
   private readonly interruptDue: boolean[];
   private interruptTimer: NodeJS.Immediate | undefined;
+  /** Adjacent reads or writes gathered while one queue is drained (sent when the drain ends or the run breaks). */
+  private batch: Transfer | undefined;
   /** Scratch for the request header (copied out of guest RAM once, then parsed). */
   private readonly header = new Uint8Array(REQUEST_HEADER_SIZE);
   private readonly headerView = new DataView(this.header.buffer);
@@ -327,15 +343,18 @@ export class VirtioBlock implements VirtioBackend {
         }
         if (this.generation !== generation) return; // the request made us need a reset
       }
+      this.sendBatch();
       if (!queue.enableNotifications()) return;
     }
   }
 
   reset(): void {
-    // I/O in flight cannot be cancelled (it is inside a thread-pool pread/pwrite); its completion sees the new
-    // generation and neither writes a status byte nor pushes a used entry.
+    // I/O in flight cannot be cancelled: a pread/pwrite already in libuv's thread pool finishes, and a read then
+    // still lands in the guest buffers the driver handed over before the reset. Its completion sees the new
+    // generation: no status byte, no used entry, no follow-up transfer, no interrupt.
     this.generation++;
     this.ctx = undefined;
+    this.batch = undefined;
     this.interruptDue.fill(false);
     if (this.interruptTimer) clearImmediate(this.interruptTimer);
     this.interruptTimer = undefined;
@@ -432,7 +451,30 @@ export class VirtioBlock implements VirtioBackend {
     const views: Uint8Array[] = [];
     if (write) chain.forEachSpan('readable', (view) => views.push(view), REQUEST_HEADER_SIZE, length);
     else chain.forEachSpan('writable', (view) => views.push(view), 0, length);
-    this.transfer({ request, write, views, position, remaining: length });
+    const range: DataRange = { request, views, position, length };
+    // Requests popped in one drain of the ring that continue each other are sent as one transfer.
+    const b = this.batch;
+    if (
+      b &&
+      b.write === write &&
+      b.position + b.remaining === position &&
+      b.remaining + length <= MERGE_MAX_BYTES &&
+      b.views.length + views.length <= IOV_MAX
+    ) {
+      b.ranges.push(range);
+      for (const v of views) b.views.push(v);
+      b.remaining += length;
+      return;
+    }
+    this.sendBatch();
+    this.batch = { write, ranges: [range], views: [...views], position, remaining: length };
+  }
+
+  /** Starts the transfer being gathered, if any. */
+  private sendBatch(): void {
+    const b = this.batch;
+    this.batch = undefined;
+    if (b && b.ranges[0].request.generation === this.generation) this.transfer(b);
   }
 
   /** Issues the next pread/pwrite(v) of a transfer, straight from/into guest RAM. */
@@ -449,7 +491,9 @@ export class VirtioBlock implements VirtioBackend {
         else fs.readv(this.fd, views, t.position, done);
       }
     } catch {
-      return this.complete(t.request, VIRTIO_BLK_S_IOERR); // fs rejected the arguments: nothing was issued
+      // fs rejected the arguments: nothing was issued
+      for (const r of t.ranges) this.complete(r.request, VIRTIO_BLK_S_IOERR);
+      return;
     }
     this.inFlight++;
   }
@@ -457,9 +501,16 @@ export class VirtioBlock implements VirtioBackend {
   private transferred(t: Transfer, err: NodeJS.ErrnoException | null, n: number): void {
     this.inFlight--;
     if (this.afterClose()) return;
-    if (t.request.generation !== this.generation) return; // reset meanwhile: touch nothing more
+    if (t.ranges[0].request.generation !== this.generation) return; // reset meanwhile: touch nothing more
     // A read of 0 bytes before the end means the image shrank under us.
-    if (err || n <= 0) return this.complete(t.request, VIRTIO_BLK_S_IOERR);
+    if (err || n <= 0) {
+      if (t.ranges.length === 1) return this.complete(t.ranges[0].request, VIRTIO_BLK_S_IOERR);
+      // A merged transfer failed: redo its requests one by one, so only the bad one reports the error.
+      for (const r of t.ranges) {
+        this.transfer({ write: t.write, ranges: [r], views: [...r.views], position: r.position, remaining: r.length });
+      }
+      return;
+    }
     t.remaining -= n;
     if (t.remaining > 0) {
       // A short transfer (or more than IOV_MAX buffers): skip what was done and go on.
@@ -474,10 +525,14 @@ export class VirtioBlock implements VirtioBackend {
     }
     if (t.write && this.writeThrough) {
       this.inFlight++;
-      fs.fdatasync(this.fd, (e) => this.ioFinished(t.request, e ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK));
+      fs.fdatasync(this.fd, (e) => {
+        this.inFlight--;
+        if (this.afterClose()) return;
+        for (const r of t.ranges) this.complete(r.request, e ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
+      });
       return;
     }
-    this.complete(t.request, VIRTIO_BLK_S_OK);
+    for (const r of t.ranges) this.complete(r.request, VIRTIO_BLK_S_OK);
   }
 
   /** The end of a single fs call that finishes a request. */
