@@ -645,9 +645,14 @@ test('reset with I/O in flight: no status byte, no used entry afterwards; the de
     send(d, VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [segment(300, 8)] }),
   ];
   r.block.queueNotified(0);
-  r.block.reset(); // thread-pool I/O cannot have called back yet
+  // Requests the backend finished synchronously (write-zeroes is a hole punch when native fallocate exists)
+  // were done before the reset; thread-pool I/O cannot have called back yet.
+  const done = new Set(d.takeUsed().map((u) => u.id));
+  r.block.reset();
   assert.deepEqual(await quiet(d, 250), [], 'no used entry after the reset');
-  for (const s of inflight) assert.equal(memory.readU8(s.status), 0xff, 'status byte untouched');
+  const pending = inflight.filter((s) => !done.has(s.head));
+  assert.ok(pending.length >= 3, 'the reads, writes and flush were still in flight');
+  for (const s of pending) assert.equal(memory.readU8(s.status), 0xff, 'status byte untouched');
   await tick();
   assert.equal(r.interrupts.length, interrupted, 'no interrupt after the reset');
 
@@ -658,7 +663,7 @@ test('reset with I/O in flight: no status byte, no used entry afterwards; the de
   assert.equal(again.status, VIRTIO_BLK_S_OK);
   assert.deepEqual(readData(again.sent), expected(4 * 512, 512));
   assert.deepEqual(old.takeUsed(), [], 'still nothing on the old rings');
-  for (const s of inflight) assert.equal(memory.readU8(s.status), 0xff);
+  for (const s of pending) assert.equal(memory.readU8(s.status), 0xff);
   r.block.close();
 });
 
