@@ -14,6 +14,7 @@ import {
   NOTIFY_OFFSET,
   STATUS_ACKNOWLEDGE,
   STATUS_DRIVER,
+  STATUS_DRIVER_OK,
   STATUS_FEATURES_OK,
   STATUS_NEEDS_RESET,
   VIRTIO_BAR,
@@ -21,6 +22,8 @@ import {
   type VirtioDeviceInfo,
 } from '../../src/devices/virtio/pci-transport.js';
 import { PCI_CAPABILITY_LIST, PCI_COMMAND } from '../../src/devices/pci/config-space.js';
+import { EventFdDispatcher, VirtioRunner } from '../../src/devices/virtio/runner.js';
+import type { VirtioBackend } from '../../src/devices/virtio/device.js';
 
 const info: VirtioDeviceInfo = { deviceType: 4, classCode: 0x00ff00, features: 0n, queueSizes: [256], configSize: 0 };
 
@@ -159,5 +162,58 @@ test(
     assert.equal(read(dev, ISR_OFFSET, 1), 3, 'config change reported');
     assert.equal(read(dev, COMMON_OFFSET + 0x15, 1), 1, 'config_generation bumped');
     assert.equal(read(dev, DEVICE_OFFSET + 0x100, 4), 0, 'beyond the device configuration: zeros');
+  },
+);
+
+test(
+  'reset with backend I/O in flight: device_status reads 0 only after the backend drained (virtio 1.2 §2.4.1)',
+  { skip },
+  async () => {
+    const kvm = KvmSystem.open();
+    const vm = Vm.create(kvm, 16 * MIB);
+    const dev = VirtioPciDevice.create('virtio-test', info, vm.fd, new GsiRouter(vm.fd));
+    dev.config.setBarAddress(VIRTIO_BAR, 0xd0000000);
+    dev.config.write(PCI_COMMAND, 2, 0x6);
+    let finishIo: (() => void) | undefined;
+    const events: string[] = [];
+    const backend: VirtioBackend = {
+      info,
+      configBytes: () => new Uint8Array(0),
+      activate: () => void events.push('activate'),
+      queueNotified: () => undefined,
+      reset: () => {
+        events.push('reset');
+        return new Promise<void>((resolve) => (finishIo = resolve));
+      },
+      close: () => undefined,
+    };
+    new VirtioRunner(dev, backend, vm.memory, new EventFdDispatcher());
+    const until = async (what: string, ok: () => boolean): Promise<void> => {
+      const end = Date.now() + 5000;
+      while (!ok()) {
+        if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    const status = (): number => read(dev, COMMON_OFFSET + 0x14, 1);
+    write(dev, COMMON_OFFSET + 0x08, u32(1));
+    write(dev, COMMON_OFFSET + 0x0c, u32(1)); // VERSION_1
+    for (const s of [STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_DRIVER_OK].reduce<number[]>(
+      (acc, bit) => [...acc, (acc.at(-1) ?? 0) | bit],
+      [],
+    ))
+      write(dev, COMMON_OFFSET + 0x14, new Uint8Array([s]));
+    await until('activation', () => events.includes('activate'));
+
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([0]));
+    await until('the backend reset', () => events.includes('reset'));
+    assert.notEqual(status(), 0, 'still draining: the driver must keep waiting');
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE])); // too early: ignored
+    assert.equal(dev.resetPending, true);
+    finishIo!();
+    await until('device_status 0', () => status() === 0);
+    assert.equal(dev.resetPending, false);
+    write(dev, COMMON_OFFSET + 0x14, new Uint8Array([STATUS_ACKNOWLEDGE]));
+    assert.equal(status(), STATUS_ACKNOWLEDGE, 'the driver can initialize the device again');
   },
 );

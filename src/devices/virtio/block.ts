@@ -260,6 +260,8 @@ export class VirtioBlock implements VirtioBackend {
   private writeThrough = false;
   /** fs calls issued and not yet called back: the fd is closed only when this drops to zero. */
   private inFlight = 0;
+  /** Resolvers of reset() promises, settled when inFlight drops to 0. */
+  private drained: (() => void)[] = [];
   private closed = false;
   private fdClosed = false;
   /** Queues owed an interrupt: one per queue per event-loop turn, however many requests completed in it. */
@@ -348,10 +350,25 @@ export class VirtioBlock implements VirtioBackend {
     }
   }
 
-  reset(): void {
-    // I/O in flight cannot be cancelled: a pread/pwrite already in libuv's thread pool finishes, and a read then
-    // still lands in the guest buffers the driver handed over before the reset. Its completion sees the new
-    // generation: no status byte, no used entry, no follow-up transfer, no interrupt.
+  /**
+   * I/O in flight cannot be cancelled: a pread/pwrite already in libuv's thread pool finishes, and a read then
+   * still lands in the guest buffers the driver handed over before the reset. Its completion sees the new
+   * generation: no status byte, no used entry, no follow-up transfer, no interrupt. The returned promise
+   * settles when the last such call is back, and the transport reports the reset done (device_status 0,
+   * virtio 1.2 §2.4.1) only then, as QEMU drains its block backend first.
+   */
+  reset(): Promise<void> | undefined {
+    this.resetState();
+    if (this.inFlight === 0) return undefined;
+    return new Promise((resolve) => this.drained.push(resolve));
+  }
+
+  private ioReturned(): void {
+    this.inFlight--;
+    if (this.inFlight === 0 && this.drained.length) for (const resolve of this.drained.splice(0)) resolve();
+  }
+
+  private resetState(): void {
     this.generation++;
     this.ctx = undefined;
     this.batch = undefined;
@@ -362,7 +379,7 @@ export class VirtioBlock implements VirtioBackend {
 
   close(): void {
     if (this.closed) return;
-    this.reset();
+    this.resetState();
     this.closed = true;
     if (!this.readOnly) {
       try {
@@ -499,7 +516,7 @@ export class VirtioBlock implements VirtioBackend {
   }
 
   private transferred(t: Transfer, err: NodeJS.ErrnoException | null, n: number): void {
-    this.inFlight--;
+    this.ioReturned();
     if (this.afterClose()) return;
     if (t.ranges[0].request.generation !== this.generation) return; // reset meanwhile: touch nothing more
     // A read of 0 bytes before the end means the image shrank under us.
@@ -526,7 +543,7 @@ export class VirtioBlock implements VirtioBackend {
     if (t.write && this.writeThrough) {
       this.inFlight++;
       fs.fdatasync(this.fd, (e) => {
-        this.inFlight--;
+        this.ioReturned();
         if (this.afterClose()) return;
         for (const r of t.ranges) this.complete(r.request, e ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
       });
@@ -537,7 +554,7 @@ export class VirtioBlock implements VirtioBackend {
 
   /** The end of a single fs call that finishes a request. */
   private ioFinished(request: Request, status: number): void {
-    this.inFlight--;
+    this.ioReturned();
     if (this.afterClose()) return;
     this.complete(request, status);
   }
@@ -621,7 +638,7 @@ export class VirtioBlock implements VirtioBackend {
       zeroChunk ??= new Uint8Array(ZERO_CHUNK);
       this.inFlight++;
       fs.write(this.fd, zeroChunk, 0, n, r.offset + job.done, (err, written) => {
-        this.inFlight--;
+        this.ioReturned();
         if (this.afterClose() || job.request.generation !== this.generation) return;
         if (err || written <= 0) return this.complete(job.request, VIRTIO_BLK_S_IOERR);
         job.done += written;

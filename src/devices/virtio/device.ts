@@ -25,8 +25,13 @@ export interface VirtioBackend {
   activate(ctx: VirtioQueueContext): void;
   /** The driver kicked queue `index` (ioeventfd fired). */
   queueNotified(index: number): void;
-  /** The driver reset the device (status 0): drop all queue state; in-flight work must not touch guest memory after this returns. */
-  reset(): void;
+  /**
+   * The driver reset the device (status 0): drop all queue state. Work that cannot be stopped at once (host
+   * I/O already issued) may still finish: then return a promise that settles when nothing can touch guest
+   * memory or the queues any more; the transport shows device_status 0 to the driver only after that
+   * (virtio 1.2 §2.4.1). Returning nothing means the reset is complete.
+   */
+  reset(): Promise<void> | void;
   /** The VM is shutting down: flush and release host resources (files, sockets). */
   close(): void;
 }

@@ -68,6 +68,8 @@ const W_NOTIFY_GENERATION = 10; // bumped when the BAR moved and ioeventfds were
 const W_INTX_LEVEL = 11; // the INTx line as last driven (changes only on transitions)
 const W_NOTIFY_EXITS = 12; // queue notifications that reached userspace instead of the ioeventfd
 const W_KICKS = 13; // ioeventfd wake-ups the backend's runner received (coalesced kicks)
+const W_RESET_PENDING = 14; // the driver wrote 0 to device_status; the backend is still draining
+const W_DEFERRED_RESET = 15; // a runner completes resets (set by VirtioRunner); otherwise they are immediate
 const W_QUEUES = 16;
 // Per queue: size, msix vector, enable, desc lo/hi, driver lo/hi, device lo/hi, ioeventfd address lo/hi
 const Q_SIZE = 0;
@@ -78,6 +80,16 @@ const Q_DRIVER = 5;
 const Q_DEVICE = 7;
 const Q_NOTIFY_ADDR = 9;
 const Q_WORDS = 12;
+
+/** Host-side words a device reset keeps: ioeventfd placement, interrupt line state, counters, runner mode. */
+const PRESERVED_ON_RESET = new Set([
+  W_NOTIFY_GENERATION,
+  W_CONFIG_GENERATION,
+  W_INTX_LEVEL,
+  W_NOTIFY_EXITS,
+  W_KICKS,
+  W_DEFERRED_RESET,
+]);
 
 export interface VirtioPciShared {
   readonly registers: SharedArrayBuffer;
@@ -258,8 +270,7 @@ export class VirtioPciDevice implements PciFunction {
     const r = this.regs;
     // Device state goes back to its reset values; where the queues' ioeventfds are registered is host state
     // (it follows the BAR, not the driver) and must survive, or a later BAR move would register twice.
-    for (let w = 1; w < W_QUEUES; w++)
-      if (w !== W_NOTIFY_GENERATION && w !== W_CONFIG_GENERATION && w !== W_INTX_LEVEL) r[w] = 0;
+    for (let w = 1; w < W_QUEUES; w++) if (!PRESERVED_ON_RESET.has(w)) r[w] = 0;
     r[W_CONFIG_MSIX] = NO_VECTOR;
     this.info.queueSizes.forEach((size, i) => {
       for (let w = 0; w < Q_NOTIFY_ADDR; w++) r[this.q(i, w)] = 0;
@@ -398,10 +409,18 @@ export class VirtioPciDevice implements PciFunction {
   private statusWrite(value: number): void {
     const r = this.regs;
     if (value === 0) {
+      // §2.4.1: device_status reads 0 only once the device has stopped touching the queues. With a runner, the
+      // old status stays visible (the driver polls for 0, §4.1.4.3.2) until the backend has drained.
+      const old = r[W_STATUS];
       this.resetLocked();
+      if (old !== 0 && r[W_DEFERRED_RESET]) {
+        r[W_STATUS] = old;
+        r[W_RESET_PENDING] = 1;
+      }
       this.notifyBackend();
       return;
     }
+    if (r[W_RESET_PENDING]) return; // the driver must wait for 0 before initializing again: ignore it
     let next = value;
     if (value & STATUS_FEATURES_OK && !(r[W_STATUS] & STATUS_FEATURES_OK)) {
       // §3.1.1: accept only a subset of what was offered, and (modern transport) VERSION_1 must be there.
@@ -410,6 +429,25 @@ export class VirtioPciDevice implements PciFunction {
     }
     r[W_STATUS] = next | (r[W_STATUS] & STATUS_NEEDS_RESET);
     this.notifyBackend();
+  }
+
+  /** A runner will call completeReset() after each reset the driver asks for (see statusWrite). */
+  deferResets(): void {
+    Atomics.store(this.regs, W_DEFERRED_RESET, 1);
+  }
+
+  /** The driver asked for a reset that the backend has not finished yet. */
+  get resetPending(): boolean {
+    return Atomics.load(this.regs, W_RESET_PENDING) === 1;
+  }
+
+  /** The backend has drained: device_status reads 0 from now on. */
+  completeReset(): void {
+    this.lock.with(() => {
+      if (!this.regs[W_RESET_PENDING]) return;
+      this.regs[W_RESET_PENDING] = 0;
+      this.regs[W_STATUS] = 0;
+    });
   }
 
   /** The device found the driver misbehaving: set DEVICE_NEEDS_RESET and tell it (§2.1.2). */

@@ -35,6 +35,8 @@ export class EventFdDispatcher {
 export class VirtioRunner {
   private active = false;
   private queues: (SplitQueue | undefined)[] = [];
+  /** Settles when the backend's last reset has drained (its in-flight host I/O is back). */
+  private drained: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly transport: VirtioPciDevice,
@@ -43,19 +45,26 @@ export class VirtioRunner {
     dispatcher: EventFdDispatcher,
     private readonly log: (message: string) => void = () => undefined,
   ) {
+    transport.deferResets();
     dispatcher.on(transport.shared.controlEventFd, () => this.reconcile());
     transport.shared.queueEventFds.forEach((fd, index) => dispatcher.on(fd, () => this.kicked(index)));
   }
 
   /** Brings the backend in line with the driver's status. */
   private reconcile(): void {
+    if (this.transport.resetPending) {
+      this.stopBackend();
+      // Only once nothing of the old session can touch guest memory does the driver see device_status 0.
+      const transport = this.transport;
+      void this.drained.then(() => {
+        transport.completeReset();
+        this.reconcile(); // anything the driver did meanwhile was ignored or is seen now
+      });
+      return;
+    }
     const status = this.transport.status;
     if (status === 0 || status & STATUS_FAILED) {
-      if (this.active) {
-        this.active = false;
-        this.queues = [];
-        this.backend.reset();
-      }
+      this.stopBackend();
       return;
     }
     if (!this.active && status & STATUS_DRIVER_OK && !(status & STATUS_NEEDS_RESET)) this.activate();
@@ -108,11 +117,22 @@ export class VirtioRunner {
 
   private needsReset(reason: string): void {
     this.log(`${this.transport.name}: ${reason}; the device needs a reset`);
-    if (this.active) {
-      this.active = false;
-      this.queues = [];
-      this.backend.reset();
-    }
+    this.stopBackend();
     this.transport.needsReset();
+  }
+
+  /** Stops serving the queues; a backend with host I/O still in flight reports when it has drained. */
+  private stopBackend(): void {
+    if (!this.active) return;
+    this.active = false;
+    this.queues = [];
+    const drain = this.backend.reset();
+    if (drain) {
+      const previous = this.drained;
+      this.drained = Promise.all([previous, drain]).then(
+        () => undefined,
+        (e: unknown) => this.log(`${this.transport.name}: reset: ${(e as Error).message}`),
+      );
+    }
   }
 }
