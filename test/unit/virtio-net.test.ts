@@ -2,7 +2,7 @@
 // test serves as "the network" (QEMU stream framing), passt when installed, and a real TAP when running as root
 // with iproute2. Checks the header handling both ways, mergeable buffers, framing, back-pressure, hostile chains
 // and resets.
-import { test } from 'node:test';
+import { test as nodeTest, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
@@ -17,6 +17,7 @@ import { DeviceOpenError, type VirtioQueueContext } from '../../src/devices/virt
 import { VIRTIO_F_VERSION_1 } from '../../src/devices/virtio/pci-transport.js';
 import {
   NET_CONFIG_SIZE,
+  VIRTIO_NET_F_GUEST_CSUM,
   openNet,
   parseMac,
   VIRTIO_NET_F_CSUM,
@@ -34,6 +35,11 @@ const memory = GuestMemory.allocateRanges([{ gpa: 0, size: 48 * MIB }]);
 const HDR = 12;
 const MRG = (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_NET_F_MRG_RXBUF);
 const PLAIN = 1n << VIRTIO_F_VERSION_1;
+
+/** Every test here gets a deadline: a device that stops answering fails the test instead of hanging the run. */
+function test(name: string, fn: (t: TestContext) => void | Promise<void>): void {
+  nodeTest(name, { timeout: 20_000 }, fn);
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -144,9 +150,7 @@ async function socketDevice(
 ): Promise<{ net: VirtioNet; g: Guest; network: Network; logs: string[]; peer: Socket }> {
   const network = await Network.start();
   const logs: string[] = [];
-  const net = new VirtioNet(openNet({ backend: { kind: 'socket', path: network.path }, mac }), (m) =>
-    logs.push(m),
-  );
+  const net = new VirtioNet(openNet({ backend: { kind: 'socket', path: network.path }, mac }), (m) => logs.push(m));
   const g = activate(net, features);
   const peer = await network.connected();
   return { net, g, network, logs, peer };
@@ -172,10 +176,20 @@ test('device identity, features and config space: MAC, link up, one queue pair, 
         (1n << VIRTIO_NET_F_MTU) |
         (1n << VIRTIO_NET_F_MRG_RXBUF);
       assert.equal(net.info.features, expected, 'no offloads over a plain-frame backend');
-      assert.deepEqual(
-        Array.from(net.configBytes()),
-        [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01, 1, 0, 1, 0, 1500 & 0xff, 1500 >> 8],
-      );
+      assert.deepEqual(Array.from(net.configBytes()), [
+        0x52,
+        0x54,
+        0x00,
+        0xab,
+        0xcd,
+        0x01,
+        1,
+        0,
+        1,
+        0,
+        1500 & 0xff,
+        1500 >> 8,
+      ]);
       net.close();
     } finally {
       server.close();
@@ -185,7 +199,14 @@ test('device identity, features and config space: MAC, link up, one queue pair, 
 });
 
 test('MAC addresses: validated when given, random 52:54:00 unicast by default', () => {
-  for (const bad of ['', '52:54:00:12:34', '52:54:00:12:34:56:78', '52-54-00-12-34-56', 'zz:54:00:12:34:56', '5:54:00:12:34:56']) {
+  for (const bad of [
+    '',
+    '52:54:00:12:34',
+    '52:54:00:12:34:56:78',
+    '52-54-00-12-34-56',
+    'zz:54:00:12:34:56',
+    '5:54:00:12:34:56',
+  ]) {
     assert.throws(() => parseMac(bad), DeviceOpenError, bad);
   }
   assert.throws(() => parseMac('01:00:5e:00:00:01'), /multicast/);
@@ -239,12 +260,19 @@ test('socket backend: a missing path or a non-socket is a DeviceOpenError', () =
 
 test('FrameDecoder: byte-at-a-time, coalesced, empty frames skipped, oversized length is a protocol error', () => {
   const frames = [pattern(60, 1), pattern(1, 2), pattern(1514, 3), pattern(NET_MAX_FRAME, 4)];
-  const wire = Buffer.concat([encodeFrame(frames[0]), encodeFrame(new Uint8Array(0)), ...frames.slice(1).map(encodeFrame)]);
+  const wire = Buffer.concat([
+    encodeFrame(frames[0]),
+    encodeFrame(new Uint8Array(0)),
+    ...frames.slice(1).map(encodeFrame),
+  ]);
   for (const step of [1, 3, 7, 4096, wire.length]) {
     const d = new FrameDecoder();
     const out: Uint8Array[] = [];
     for (let at = 0; at < wire.length; at += step) {
-      assert.equal(d.push(wire.subarray(at, at + step), (f) => out.push(f)), undefined);
+      assert.equal(
+        d.push(wire.subarray(at, at + step), (f) => out.push(f)),
+        undefined,
+      );
     }
     assert.deepEqual(out, frames, `chunks of ${step}`);
   }
@@ -504,7 +532,10 @@ test('hostile chains: writable transmit buffers, readable or tiny receive buffer
     net.reset();
     h = activate(net, MRG);
     // Receive chain with a device-readable buffer (only popped once a frame needs it).
-    h.rx.addChain([{ len: 64, data: pattern(64) }, { len: 2048, writable: true }]);
+    h.rx.addChain([
+      { len: 64, data: pattern(64) },
+      { len: 2048, writable: true },
+    ]);
     network.send(pattern(60));
     await until('the reset request', () => h.resets.length === 1);
     assert.match(h.resets[0], /receiveq: chain \d+ has 1 device-readable buffer/);
@@ -576,7 +607,9 @@ test('reset drops queued frames and held chains; the old queues are never touche
 test('receive back-pressure: a guest slower than the network pauses the socket; nothing is lost or reordered', async () => {
   const { net, g, network } = await socketDevice();
   try {
-    const total = 1000;
+    // 5000 × 64 bytes on the wire: several socket reads, more than the device's hard cap of queued frames, so
+    // without pausing the socket frames would be dropped.
+    const total = 5000;
     const frames = Array.from({ length: total }, (_, i) => {
       const f = pattern(60, i);
       f[0] = i & 0xff;
@@ -585,11 +618,13 @@ test('receive back-pressure: a guest slower than the network pauses the socket; 
     });
     network.send(...frames);
     await until('the socket to be paused', () => net.stats.rxPauses > 0);
+    await sleep(50);
+    assert.ok(net.rxQueuedFrames < 2500, `${net.rxQueuedFrames} frames queued: reading stopped`);
     const gpaOf = new Map<number, number>();
     const got: number[] = [];
     const buffers = Array.from({ length: 256 }, () => g.rx.alloc(128));
     const free = [...buffers];
-    const deadline = Date.now() + 10_000;
+    const deadline = Date.now() + 15_000;
     while (got.length < total && Date.now() < deadline) {
       for (const gpa of free.splice(0, 100)) gpaOf.set(g.rx.addChain([{ len: 128, writable: true, gpa }]), gpa);
       net.queueNotified(0);
@@ -660,7 +695,14 @@ function ipv4Checksum(header: Uint8Array): number {
   return ~sum & 0xffff;
 }
 
-function udpFrame(dstMac: string, srcIp: string, dstIp: string, sport: number, dport: number, payload: Uint8Array): Uint8Array {
+function udpFrame(
+  dstMac: string,
+  srcIp: string,
+  dstIp: string,
+  sport: number,
+  dport: number,
+  payload: Uint8Array,
+): Uint8Array {
   const f = new Uint8Array(14 + 20 + 8 + payload.length);
   const v = new DataView(f.buffer);
   f.set(macBytes(dstMac), 0);
@@ -697,18 +739,26 @@ function arpRequest(senderIp: string, targetIp: string): Uint8Array {
   return f;
 }
 
-/** Receive buffers posted up front, and the frames (without the virtio-net header) the device put in them. */
-function receiver(g: Guest, count = 64): () => Uint8Array[] {
+/** Receive buffers posted up front, and the packets (header, frame) the device put in them. */
+function receiverWithHeaders(g: Guest, count = 64): () => { header: Uint8Array; frame: Uint8Array }[] {
   const gpaOf = new Map<number, number>();
   for (let i = 0; i < count; i++) {
     const gpa = g.rx.alloc(2048);
     gpaOf.set(g.rx.addChain([{ len: 2048, writable: true, gpa }]), gpa);
   }
-  const frames: Uint8Array[] = [];
+  const packets: { header: Uint8Array; frame: Uint8Array }[] = [];
   return () => {
-    for (const u of g.rx.takeUsed()) frames.push(memory.read(gpaOf.get(u.id)! + HDR, u.len - HDR));
-    return frames;
+    for (const u of g.rx.takeUsed()) {
+      const gpa = gpaOf.get(u.id)!;
+      packets.push({ header: memory.read(gpa, HDR), frame: memory.read(gpa + HDR, u.len - HDR) });
+    }
+    return packets;
   };
+}
+
+function receiver(g: Guest, count = 64): () => Uint8Array[] {
+  const packets = receiverWithHeaders(g, count);
+  return () => packets().map((p) => p.frame);
 }
 
 const ethertype = (f: Uint8Array): number => (f[12] << 8) | f[13];
@@ -837,16 +887,14 @@ test('TAP: bad names and (as root) an ARP exchange with the host kernel and a UD
     const frames = receiver(g);
     postTx(g, arpRequest(guestIp, hostIp));
     net.queueNotified(1);
-    await until(
-      'the kernel ARP reply',
-      () =>
-        frames().some(
-          (f) =>
-            ethertype(f) === 0x0806 &&
-            f[21] === 2 &&
-            Array.from(f.subarray(28, 32)).join('.') === hostIp &&
-            Array.from(f.subarray(0, 6)).join() === macBytes(GUEST_MAC).join(),
-        ),
+    await until('the kernel ARP reply', () =>
+      frames().some(
+        (f) =>
+          ethertype(f) === 0x0806 &&
+          f[21] === 2 &&
+          Array.from(f.subarray(28, 32)).join('.') === hostIp &&
+          Array.from(f.subarray(0, 6)).join() === macBytes(GUEST_MAC).join(),
+      ),
     );
     const arp = frames().find((f) => ethertype(f) === 0x0806)!;
     assert.equal(Array.from(arp.subarray(22, 28), (b) => b.toString(16).padStart(2, '0')).join(':'), tapMac);
@@ -860,6 +908,38 @@ test('TAP: bad names and (as root) an ARP exchange with the host kernel and a UD
     assert.deepEqual(await message, { data: 'hello from the guest', from: guestIp });
     assert.ok(net.stats.txFrames >= 2 && net.stats.rxFrames >= 1);
     assert.deepEqual(g.resets, []);
+    // Host → guest UDP: the kernel's vnet header reaches the guest. With GUEST_CSUM negotiated (and the TAP
+    // told so by TUNSETOFFLOAD) the checksum is left to the guest: NEEDS_CSUM at the UDP header's checksum.
+    execFileSync('ip', ['neigh', 'replace', guestIp, 'lladdr', GUEST_MAC, 'dev', name]);
+    const udpTo = async (features: bigint, tag: string): Promise<{ header: Uint8Array; frame: Uint8Array }> => {
+      net.reset();
+      const h = activate(net, features);
+      const packets = receiverWithHeaders(h);
+      udp.send(tag, 5555, guestIp);
+      let found: { header: Uint8Array; frame: Uint8Array } | undefined;
+      await until(`the datagram '${tag}' at the guest`, () => {
+        found = packets().find(
+          (p) =>
+            ethertype(p.frame) === 0x0800 &&
+            p.frame[23] === 17 &&
+            p.frame.length >= 42 + tag.length &&
+            Buffer.from(p.frame.subarray(42, 42 + tag.length)).toString() === tag,
+        );
+        return found !== undefined;
+      });
+      return found!;
+    };
+    if (handle.backend.offloads) {
+      const offloaded = await udpTo(MRG | (1n << VIRTIO_NET_F_CSUM) | (1n << VIRTIO_NET_F_GUEST_CSUM), 'partial');
+      const hv = new DataView(offloaded.header.buffer, offloaded.header.byteOffset, HDR);
+      assert.equal(offloaded.header[0] & 1, 1, 'VIRTIO_NET_HDR_F_NEEDS_CSUM');
+      assert.equal(hv.getUint16(6, true), 14 + 20, 'csum_start: the UDP header');
+      assert.equal(hv.getUint16(8, true), 6, 'csum_offset: the UDP checksum field');
+      assert.equal(hv.getUint16(10, true), 1, 'num_buffers');
+    }
+    const plain = await udpTo(MRG, 'complete');
+    assert.equal(plain.header[0], 0, 'no checksum left to a guest that did not negotiate GUEST_CSUM');
+    assert.notEqual((plain.frame[40] << 8) | plain.frame[41], 0, 'the kernel filled in the UDP checksum');
   } finally {
     udp.close();
     net.close();

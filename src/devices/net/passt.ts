@@ -46,7 +46,11 @@ export function openPasst(mtu: number): PasstHandle {
     checkSocketPath(path);
     const args = ['--foreground', '--one-off', '--quiet', '--socket', path, '--mtu', String(mtu)];
     if (process.getuid?.() === 0) {
-      chownSync(dir, NOBODY, NOBODY);
+      try {
+        chownSync(dir, NOBODY, NOBODY);
+      } catch (e) {
+        throw new DeviceOpenError(`cannot hand ${dir} to uid ${NOBODY} for passt: ${(e as Error).message}`);
+      }
       args.push('--runas', `${NOBODY}:${NOBODY}`);
     }
     // passt's messages go to a file: a pipe would tie the child to this thread's event loop.

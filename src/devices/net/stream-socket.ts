@@ -52,7 +52,9 @@ export function openStreamSocket(path: string): StreamSocketHandle {
 
 export function checkSocketPath(path: string): void {
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH)
-    throw new DeviceOpenError(`net socket path ${path} is longer than the ${MAX_SOCKET_PATH} bytes a UNIX socket allows`);
+    throw new DeviceOpenError(
+      `net socket path ${path} is longer than the ${MAX_SOCKET_PATH} bytes a UNIX socket allows`,
+    );
 }
 
 /** A length-prefixed frame as it goes on the wire. */
@@ -130,10 +132,14 @@ export class StreamSocketLink implements NetLink {
   /** Encoded frames sent before the connection was up (a guest's first DHCP request usually is). */
   private early: Buffer[] = [];
 
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    /** What the peer is, for log lines. */
+    private readonly peer = 'socket',
+  ) {}
 
   get description(): string {
-    return `socket ${this.path}`;
+    return `${this.peer} ${this.path}`;
   }
 
   start(sink: NetLinkSink): void {
@@ -145,7 +151,6 @@ export class StreamSocketLink implements NetLink {
     if (this.closed) return;
     const socket = createConnection({ path: this.path });
     this.socket = socket;
-    socket.setNoDelay?.(true);
     socket.on('connect', () => {
       this.connected = true;
       if (this.paused) socket.pause();

@@ -52,11 +52,14 @@ export interface TapHandle {
 export function openTap(name: string): TapHandle {
   // dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or whitespace.
   if (!name || Buffer.byteLength(name) >= IFNAMSIZ || name === '.' || name === '..' || /[/:\s]/.test(name))
-    throw new DeviceOpenError(`'${name}' is not a valid network interface name (1 to 15 characters, no '/', ':' or spaces)`);
+    throw new DeviceOpenError(
+      `'${name}' is not a valid network interface name (1 to 15 characters, no '/', ':' or spaces)`,
+    );
   const fd = native.open('/dev/net/tun', O_RDWR | O_NONBLOCK);
   if (fd < 0) {
     const errno = -fd;
-    if (errno === 2) throw new DeviceOpenError('TAP: /dev/net/tun does not exist (load the tun module: sudo modprobe tun)');
+    if (errno === 2)
+      throw new DeviceOpenError('TAP: /dev/net/tun does not exist (load the tun module: sudo modprobe tun)');
     if (errno === 1 || errno === 13)
       throw new DeviceOpenError(`TAP: permission denied opening /dev/net/tun (needed for TAP device ${name})`);
     throw new DeviceOpenError(`TAP: cannot open /dev/net/tun (errno ${errno})`);
@@ -71,7 +74,8 @@ export function openTap(name: string): TapHandle {
     const actual = Buffer.from(ifr.subarray(0, nul < 0 || nul > IFNAMSIZ ? IFNAMSIZ : nul)).toString();
     const size = new Int32Array([VNET_HDR_SIZE]);
     const s = native.ioctl(fd, TUNSETVNETHDRSZ, size);
-    if (s < 0) throw new DeviceOpenError(`TAP ${actual}: the kernel refused a ${VNET_HDR_SIZE}-byte vnet header (errno ${-s})`);
+    if (s < 0)
+      throw new DeviceOpenError(`TAP ${actual}: the kernel refused a ${VNET_HDR_SIZE}-byte vnet header (errno ${-s})`);
     // Probe the offloads now: the feature bits the device offers are fixed before the guest driver looks.
     const offloads = native.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) === 0;
     native.ioctl(fd, TUNSETOFFLOAD, 0); // nothing the guest has not negotiated
@@ -91,7 +95,9 @@ function tunSetIffError(name: string, errno: number): DeviceOpenError {
     case 16: // EBUSY
       return new DeviceOpenError(`TAP device ${name} is already in use by another process`);
     case 22: // EINVAL
-      return new DeviceOpenError(`${name} exists but cannot be used as a TAP device here (a TUN device, or multi_queue?)`);
+      return new DeviceOpenError(
+        `${name} exists but cannot be used as a TAP device here (a TUN device, or multi_queue?)`,
+      );
     default:
       return new DeviceOpenError(`TAP device ${name}: TUNSETIFF failed (errno ${errno})`);
   }
@@ -140,7 +146,7 @@ export class TapLink implements NetLink {
   send(spans: readonly Uint8Array[]): SendResult {
     if (this.closed) return 'dropped';
     try {
-      writevSync(this.handle.fd, spans as Uint8Array[]); // one writev is one frame: no copy out of guest RAM
+      writevSync(this.handle.fd, spans); // one writev is one frame: no copy out of guest RAM
       return 'sent';
     } catch (e) {
       // EIO: the interface is down (a cable unplugged); EINVAL: the kernel rejected the guest's GSO fields;
@@ -202,7 +208,7 @@ export class TapLink implements NetLink {
         return;
       }
       reads++;
-      if (n > VNET_HDR_SIZE) this.sink?.frame(Uint8Array.prototype.slice.call(this.buffer, 0, n));
+      if (n > VNET_HDR_SIZE) this.sink?.frame(new Uint8Array(this.buffer.subarray(0, n))); // a copy: the buffer is reused
     }
     const now = Date.now();
     if (reads > 0) this.lastFrameAt = now;

@@ -191,6 +191,8 @@ export class VirtioNet implements VirtioBackend {
   private readonly rxFrames: Uint8Array[] = [];
   private rxQueuedBytes = 0;
   private rxPaused = false;
+  /** A delivery is queued as a microtask: the frames of one socket read or TAP poll go in one batch, one interrupt. */
+  private rxScheduled = false;
   /** Receive chains popped but not used yet (waiting for a frame, or for more chains for a big frame). */
   private rxHeld: DescriptorChain[] = [];
   private txBlocked = false;
@@ -301,6 +303,7 @@ export class VirtioNet implements VirtioBackend {
       case 'tap':
         return new TapLink(b);
       case 'user':
+        return new StreamSocketLink(b.path, 'passt');
       case 'socket':
         return new StreamSocketLink(b.path);
     }
@@ -310,7 +313,9 @@ export class VirtioNet implements VirtioBackend {
   private stopServing(): void {
     this.generation++;
     this.ctx = undefined;
-
+    this.rxScheduled = false;
+    this.rxFrames.length = 0;
+    this.rxQueuedBytes = 0;
     this.rxHeld = [];
     this.txBlocked = false;
     if (this.txContinuation) clearImmediate(this.txContinuation);
@@ -343,11 +348,21 @@ export class VirtioNet implements VirtioBackend {
     }
     this.rxFrames.push(frame);
     this.rxQueuedBytes += frame.length;
-    this.deliverRx();
     if (this.rxFrames.length >= RX_HIGH_FRAMES && !this.rxPaused) {
-      this.rxPaused = true;
-      this.stats.rxPauses++;
-      this.link?.pause();
+      this.deliverRx();
+      if (this.rxFrames.length >= RX_HIGH_FRAMES) {
+        this.rxPaused = true;
+        this.stats.rxPauses++;
+        this.link?.pause();
+      }
+    }
+    if (!this.rxScheduled) {
+      this.rxScheduled = true;
+      const generation = this.generation;
+      queueMicrotask(() => {
+        this.rxScheduled = false;
+        if (generation === this.generation) this.deliverRx();
+      });
     }
   }
 
@@ -513,7 +528,12 @@ export class VirtioNet implements VirtioBackend {
         }
       }
     } catch (e) {
-      this.fail(ctx, NET_TX_QUEUE, chains > 0, `transmitq: internal error: ${e instanceof Error ? e.message : String(e)}`);
+      this.fail(
+        ctx,
+        NET_TX_QUEUE,
+        chains > 0,
+        `transmitq: internal error: ${e instanceof Error ? e.message : String(e)}`,
+      );
       return;
     }
     if (chains > 0) ctx.interrupt(NET_TX_QUEUE);
