@@ -17,6 +17,14 @@ interface NativeBinding {
   /** fallocate(2): mode FALLOC_FL_KEEP_SIZE 1, PUNCH_HOLE 2, ZERO_RANGE 0x10. */
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   run(fd: number): number;
+  /** A native block I/O thread (see partita_native.c): handle, or -errno. */
+  ioThreadStart(onCompletions: () => void): bigint | number;
+  /** op 0 preadv into `views`, 1 pwritev from them, 2 fdatasync. 0 or -errno. */
+  ioSubmit(thread: bigint, id: number, fd: number, op: number, offset: number, views: readonly Uint8Array[]): number;
+  /** Fills `out` with (id, bytes or -errno) pairs; returns how many. */
+  ioReap(thread: bigint, out: Float64Array): number;
+  /** Whether pending I/O keeps the calling thread's event loop alive. */
+  ioKeepAlive(thread: bigint, keep: boolean): number;
   mmap(length: number | bigint, prot: number, flags: number, fd: number, offset: number): bigint | number;
   munmap(address: bigint, length: number | bigint): number;
   madvise(address: bigint, length: number | bigint, advice: number): number;
@@ -39,7 +47,8 @@ interface NativeBinding {
   stopVcpuThreads(timeoutMs: number): number;
   completeVcpuExit(handle: bigint, keepRunning: boolean): void;
   watchFds(onReady: (fd: number) => void): bigint | number;
-  watchFdAdd(watcher: bigint, fd: number): number;
+  /** An eventfd (the watcher reads it), or with `readinessOnly` any fd, reported edge-triggered when readable. */
+  watchFdAdd(watcher: bigint, fd: number, readinessOnly?: boolean): number;
   watchFdRemove(watcher: bigint, fd: number): number;
   readonly SIG_KICK: number;
 }

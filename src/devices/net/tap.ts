@@ -5,9 +5,8 @@
 // lets the device offer checksum and TSO offloads (the kernel validates the guest's GSO fields, and TUNSETOFFLOAD
 // limits what it sends the guest to what the driver negotiated).
 //
-// Reading: the native fd watcher (runner.ts) is made for eventfds and reads 8 bytes from a ready fd before it
-// calls back, which on a TAP would swallow a frame. Until the native layer has a readiness-only watch, the
-// non-blocking fd is polled: every POLL_BUSY_MS while frames flow, every POLL_IDLE_MS once it has been quiet.
+// Reading: a native epoll watcher reports the non-blocking fd readable (edge-triggered, readiness only: the
+// watcher reads nothing), and frames are read until EAGAIN, at most READS_PER_TURN per turn of the event loop.
 import { readSync, writevSync } from 'node:fs';
 import { native } from '../../native/index.js';
 import { DeviceOpenError } from '../virtio/device.js';
@@ -33,9 +32,6 @@ const IFNAMSIZ = 16;
 const VNET_HDR_SIZE = 12;
 
 /** Polling cadence (see the header comment) and the frames read per turn before yielding to the event loop. */
-const POLL_BUSY_MS = 1;
-const POLL_IDLE_MS = 10;
-const BUSY_WINDOW_MS = 200;
 const READS_PER_TURN = 64;
 
 export interface TapHandle {
@@ -111,10 +107,10 @@ export function releaseTap(handle: TapHandle): void {
 export class TapLink implements NetLink {
   readonly vnetHeader = true;
   private sink: NetLinkSink | undefined;
-  private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  private timer: NodeJS.Immediate | undefined;
+  private watcher: bigint | undefined;
   private paused = false;
   private closed = false;
-  private lastFrameAt = 0;
   /** One frame as the kernel hands it: vnet header + up to 64 KiB of GSO frame. */
   private readonly buffer = Buffer.allocUnsafe(VNET_HDR_SIZE + NET_MAX_FRAME);
   private readonly reported = new Set<string>();
@@ -127,7 +123,17 @@ export class TapLink implements NetLink {
 
   start(sink: NetLinkSink): void {
     this.sink = sink;
-    this.schedule(0);
+    if (this.watcher === undefined) {
+      const w = native.watchFds(() => this.schedule());
+      if (typeof w === 'number') {
+        sink.closed(`${this.description}: cannot watch the TAP fd (errno ${-w}); no frames from the host`);
+        return;
+      }
+      const r = native.watchFdAdd(w, this.handle.fd, true);
+      if (r < 0) sink.closed(`${this.description}: cannot watch the TAP fd (errno ${-r}); no frames from the host`);
+      this.watcher = w;
+    }
+    this.schedule(); // frames that arrived before the watch began (edge-triggered: no event for them)
   }
 
   /** Checksum/TSO offloads toward the guest: only what the driver negotiated (TUN_F_TSO* need TUN_F_CSUM). */
@@ -168,29 +174,26 @@ export class TapLink implements NetLink {
   resume(): void {
     if (!this.paused) return;
     this.paused = false;
-    this.schedule(0);
+    this.schedule(); // edge-triggered: what queued up while paused raises no new event
   }
 
   close(): void {
     this.closed = true;
     this.cancel();
+    if (this.watcher !== undefined) native.watchFdRemove(this.watcher, this.handle.fd);
   }
 
   private cancel(): void {
-    if (this.timer) {
-      clearTimeout(this.timer as NodeJS.Timeout);
-      clearImmediate(this.timer as NodeJS.Immediate);
-    }
+    if (this.timer) clearImmediate(this.timer);
     this.timer = undefined;
   }
 
-  private schedule(delay: number): void {
+  private schedule(): void {
     if (this.closed || this.paused || this.timer) return;
-    const run = (): void => {
+    this.timer = setImmediate(() => {
       this.timer = undefined;
       this.poll();
-    };
-    this.timer = delay === 0 ? setImmediate(run) : setTimeout(run, delay);
+    });
   }
 
   /** Reads frames until the kernel has none (EAGAIN), the device pauses us, or this turn's budget is spent. */
@@ -210,9 +213,7 @@ export class TapLink implements NetLink {
       reads++;
       if (n > VNET_HDR_SIZE) this.sink?.frame(new Uint8Array(this.buffer.subarray(0, n))); // a copy: the buffer is reused
     }
-    const now = Date.now();
-    if (reads > 0) this.lastFrameAt = now;
-    if (reads === READS_PER_TURN) this.schedule(0);
-    else this.schedule(now - this.lastFrameAt < BUSY_WINDOW_MS ? POLL_BUSY_MS : POLL_IDLE_MS);
+    // The turn's budget ran out before EAGAIN: the rest raises no new edge, so come back for it.
+    if (reads === READS_PER_TURN) this.schedule();
   }
 }
