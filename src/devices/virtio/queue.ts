@@ -378,7 +378,7 @@ export class SplitQueue implements Virtqueue {
       ['used ring', usedRing, 4, usedRingSize(size)],
     ];
     for (const [name, gpa, align, length] of rings) {
-      const at = Number.isSafeInteger(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
+      const at = Number.isFinite(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
       if (!Number.isSafeInteger(gpa) || gpa < 0 || !memory.contains(gpa, length)) {
         return new VirtqueueError(
           'ring-address',

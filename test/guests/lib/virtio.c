@@ -233,29 +233,11 @@ u8 pci_find_cap(const struct pci_fn *f, u8 id, u8 start) {
 
 /* ---- virtio-pci transport -------------------------------------------------------------------------------- */
 
-/* struct virtio_pci_common_cfg offsets (§4.1.4.3) */
-#define C_DFSELECT 0x00
-#define C_DF 0x04
-#define C_GFSELECT 0x08
-#define C_GF 0x0c
-#define C_STATUS 0x14
-#define C_Q_SELECT 0x16
-#define C_Q_SIZE 0x18
-#define C_Q_MSIX 0x1a
-#define C_Q_ENABLE 0x1c
-#define C_Q_NOFF 0x1e
-#define C_Q_DESC 0x20
-#define C_Q_DRIVER 0x28
-#define C_Q_DEVICE 0x30
-
-#define S_ACKNOWLEDGE 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-#define S_NEEDS_RESET 0x40
-
 static u8 status(struct virtio_dev *d) { return mmio_read8(d->common + C_STATUS); }
 static void set_status(struct virtio_dev *d, u8 s) { mmio_write8(d->common + C_STATUS, s); }
+u8 virtio_status(struct virtio_dev *d) { return status(d); }
+void virtio_set_status(struct virtio_dev *d, u8 s) { set_status(d, s); }
+u8 virtio_isr(struct virtio_dev *d) { return mmio_read8(d->isr); }
 
 void virtio_open(struct virtio_dev *d, u16 type, u64 wanted) {
   memset(d, 0, sizeof *d);
@@ -283,7 +265,10 @@ void virtio_open(struct virtio_dev *d, u16 type, u64 wanted) {
   }
   if (!d->common || !d->notify || !d->isr) fail("virtio common/notify/ISR capability missing");
   d->msix_cap = pci_find_cap(f, 0x11, 0);
+  virtio_reinit(d, wanted);
+}
 
+void virtio_reinit(struct virtio_dev *d, u64 wanted) {
   /* §3.1.1 steps 1-6 */
   set_status(d, 0);
   u64 deadline = rdtsc() + WAIT_TSC;

@@ -15,6 +15,27 @@
 #define VIRTQ_DESC_F_WRITE 2
 #define VIRTQ_DESC_F_INDIRECT 4
 
+/* struct virtio_pci_common_cfg offsets (§4.1.4.3) */
+#define C_DFSELECT 0x00
+#define C_DF 0x04
+#define C_GFSELECT 0x08
+#define C_GF 0x0c
+#define C_STATUS 0x14
+#define C_Q_SELECT 0x16
+#define C_Q_SIZE 0x18
+#define C_Q_MSIX 0x1a
+#define C_Q_ENABLE 0x1c
+#define C_Q_NOFF 0x1e
+#define C_Q_DESC 0x20
+#define C_Q_DRIVER 0x28
+#define C_Q_DEVICE 0x30
+
+#define S_ACKNOWLEDGE 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+#define S_NEEDS_RESET 0x40
+
 #define VQ_MAX_SIZE 64
 #define VQ_INDIRECT_MAX 16
 
@@ -71,6 +92,12 @@ void virtio_open(struct virtio_dev *d, u16 type, u64 wanted);
 /* Queue setup (§4.1.5.1.3) with size min(device max, want); msix_vector 0xffff for none. */
 void virtq_setup(struct virtio_dev *d, struct virtq *q, u16 index, u16 want, u16 msix_vector);
 void virtio_driver_ok(struct virtio_dev *d);
+/* Device reset and §3.1.1 steps 1-6 again (what virtio_open does after finding the device): re-initialises a
+ * device that was already opened, e.g. after it set DEVICE_NEEDS_RESET. */
+void virtio_reinit(struct virtio_dev *d, u64 wanted);
+u8 virtio_status(struct virtio_dev *d);
+void virtio_set_status(struct virtio_dev *d, u8 s);
+u8 virtio_isr(struct virtio_dev *d); /* reading the ISR status clears it (§4.1.4.5) */
 u8 virtio_cfg8(struct virtio_dev *d, u32 off);
 u32 virtio_cfg32(struct virtio_dev *d, u32 off);
 /* MSI-X: enable the function, program table entry `entry` to (LAPIC dest 0, vector), unmasked. */
