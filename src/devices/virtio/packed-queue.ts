@@ -104,7 +104,7 @@ export class PackedQueue implements Virtqueue {
       ['device event suppression area', config.deviceArea, 4, EVENT_SUPPRESSION_SIZE],
     ];
     for (const [name, gpa, align, length] of areas) {
-      const at = Number.isSafeInteger(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
+      const at = Number.isFinite(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
       if (!Number.isSafeInteger(gpa) || gpa < 0 || !memory.contains(gpa, length)) {
         return new VirtqueueError('ring-address', `${name} at ${at} (${length} bytes) is not inside guest RAM`);
       }
