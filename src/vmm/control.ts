@@ -40,7 +40,9 @@ export interface StopReason {
   readonly message: string;
 }
 
-const STATE = 0; // 0 running, 1 stopping
+const STATE = 0; // 0 running, 1 stopping (the reason is being written), 2 stopping (the reason is readable)
+const STATE_CLAIMED = 1;
+const STATE_STOPPED = 2;
 const STATUS = 1;
 const KIND = 2;
 const PAUSED = 3; // 0 running, 1 paused
@@ -105,12 +107,15 @@ export class VmControl {
 
   /** Stops the VM for `reason` unless it is already stopping; returns the reason that won. */
   stop(reason: StopReason): StopReason {
-    if (Atomics.compareExchange(this.ints, STATE, 0, 1) === 0) {
+    if (Atomics.compareExchange(this.ints, STATE, 0, STATE_CLAIMED) === 0) {
       const bytes = new TextEncoder().encode(reason.message).subarray(0, MESSAGE_BYTES);
       this.message.set(bytes);
       Atomics.store(this.ints, MESSAGE_LENGTH, bytes.length);
       Atomics.store(this.ints, STATUS, reason.status);
       Atomics.store(this.ints, KIND, KINDS.indexOf(reason.kind));
+      // Threads that saw `stopping` may already be in reason(): they wait for this.
+      Atomics.store(this.ints, STATE, STATE_STOPPED);
+      Atomics.notify(this.ints, STATE);
       this.resume();
       this.kickAll();
       return reason;
@@ -123,6 +128,7 @@ export class VmControl {
   }
 
   reason(): StopReason {
+    while (Atomics.load(this.ints, STATE) === STATE_CLAIMED) Atomics.wait(this.ints, STATE, STATE_CLAIMED, 10);
     const len = Atomics.load(this.ints, MESSAGE_LENGTH);
     return {
       kind: KINDS[Atomics.load(this.ints, KIND)] ?? 'error',

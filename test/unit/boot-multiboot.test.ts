@@ -241,9 +241,12 @@ test('multiboot: with RAM above 4 GiB, mem_upper stops at the PCI hole and mmap 
     const mbi = (entry as { ebx: number }).ebx;
     assert.equal(big.readU32(mbi + 4), 639);
     assert.equal(big.readU32(mbi + 8), (3 * GIB - MIB) / KIB);
-    assert.equal(big.readU32(mbi + 44), 4 * 24);
-    assert.equal(big.readU64(BOOT_MEMMAP_ADDRESS + 3 * 24 + 4), 4n * BigInt(GIB));
-    assert.equal(big.readU64(BOOT_MEMMAP_ADDRESS + 3 * 24 + 12), 2n * BigInt(GIB));
+    // low RAM, BIOS area, RAM from 1 MiB, the reserved PCIe ECAM window, RAM above 4 GiB
+    assert.equal(big.readU32(mbi + 44), 5 * 24);
+    assert.equal(big.readU64(BOOT_MEMMAP_ADDRESS + 3 * 24 + 4), 0xe000_0000n);
+    assert.equal(big.readU32(BOOT_MEMMAP_ADDRESS + 3 * 24 + 20), 2, 'ECAM window reserved');
+    assert.equal(big.readU64(BOOT_MEMMAP_ADDRESS + 4 * 24 + 4), 4n * BigInt(GIB));
+    assert.equal(big.readU64(BOOT_MEMMAP_ADDRESS + 4 * 24 + 12), 2n * BigInt(GIB));
     assert.deepEqual(big.read(big.readU32(BOOT_MODLIST_ADDRESS), 100), mod);
   } finally {
     big.release();

@@ -188,8 +188,10 @@ test('PVH: with RAM above 4 GiB the memory map has it, and modules stay below 4 
       memoryMap: bigMap,
     });
     const si = BOOT_INFO_ADDRESS;
-    assert.equal(big.readU32(si + 48), 4);
-    const last = BOOT_MEMMAP_ADDRESS + 3 * 24;
+    assert.equal(big.readU32(si + 48), 5, 'low RAM, BIOS area, RAM from 1 MiB, ECAM window, high RAM');
+    assert.equal(Number(big.readU64(BOOT_MEMMAP_ADDRESS + 3 * 24)), 0xe000_0000);
+    assert.equal(big.readU32(BOOT_MEMMAP_ADDRESS + 3 * 24 + 16), 2, 'ECAM window reserved (E820 type 2)');
+    const last = BOOT_MEMMAP_ADDRESS + 4 * 24;
     assert.equal(Number(big.readU64(last)), FOUR_GIB);
     assert.equal(Number(big.readU64(last + 8)), 2 * GIB);
     const at = Number(big.readU64(BOOT_MODLIST_ADDRESS));
