@@ -2,7 +2,7 @@
 // to the end and reports why it stopped. Threads: the calling thread runs vCPU 0 (the BSP) with exits handled
 // inline; an I/O worker thread (started only when needed) feeds host input to the UART and serves the
 // application processors, whose native threads hand it their exits.
-import { readFileSync, statSync } from 'node:fs';
+import { fdatasyncSync, readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
@@ -38,7 +38,7 @@ import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
 import { buildDevices, createSharedDeviceState, MAX_PCI_DEVICES, pciSlot } from './devices.js';
 import type { IoThreadData } from './io-thread.js';
-import { backendFor, openVirtioDevices, type OpenedVirtioDevice, type VirtioDeviceSpec } from './virtio-devices.js';
+import { openVirtioDevices, type OpenedVirtioDevice, type VirtioDeviceSpec } from './virtio-devices.js';
 import { DeviceOpenError } from '../devices/virtio/device.js';
 import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';
 
@@ -165,12 +165,22 @@ function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker |
   try {
     return buildAndRunWithDevices(config, control, worker, kvm, image, modules, opened);
   } finally {
-    for (const d of opened) {
-      try {
-        backendFor(d).close();
-      } catch {
-        // releasing host resources at exit is best effort: the process is ending and the kernel closes the rest
-      }
+    settleHostSide(opened);
+  }
+}
+
+/**
+ * After the run, on the builder thread: make what the guest wrote to its disks durable (QEMU flushes at exit
+ * too). Nothing is closed here: the backends' fds are shared with the I/O thread, which may still be ending;
+ * the process exit closes them (releasing image locks), and passt is ended by the hook that started it.
+ */
+function settleHostSide(opened: readonly OpenedVirtioDevice[]): void {
+  for (const d of opened) {
+    if (d.kind !== 'block' || d.handle.readOnly) continue;
+    try {
+      fdatasyncSync(d.handle.fd);
+    } catch {
+      // the guest's own FLUSH requests are where write errors are reported
     }
   }
 }
