@@ -88,7 +88,14 @@ test('bad device options and missing images are one clear line with status 2', {
 test('virtio-blk guest: every queue kick goes through the ioeventfd, none exits to userspace', { skip }, async () => {
   const s = scratch();
   try {
-    const r = await runPartita(['run', '--kernel', guest('virtio-blk'), '--disk', `${s.image},serial=EXITS`, '--stats']);
+    const r = await runPartita([
+      'run',
+      '--kernel',
+      guest('virtio-blk'),
+      '--disk',
+      `${s.image},serial=EXITS`,
+      '--stats',
+    ]);
     assert.equal(r.status, 1, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /blk: ok/);
     const m = /virtio-blk0: (\d+) ioeventfd wake-ups, (\d+) queue notifications by exit/.exec(r.stderr);

@@ -15,7 +15,7 @@ import { constants as osConstants } from 'node:os';
 import { BlockIoThread, IO_SYNC, IO_WRITE } from './block-io.js';
 import { DeviceOpenError, type VirtioBackend, type VirtioQueueContext } from './device.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
-import { VirtqueueError, type DescriptorChain, type SplitQueue } from './queue.js';
+import { VirtqueueError, type DescriptorChain, type Virtqueue } from './queue.js';
 
 // §5.2.3 feature bits.
 export const VIRTIO_BLK_F_SIZE_MAX = 1n;
@@ -204,7 +204,7 @@ interface Request {
   /** The device generation it belongs to: a reset in between makes its completion a no-op. */
   readonly generation: number;
   readonly queueIndex: number;
-  readonly queue: SplitQueue;
+  readonly queue: Virtqueue;
   readonly chain: DescriptorChain;
   /** Live view of the status byte (the chain's last writable byte). */
   readonly status: Uint8Array;
@@ -405,7 +405,7 @@ export class VirtioBlock implements VirtioBackend {
   }
 
   /** Parses one chain and starts (or finishes) its request. */
-  private serve(ctx: VirtioQueueContext, queueIndex: number, queue: SplitQueue, chain: DescriptorChain): void {
+  private serve(ctx: VirtioQueueContext, queueIndex: number, queue: Virtqueue, chain: DescriptorChain): void {
     // §5.2.6: the header is device-readable and the status is the last device-writable byte; a chain without
     // them is not a request, and there is nowhere to report an error in it.
     if (chain.writableLength < 1) {

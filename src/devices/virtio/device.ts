@@ -3,12 +3,12 @@
 // owns request processing. Backends run on the VM's I/O thread, never on a vCPU thread.
 import type { GuestMemory } from '../../vmm/memory.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
-import type { SplitQueue } from './queue.js';
+import type { Virtqueue } from './queue.js';
 
 export interface VirtioQueueContext {
   readonly memory: GuestMemory;
   /** The queues the driver enabled, by index (undefined for queues it left disabled). */
-  readonly queues: readonly (SplitQueue | undefined)[];
+  readonly queues: readonly (Virtqueue | undefined)[];
   /** Feature bits the driver accepted (FEATURES_OK). */
   readonly features: bigint;
   /** Tells the driver that buffers were used on `queue` (MSI-X vector or INTx; honours suppression upstream). */

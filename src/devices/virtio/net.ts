@@ -23,7 +23,7 @@ import { writeSync } from 'node:fs';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
 import { DeviceOpenError } from './device.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
-import { VirtqueueError, type DescriptorChain, type SplitQueue } from './queue.js';
+import { VirtqueueError, type DescriptorChain, type Virtqueue } from './queue.js';
 import { openPasst, releasePasst, type PasstHandle } from '../net/passt.js';
 import { NET_MAX_FRAME, openStreamSocket, StreamSocketLink, type StreamSocketHandle } from '../net/stream-socket.js';
 import { openTap, releaseTap, TapLink, type TapHandle } from '../net/tap.js';
@@ -409,7 +409,7 @@ export class VirtioNet implements VirtioBackend {
    */
   private gather(
     ctx: VirtioQueueContext,
-    queue: SplitQueue,
+    queue: Virtqueue,
     need: number,
     pushed: boolean,
   ): number | 'wait' | 'too-big' | 'failed' {
@@ -449,7 +449,7 @@ export class VirtioNet implements VirtioBackend {
   }
 
   /** Writes header + frame across the first `count` held chains and returns them to the driver in order. */
-  private writeFrame(queue: SplitQueue, frame: Uint8Array, count: number, vnet: boolean): void {
+  private writeFrame(queue: Virtqueue, frame: Uint8Array, count: number, vnet: boolean): void {
     const chains = this.rxHeld.splice(0, count);
     let header: Uint8Array;
     if (vnet) {

@@ -18,6 +18,7 @@ export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 export const VIRTIO_F_VERSION_1 = 32n;
 export const VIRTIO_F_RING_INDIRECT_DESC = 28n;
 export const VIRTIO_F_RING_EVENT_IDX = 29n;
+export const VIRTIO_F_RING_PACKED = 34n;
 
 export const STATUS_ACKNOWLEDGE = 1;
 export const STATUS_DRIVER = 2;
@@ -137,7 +138,8 @@ export class VirtioPciDevice implements PciFunction {
       info.features |
       (1n << VIRTIO_F_VERSION_1) |
       (1n << VIRTIO_F_RING_INDIRECT_DESC) |
-      (1n << VIRTIO_F_RING_EVENT_IDX);
+      (1n << VIRTIO_F_RING_EVENT_IDX) |
+      (1n << VIRTIO_F_RING_PACKED);
     const vectors = info.queueSizes.length + 1;
     this.msix = initialize ? MsixVectors.create(vectors, router) : MsixVectors.attach(vectors, shared.msix, router);
     this.config = new PciConfigSpace(shared.pciConfig);
@@ -369,9 +371,10 @@ export class VirtioPciDevice implements PciFunction {
       case 0x18:
         if (queueWritable) {
           const max = this.info.queueSizes[sel];
-          // Sizes are powers of two up to the maximum (§2.7: split queues); anything else is refused.
+          // Split queues need a power of two (§2.7); packed ones any size (§2.8.10.1); at most the maximum.
+          const packed = this.negotiated(VIRTIO_F_RING_PACKED);
           r[this.q(sel, Q_SIZE)] =
-            value && value <= max && (value & (value - 1)) === 0 ? value : r[this.q(sel, Q_SIZE)];
+            value && value <= max && (packed || (value & (value - 1)) === 0) ? value : r[this.q(sel, Q_SIZE)];
         }
         return;
       case 0x1a:

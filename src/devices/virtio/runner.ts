@@ -1,5 +1,5 @@
 // Runs a virtio device on the I/O thread: watches the transport's control eventfd (status and queue changes
-// written by vCPU threads) and the queues' ioeventfds, builds validated SplitQueues when the driver sets
+// written by vCPU threads) and the queues' ioeventfds, builds validated split or packed queues when the driver sets
 // DRIVER_OK, and hands kicks to the backend. Interrupt suppression (EVENT_IDX / NO_INTERRUPT) is applied here.
 import { native } from '../../native/index.js';
 import type { GuestMemory } from '../../vmm/memory.js';
@@ -10,9 +10,11 @@ import {
   STATUS_NEEDS_RESET,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
   type VirtioPciDevice,
 } from './pci-transport.js';
-import { SplitQueue } from './queue.js';
+import { SplitQueue, VirtqueueError, type Virtqueue } from './queue.js';
+import { PackedQueue } from './packed-queue.js';
 
 /** One epoll watcher per I/O thread serves every device on it. */
 export class EventFdDispatcher {
@@ -34,7 +36,7 @@ export class EventFdDispatcher {
 
 export class VirtioRunner {
   private active = false;
-  private queues: (SplitQueue | undefined)[] = [];
+  private queues: (Virtqueue | undefined)[] = [];
   /** Settles when the backend's last reset has drained (its in-flight host I/O is back). */
   private drained: Promise<void> = Promise.resolve();
 
@@ -72,22 +74,35 @@ export class VirtioRunner {
 
   private activate(): void {
     const features = this.transport.driverFeatures;
-    const queues: (SplitQueue | undefined)[] = [];
+    const queues: (Virtqueue | undefined)[] = [];
+    const eventIdx = ((features >> VIRTIO_F_RING_EVENT_IDX) & 1n) === 1n;
+    const indirect = ((features >> VIRTIO_F_RING_INDIRECT_DESC) & 1n) === 1n;
+    const packed = ((features >> VIRTIO_F_RING_PACKED) & 1n) === 1n;
     for (let i = 0; i < this.transport.info.queueSizes.length; i++) {
       const q = this.transport.queueConfig(i);
       if (!q.enabled) {
         queues.push(undefined);
         continue;
       }
-      const result = SplitQueue.create(this.memory, {
-        size: q.size,
-        descTable: q.desc,
-        availRing: q.driver,
-        usedRing: q.device,
-        eventIdx: ((features >> VIRTIO_F_RING_EVENT_IDX) & 1n) === 1n,
-        indirect: ((features >> VIRTIO_F_RING_INDIRECT_DESC) & 1n) === 1n,
-      });
-      if (!(result instanceof SplitQueue)) {
+      // §2.8 packed: descriptor ring, driver and device event suppression areas in the same three registers.
+      const result = packed
+        ? PackedQueue.create(this.memory, {
+            size: q.size,
+            descRing: q.desc,
+            driverArea: q.driver,
+            deviceArea: q.device,
+            eventIdx,
+            indirect,
+          })
+        : SplitQueue.create(this.memory, {
+            size: q.size,
+            descTable: q.desc,
+            availRing: q.driver,
+            usedRing: q.device,
+            eventIdx,
+            indirect,
+          });
+      if (result instanceof VirtqueueError) {
         this.needsReset(`queue ${i}: ${result.message}`);
         return;
       }
