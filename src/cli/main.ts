@@ -12,7 +12,7 @@ import type { VirtioDeviceSpec } from '../vmm/virtio-devices.js';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
 
-Boots a kernel (PVH ELF or multiboot) in a new VM; the guest's serial console is on this terminal.
+Boots a kernel (PVH ELF, multiboot or Linux bzImage) in a new VM; the guest's serial console is on this terminal.
 
 Options:
   --kernel FILE        kernel image (ELF with a PVH note, or a multiboot kernel)
