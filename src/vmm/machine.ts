@@ -309,7 +309,7 @@ function writePlatformTables(vm: Vm, apicIds: readonly number[], pciDevices: num
   );
   // The MP table cannot describe x2APIC IDs; such guests use ACPI.
   if (apicIds.every((id) => id <= MP_MAX_APIC_ID))
-    writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS });
+    writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, pci: { intx: pci.intx } });
   return acpi.rsdpAddress;
 }
 

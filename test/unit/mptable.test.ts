@@ -283,3 +283,41 @@ test('MP table: CPU signature and feature flags can come from CPUID', () => {
   assert.equal(dv.getUint32(16 + 44 + 4, true), 0x000906ea);
   assert.equal(dv.getUint32(16 + 44 + 8, true), 0xbfebfbff);
 });
+
+test('MP table with PCI: bus 0 is PCI, ISA follows as bus 1, INTA# of each slot on its I/O APIC pin (level, active low)', () => {
+  const apicIds = [0, 1];
+  const opts = {
+    apicIds,
+    ioapicId: 2,
+    ioapicAddress: IOAPIC_ADDRESS,
+    pci: {
+      intx: [
+        { slot: 1, gsi: 16 },
+        { slot: 2, gsi: 17 },
+        { slot: 9, gsi: 16 },
+      ],
+    },
+  };
+  const mem = lowMemory();
+  const table = writeMpTable(mem, opts);
+  assert.equal(table.bytes.length, mpTableSize(2, opts.pci));
+  const p = parse(mem.bytes);
+  assert.deepEqual(p.buses, [
+    { id: 0, type: 'PCI   ' },
+    { id: 1, type: 'ISA   ' },
+  ]);
+  const pci = p.ioInterrupts.filter((x) => x.bus === 0);
+  assert.deepEqual(
+    pci.map((x) => [x.type, x.flags, x.irq, x.apic, x.pin]),
+    [
+      [MP_INT, 0x0f, 1 << 2, 2, 16],
+      [MP_INT, 0x0f, 2 << 2, 2, 17],
+      [MP_INT, 0x0f, 9 << 2, 2, 16],
+    ],
+  );
+  const isa = p.ioInterrupts.filter((x) => x.bus === 1);
+  assert.equal(isa.length, 16, 'the ISA interrupts moved to bus 1');
+  assert.ok(p.localInterrupts.every((x) => x.bus === 1));
+  assert.throws(() => writeMpTable(mem, { ...opts, pci: { intx: [{ slot: 32, gsi: 16 }] } }), /slot 32/);
+  assert.throws(() => writeMpTable(mem, { ...opts, pci: { intx: [{ slot: 1, gsi: 24 }] } }), /pin 24/);
+});

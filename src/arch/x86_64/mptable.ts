@@ -11,7 +11,10 @@
 // Interrupt routing described (the MP spec's default configuration, §5.3, with an I/O APIC): ISA IRQs 1 and
 // 3-15 on I/O APIC pins of the same number, the PIT's IRQ0 on pin 2, the 8259 master's INTR on pin 0 as ExtINT,
 // IRQ2 (the cascade) on no pin; every local APIC has ExtINT on LINT0 and NMI on LINT1. The floating pointer's
-// IMCRP bit is clear: the platform runs in virtual-wire mode (KVM has no IMCR).
+// IMCRP bit is clear: the platform runs in virtual-wire mode (KVM has no IMCR). With PCI (option `pci`), bus 0
+// is the PCI bus and ISA becomes bus 1 (PCI bus IDs are the PCI bus numbers, ISA's come after them, MP spec
+// Appendix D); each PCI slot's INTA# is an I/O interrupt entry (source IRQ = slot << 2 | pin, level, active low)
+// on the same I/O APIC pin as in the ACPI _PRT.
 import { LAPIC_ADDRESS } from './layout.js';
 
 export const MPTABLE_ADDRESS = 0xf_0000;
@@ -49,8 +52,11 @@ export const KVM_IOAPIC_VERSION = 0x11;
 export const MP_OEM_ID = 'PARTITA '; // 8 characters, space-filled
 export const MP_PRODUCT_ID = 'PARTITA VM  '; // 12 characters
 
-/** ISA bus ID used by every I/O and local interrupt entry. */
+/** ISA bus ID of the I/O and local interrupt entries when the machine has no PCI (1 with PCI, after PCI bus 0). */
 export const MP_ISA_BUS_ID = 0;
+export const MP_PCI_BUS_ID = 0;
+/** I/O interrupt entry flags for PCI: polarity active low (bits 0-1 = 3), trigger level (bits 2-3 = 3). */
+export const MP_FLAGS_PCI = 0x0f;
 /** Destination "all local APICs" of a local interrupt entry. */
 export const MP_ALL_LAPICS = 0xff;
 
@@ -67,6 +73,8 @@ export interface MpTableOptions {
   /** CPUID leaf 1 EAX (stepping/model/family) and EDX (features) for the processor entries; default family 6, FPU+APIC. */
   readonly cpuSignature?: number;
   readonly cpuFeatures?: number;
+  /** PCI bus 0 and the I/O APIC pin of each slot's INTA#; no PCI bus entry when absent. */
+  readonly pci?: { readonly intx: readonly { readonly slot: number; readonly gsi: number }[] };
 }
 
 export interface MpTable {
@@ -89,9 +97,13 @@ export function defaultIoapicId(apicIds: readonly number[]): number {
   return id;
 }
 
-export function mpTableSize(cpus: number): number {
+export function mpTableSize(cpus: number, pci?: MpTableOptions['pci']): number {
+  const pciEntries = pci ? 1 + pci.intx.length : 0;
   return (
-    MP_FLOATING_POINTER_SIZE + MP_CONFIG_HEADER_SIZE + cpus * MP_PROCESSOR_ENTRY_SIZE + (1 + 1 + 16 + 2) * MP_ENTRY_SIZE
+    MP_FLOATING_POINTER_SIZE +
+    MP_CONFIG_HEADER_SIZE +
+    cpus * MP_PROCESSOR_ENTRY_SIZE +
+    (1 + 1 + 16 + 2 + pciEntries) * MP_ENTRY_SIZE
   );
 }
 
@@ -107,6 +119,12 @@ function checkByteId(v: number, what: string): void {
 }
 
 function validate(opts: MpTableOptions, at: number, size: number): void {
+  for (const { slot, gsi } of opts.pci?.intx ?? []) {
+    if (!Number.isInteger(slot) || slot < 0 || slot > 31)
+      throw new RangeError(`PCI slot ${slot} is out of range 0..31`);
+    if (!Number.isInteger(gsi) || gsi < 0 || gsi > 23)
+      throw new RangeError(`I/O APIC pin ${gsi} is out of range 0..23`);
+  }
   const ids = opts.apicIds;
   if (ids.length < 1) throw new RangeError('the MP table needs at least one processor');
   const seen = new Set<number>();
@@ -138,7 +156,8 @@ function validate(opts: MpTableOptions, at: number, size: number): void {
 /** Builds the floating pointer and configuration table for placement at `at` (see MP_SEARCH_RANGES). */
 export function buildMpTable(opts: MpTableOptions, at: number = MPTABLE_ADDRESS): MpTable {
   const n = opts.apicIds.length;
-  const size = mpTableSize(n);
+  const size = mpTableSize(n, opts.pci);
+  const isaBus = opts.pci ? MP_PCI_BUS_ID + 1 : MP_ISA_BUS_ID;
   validate(opts, at, size);
   const bytes = new Uint8Array(size);
   const dv = new DataView(bytes.buffer);
@@ -173,8 +192,15 @@ export function buildMpTable(opts: MpTableOptions, at: number = MPTABLE_ADDRESS)
     entries++;
   });
   // §4.3.2 Bus Entries
+  if (opts.pci) {
+    bytes[off] = MP_ENTRY_BUS;
+    bytes[off + 1] = MP_PCI_BUS_ID;
+    ascii(off + 2, 'PCI   ');
+    off += MP_ENTRY_SIZE;
+    entries++;
+  }
   bytes[off] = MP_ENTRY_BUS;
-  bytes[off + 1] = MP_ISA_BUS_ID;
+  bytes[off + 1] = isaBus;
   ascii(off + 2, 'ISA   ');
   off += MP_ENTRY_SIZE;
   entries++;
@@ -187,8 +213,8 @@ export function buildMpTable(opts: MpTableOptions, at: number = MPTABLE_ADDRESS)
   off += MP_ENTRY_SIZE;
   entries++;
   // §4.3.4 I/O Interrupt Assignment Entries; flags 0 = conforms to the bus (ISA: edge, active high)
-  const ioInterrupt = (type: number, irq: number, pin: number) => {
-    bytes.set([MP_ENTRY_IO_INTERRUPT, type, 0, 0, MP_ISA_BUS_ID, irq, opts.ioapicId, pin], off);
+  const ioInterrupt = (type: number, irq: number, pin: number, bus = isaBus, flags = 0) => {
+    bytes.set([MP_ENTRY_IO_INTERRUPT, type, flags, 0, bus, irq, opts.ioapicId, pin], off);
     off += MP_ENTRY_SIZE;
     entries++;
   };
@@ -197,9 +223,11 @@ export function buildMpTable(opts: MpTableOptions, at: number = MPTABLE_ADDRESS)
     if (irq === 2) continue; // the 8259 cascade: no I/O APIC pin
     ioInterrupt(MP_INT, irq, irq === 0 ? 2 : irq); // PIT: IRQ0 on pin 2
   }
+  // PCI: source bus IRQ = device number in bits 2-6, INTA# (0) in bits 0-1 (Appendix D.3)
+  for (const { slot, gsi } of opts.pci?.intx ?? []) ioInterrupt(MP_INT, slot << 2, gsi, MP_PCI_BUS_ID, MP_FLAGS_PCI);
   // §4.3.5 Local Interrupt Assignment Entries
   const localInterrupt = (type: number, lint: number) => {
-    bytes.set([MP_ENTRY_LOCAL_INTERRUPT, type, 0, 0, MP_ISA_BUS_ID, 0, MP_ALL_LAPICS, lint], off);
+    bytes.set([MP_ENTRY_LOCAL_INTERRUPT, type, 0, 0, isaBus, 0, MP_ALL_LAPICS, lint], off);
     off += MP_ENTRY_SIZE;
     entries++;
   };
