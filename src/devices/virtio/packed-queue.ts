@@ -15,6 +15,7 @@
 import { GuestMemoryError, type GuestMemory } from '../../vmm/memory.js';
 import {
   ChainBuilder,
+  checkRingAreas,
   DescriptorChain,
   DESCRIPTOR_SIZE,
   fence,
@@ -98,18 +99,12 @@ export class PackedQueue implements Virtqueue {
     if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE) {
       return new VirtqueueError('queue-size', `packed queue size ${size} is outside 1..${MAX_QUEUE_SIZE}`);
     }
-    const areas: [string, number, number, number][] = [
+    const problem = checkRingAreas(memory, [
       ['descriptor ring', config.descRing, 16, DESCRIPTOR_SIZE * size],
       ['driver event suppression area', config.driverArea, 4, EVENT_SUPPRESSION_SIZE],
       ['device event suppression area', config.deviceArea, 4, EVENT_SUPPRESSION_SIZE],
-    ];
-    for (const [name, gpa, align, length] of areas) {
-      const at = Number.isFinite(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
-      if (!Number.isSafeInteger(gpa) || gpa < 0 || !memory.contains(gpa, length)) {
-        return new VirtqueueError('ring-address', `${name} at ${at} (${length} bytes) is not inside guest RAM`);
-      }
-      if (gpa % align !== 0) return new VirtqueueError('ring-address', `${name} at ${at} is not ${align}-byte aligned`);
-    }
+    ]);
+    if (problem) return problem;
     return new PackedQueue(memory, config);
   }
 

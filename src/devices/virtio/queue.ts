@@ -88,6 +88,27 @@ export interface VirtqBuffer {
   readonly writable: boolean;
 }
 
+/** A ring area the driver placed: name, guest-physical address, required alignment, length in bytes. */
+export type RingArea = readonly [name: string, gpa: number, align: number, length: number];
+
+/** @internal The first ring area that is not wholly inside guest RAM or not aligned, as an error (split and packed). */
+export function checkRingAreas(
+  memory: GuestMemory,
+  areas: readonly RingArea[],
+  sizeNote = '',
+): VirtqueueError | undefined {
+  for (const [name, gpa, align, length] of areas) {
+    const at = Number.isFinite(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !memory.contains(gpa, length))
+      return new VirtqueueError(
+        'ring-address',
+        `${name} at ${at} (${length} bytes${sizeNote}) is not inside guest RAM`,
+      );
+    if (gpa % align !== 0) return new VirtqueueError('ring-address', `${name} at ${at} is not ${align}-byte aligned`);
+  }
+  return undefined;
+}
+
 /** A validated chain: readable buffers first, then writable ones (§2.7.4.2). */
 export class DescriptorChain {
   constructor(
@@ -372,23 +393,16 @@ export class SplitQueue implements Virtqueue {
     if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
       return new VirtqueueError('queue-size', `queue size ${size} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
     }
-    const rings: [string, number, number, number][] = [
-      ['descriptor table', descTable, 16, descTableSize(size)],
-      ['available ring', availRing, 2, availRingSize(size)],
-      ['used ring', usedRing, 4, usedRingSize(size)],
-    ];
-    for (const [name, gpa, align, length] of rings) {
-      const at = Number.isFinite(gpa) && gpa >= 0 ? `0x${gpa.toString(16)}` : String(gpa);
-      if (!Number.isSafeInteger(gpa) || gpa < 0 || !memory.contains(gpa, length)) {
-        return new VirtqueueError(
-          'ring-address',
-          `${name} at ${at} (${length} bytes for queue size ${size}) is not inside guest RAM`,
-        );
-      }
-      if (gpa % align !== 0) {
-        return new VirtqueueError('ring-address', `${name} at ${at} is not ${align}-byte aligned`);
-      }
-    }
+    const problem = checkRingAreas(
+      memory,
+      [
+        ['descriptor table', descTable, 16, descTableSize(size)],
+        ['available ring', availRing, 2, availRingSize(size)],
+        ['used ring', usedRing, 4, usedRingSize(size)],
+      ],
+      ` for queue size ${size}`,
+    );
+    if (problem) return problem;
     return new SplitQueue(memory, config);
   }
 
