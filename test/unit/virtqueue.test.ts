@@ -591,3 +591,26 @@ test('pushUsed rejects device bugs loudly', () => {
   assert.throws(() => q.pushUsed(0, -1), RangeError);
   assert.equal(d.usedIdx, 0);
 });
+
+test('EVENT_IDX: a device that only pops (never turns kicks off) is kicked for every chain', () => {
+  const d = FakeDriver.at(memory, 8, 0x68000);
+  const q = queue(d, { eventIdx: true });
+  for (let i = 0; i < 20; i++) {
+    const old = d.availIdx;
+    d.addChain([{ len: 1 }]);
+    assert.equal(d.mustKick(old, true), true, `chain ${i} is kicked`);
+    q.pushUsed(chain(q.popAvailable()), 0);
+    assert.equal(q.popAvailable(), undefined, 'the ring is empty');
+    assert.equal(d.availEvent, (i + 1) & 0xffff, 'avail_event is where the device stands');
+  }
+  // Turned off while draining, avail_event is left behind until the device asks again.
+  q.disableNotifications();
+  let old = d.availIdx;
+  d.addChain([{ len: 1 }]);
+  assert.equal(d.mustKick(old, true), true);
+  chain(q.popAvailable());
+  old = d.availIdx;
+  d.addChain([{ len: 1 }]);
+  assert.equal(d.mustKick(old, true), false, 'no kick while the device drains');
+  assert.equal(q.enableNotifications(), true, 'and it sees the chain when it asks again');
+});

@@ -383,6 +383,8 @@ export class SplitQueue implements Virtqueue {
   /** The used idx at the last EVENT_IDX notification decision; undefined until the first one. */
   private signalledUsed: number | undefined;
   private walked = 0;
+  /** The backend asked not to be kicked (disableNotifications) and has not asked again yet. */
+  private kicksOff = false;
 
   /**
    * Builds a queue from what the driver configured, validating size, alignment and that every ring lies wholly
@@ -457,12 +459,20 @@ export class SplitQueue implements Virtqueue {
   popAvailable(): DescriptorChain | VirtqueueError | undefined {
     this.walked = 0;
     const n = this.pending();
-    if (n === 0) return undefined;
+    if (n === 0) {
+      // With EVENT_IDX the driver kicks only when it passes avail_event (§2.7.10): a device that found the ring
+      // empty must say where it stands, then look once more for a chain added meanwhile.
+      if (this.eventIdx && !this.kicksOff && this.enableNotifications()) return this.popAvailable();
+      return undefined;
+    }
     if (n instanceof VirtqueueError) return n;
     // The idx load above is ordered before the ring read below (x86 keeps loads in order; Atomics pins the compiler).
     const slot = this.nextAvail & (this.size - 1);
     const head = this.avail.u16(4 + 2 * slot);
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
+    // …and, unless the backend turned kicks off while it drains, avail_event follows every pop (as QEMU's
+    // virtqueue_split_pop does), so whichever way a backend stops reading, the next chain is kicked.
+    if (this.eventIdx && !this.kicksOff) this.used.storeU16(4 + 8 * this.size, this.nextAvail);
     if (head >= this.size) {
       return new VirtqueueError(
         'head-index',
@@ -662,6 +672,7 @@ export class SplitQueue implements Virtqueue {
    * avail_event behind has the same effect, so this does nothing.
    */
   disableNotifications(): void {
+    this.kicksOff = true; // with EVENT_IDX: avail_event is simply left behind
     if (!this.eventIdx) this.used.storeU16(0, VIRTQ_USED_F_NO_NOTIFY);
   }
 
@@ -671,6 +682,7 @@ export class SplitQueue implements Virtqueue {
    * driver decided to skip is lost.
    */
   enableNotifications(): boolean {
+    this.kicksOff = false;
     if (this.eventIdx) this.used.storeU16(4 + 8 * this.size, this.nextAvail);
     else this.used.storeU16(0, 0);
     fence(); // the store above must be visible before avail->idx is read again
