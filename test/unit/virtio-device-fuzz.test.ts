@@ -11,7 +11,9 @@
 // which status every request gets, what lands in the image, the network, the console file or the guest's
 // buffers, and that nothing is touched after a reset has drained. A few batches are "chaos": device-writable
 // buffers anywhere, overlapping rings and each other; only robustness is checked there (no exception, needsReset
-// only for driver errors, the image never grows).
+// only for driver errors, the image never grows). What the four fuzzers share (the run loop, buffer placement,
+// posting, kicking and collecting used chains, the needsReset checks) is the DeviceFuzz base class; each device's
+// subclass holds only its model and checks.
 //
 // PARTITA_FUZZ_SEED=<n> replays a run (the seed is printed); PARTITA_FUZZ_ITERATIONS=<n> sets the number of
 // requests per device (default DEFAULT_REQUESTS); PARTITA_FUZZ_TRACE=1 prints the virtio-net operations.
@@ -74,6 +76,7 @@ import {
 } from '../../src/devices/virtio/console.js';
 import { ENTROPY_MAX_REQUEST, ENTROPY_REQUESTQ, openEntropy, VirtioEntropy } from '../../src/devices/virtio/entropy.js';
 import { FakeDriver, FakePackedDriver, type UsedElement } from '../support/virtq-driver.js';
+import { Rng } from '../support/rng.js';
 
 /** Requests (chains) per device in the default run: keeps the whole file within ~20 s on a 2-core machine. */
 const DEFAULT_REQUESTS = 6000;
@@ -81,68 +84,7 @@ const REQUESTS = Number(process.env.PARTITA_FUZZ_ITERATIONS ?? DEFAULT_REQUESTS)
 /** Long runs (PARTITA_FUZZ_ITERATIONS) get a proportionally longer deadline. */
 const TIMEOUT_MS = Math.max(60_000, Math.ceil((REQUESTS / DEFAULT_REQUESTS) * 60_000));
 
-// ---- seeded randomness (the generator of virtqueue-fuzz.test.ts, so seeds mean the same thing) ---------------
-
-/** xorshift128 seeded through splitmix32: small, fast, and reproducible from one 32-bit seed. */
-class Rng {
-  private s = new Uint32Array(4);
-  constructor(seed: number) {
-    let z = seed >>> 0;
-    for (let i = 0; i < 4; i++) {
-      z = (z + 0x9e3779b9) >>> 0;
-      let t = z;
-      t = Math.imul(t ^ (t >>> 16), 0x85ebca6b);
-      t = Math.imul(t ^ (t >>> 13), 0xc2b2ae35);
-      this.s[i] = (t ^ (t >>> 16)) >>> 0;
-    }
-    if (this.s.every((v) => v === 0)) this.s[0] = 1;
-  }
-  u32(): number {
-    const s = this.s;
-    let t = s[3];
-    t ^= t << 11;
-    t ^= t >>> 8;
-    s[3] = s[2];
-    s[2] = s[1];
-    s[1] = s[0];
-    t ^= s[0] ^ (s[0] >>> 19);
-    s[0] = t >>> 0;
-    return s[0];
-  }
-  below(n: number): number {
-    return n <= 2 ** 32
-      ? Math.floor((this.u32() / 2 ** 32) * n)
-      : Math.floor(((this.u32() * 2 ** 21 + (this.u32() >>> 11)) / 2 ** 53) * n);
-  }
-  /** An integer in [lo, hi]. */
-  int(lo: number, hi: number): number {
-    return lo + this.below(hi - lo + 1);
-  }
-  chance(p: number): boolean {
-    return this.u32() < p * 2 ** 32;
-  }
-  u64(): bigint {
-    return (BigInt(this.u32()) << 32n) | BigInt(this.u32());
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.below(items.length)];
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i += 4) {
-      const v = this.u32();
-      for (let j = 0; j < 4 && i + j < n; j++) out[i + j] = v >>> (8 * j);
-    }
-    return out;
-  }
-  shuffle<T>(items: T[]): T[] {
-    for (let i = items.length - 1; i > 0; i--) {
-      const j = this.below(i + 1);
-      [items[i], items[j]] = [items[j], items[i]];
-    }
-    return items;
-  }
-}
+// ---- seeded runs (the generator of virtqueue-fuzz.test.ts, test/support/rng.ts: seeds mean the same thing) ----
 
 interface Fuzz {
   readonly seed: number;
@@ -461,7 +403,11 @@ const QUEUE_FAULT_REASON: Record<QueueFault, RegExp> = {
 };
 
 /** Makes `bufs` a chain the queue refuses; returns the fault (and the needsReset reason it must cause). */
-function queueFault(rng: Rng, bufs: Buf[], indirectNegotiated: boolean): { fault: QueueFault; indirect: boolean } {
+function queueFault(
+  rng: Rng,
+  bufs: Buf[],
+  indirectNegotiated: boolean,
+): { fault: QueueFault; indirect: boolean; reason: RegExp } {
   const faults: QueueFault[] = ['outside', 'order', 'overflow'];
   if (!indirectNegotiated) faults.push('indirect');
   const fault = rng.pick(faults);
@@ -485,9 +431,9 @@ function queueFault(rng: Rng, bufs: Buf[], indirectNegotiated: boolean): { fault
       for (let i = 0; i < 5; i++) bufs.unshift({ gpa: 64 * MIB, len: 900 * MIB, writable: false, shared: true });
       break;
     case 'indirect':
-      return { fault, indirect: true };
+      return { fault, indirect: true, reason: QUEUE_FAULT_REASON[fault] };
   }
-  return { fault, indirect: indirectNegotiated && rng.chance(0.4) };
+  return { fault, indirect: indirectNegotiated && rng.chance(0.4), reason: QUEUE_FAULT_REASON[fault] };
 }
 
 // ---- driving a backend ---------------------------------------------------------------------------------------
@@ -797,7 +743,14 @@ function queueSize(rng: Rng, max: number, packed: boolean, min = 2): number {
 }
 
 /** The ring format and ring features of one activation, as a driver would negotiate them. */
-function ringFeatures(rng: Rng): { packed: boolean; eventIdx: boolean; indirect: boolean; bits: bigint } {
+interface RingChoice {
+  readonly packed: boolean;
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  readonly bits: bigint;
+}
+
+function ringFeatures(rng: Rng): RingChoice {
   const packed = rng.chance(0.4);
   const eventIdx = rng.chance(0.5);
   const indirect = rng.chance(0.7);
@@ -806,6 +759,248 @@ function ringFeatures(rng: Rng): { packed: boolean; eventIdx: boolean; indirect:
   if (eventIdx) bits |= 1n << VIRTIO_F_RING_EVENT_IDX;
   if (indirect) bits |= 1n << VIRTIO_F_RING_INDIRECT_DESC;
   return { packed, eventIdx, indirect, bits };
+}
+
+// ---- what the device fuzzers share -----------------------------------------------------------------------------
+
+/** The counters every device fuzzer keeps. */
+interface CommonStats {
+  runs: number;
+  needsReset: number;
+  plannedResets: number;
+}
+
+/**
+ * One device's fuzzer, minus the device: the seeded generator, buffer placers below and above 4 GiB, the current
+ * activation (a Guest over the device), and the run loop: open and activate a fresh device, a random number of
+ * steps (batches of chains, or operations), then stop it, close it and check what the run left. Subclasses hold
+ * the device's model of the spec and its checks.
+ */
+abstract class DeviceFuzz<D extends VirtioBackend, S extends CommonStats> {
+  abstract readonly stats: S;
+  protected readonly rng: Rng;
+  protected readonly placers: readonly [low: Placer, high: Placer];
+  /** Where this batch's transient buffers go: one of `placers`. */
+  protected placer: Placer;
+  protected context = '';
+  /** What the run loop calls a step in failure messages. */
+  protected readonly stepName: string = 'batch';
+  // Set by start() before anything else uses them (shutdown() copes with a failure before that).
+  protected device!: D;
+  protected guest!: Guest;
+  private generation = 0;
+
+  constructor(
+    protected readonly fuzz: Fuzz,
+    protected readonly memory: GuestMemory,
+    /** A scratch directory for the device's files (images, output), removed after the test. */
+    protected readonly dir: string,
+  ) {
+    this.rng = fuzz.rng;
+    this.placers = [new Placer(this.rng, LOW_ZONES), new Placer(this.rng, HIGH_ZONES)];
+    this.placer = this.placers[0];
+  }
+
+  /** The requests (chains, frames) made so far: the test runs until they reach fuzz.requests. */
+  abstract get requestsMade(): number;
+
+  /** Opens a fresh device and activates it; returns how many steps the run makes. */
+  protected abstract start(run: number): number | Promise<number>;
+
+  protected abstract step(): Promise<void>;
+
+  /** The end of the run, before the device is closed: by default a reset, after which nothing may move. */
+  protected async finish(_run: number): Promise<void> {
+    await this.guest.stopAndCheck(this.where());
+  }
+
+  /** The end of the run, after the device is closed: what it left behind. */
+  protected checkRun(): void {}
+
+  protected where = (): string => `seed ${this.fuzz.seed} ${this.context}`;
+
+  async run(): Promise<void> {
+    const run = this.stats.runs++;
+    this.context = `run ${run}`;
+    const steps = await this.start(run);
+    for (let i = 0; i < steps && this.requestsMade < this.fuzz.requests; i++) {
+      this.context = `run ${run} ${this.stepName} ${i}`;
+      await this.step();
+    }
+    this.context = `run ${run} end`;
+    await this.finish(run);
+    call(this.where(), () => this.device.close());
+    this.checkRun();
+  }
+
+  /** After a failure too: nothing may be left that writes guest RAM once the test unmaps it. */
+  async shutdown(): Promise<void> {
+    try {
+      this.guest?.stop();
+      await this.guest?.drain;
+      this.device?.close();
+    } catch {
+      // the failure being reported matters more
+    }
+  }
+
+  /** A new activation of the device over fresh rings (ring slots alternate, so the old rings stay inspectable). */
+  protected attach(sizes: readonly number[], ring: RingChoice, features: bigint): void {
+    this.guest = new Guest(
+      this.memory,
+      this.device,
+      this.generation++,
+      sizes,
+      features,
+      ring.packed,
+      ring.eventIdx,
+      ring.indirect,
+      this.where,
+    );
+  }
+
+  /** A batch's transient buffers: below or above 4 GiB, the zones empty again, readable ones maybe over a ring. */
+  protected pickPlacer(): void {
+    this.placer = this.placers[this.rng.chance(0.3) ? 1 : 0];
+    this.placer.reset();
+    this.placer.rings = this.guest.rings;
+  }
+
+  /**
+   * Makes a chain available, through an indirect table if asked (sometimes after some direct descriptors);
+   * undefined when the ring or the indirect heap is full: the driver would wait.
+   */
+  protected post(d: QueueDriver, bufs: readonly Buf[], indirect: boolean): number | undefined {
+    const directFirst = indirect && this.rng.chance(0.15) ? this.rng.below(bufs.length) : 0;
+    try {
+      return d.post(bufs, indirect, directFirst);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Posts a chain of `bufs` (readable part already written) with its writable part pre-filled: indirect or not,
+   * and now and then, outside chaos, malformed so that the queue refuses it (`bad`: the needsReset reason).
+   */
+  protected postChain(
+    d: QueueDriver,
+    bufs: Buf[],
+    chaos: boolean,
+  ): { head: number; bad: RegExp | undefined } | undefined {
+    const rng = this.rng;
+    let bad: RegExp | undefined;
+    let indirect = this.guest.indirect && rng.chance(0.4);
+    if (!chaos && rng.chance(0.02)) {
+      const f = queueFault(rng, bufs, this.guest.indirect);
+      indirect = f.indirect;
+      bad = f.reason;
+    }
+    prefill(this.memory, bufs);
+    const head = this.post(d, bufs, indirect);
+    return head === undefined ? undefined : { head, bad };
+  }
+
+  /**
+   * Kicks queue `q` for a batch of `chains` new chains, the first `served` of them requests (`failure`: the
+   * reason a malformed one after them must give), and collects the used elements: all of them, or after a few
+   * event-loop turns (a planned reset, sometimes when nothing is malformed) what came before the driver reset.
+   */
+  protected async kickAndCollect(
+    q: number,
+    chains: number,
+    served: number,
+    failure: RegExp | undefined,
+    what: string,
+  ): Promise<{ used: UsedElement[]; planned: boolean }> {
+    const rng = this.rng;
+    const g = this.guest;
+    const d = g.drivers[q];
+    const before = g.interrupts.length;
+    const { wanted } = g.notify(q, rng);
+    if (chains)
+      assert.ok(wanted, `${this.where()}: the idle device asked not to be kicked (lost wake-up; ${d.kickBasis})`);
+    const used: UsedElement[] = [];
+    const planned = !failure && rng.chance(0.1);
+    if (planned) {
+      this.stats.plannedResets++;
+      for (let i = rng.below(3); i > 0; i--) await tick();
+      used.push(...d.takeUsed());
+      await g.stopAndCheck(this.where());
+    } else {
+      await until(
+        () => {
+          used.push(...d.takeUsed());
+          return used.length >= served && (!failure || g.resets.length > 0);
+        },
+        () => `${served} ${what} to be used (${used.length} so far)`,
+      );
+      await tick(); // a continuation scheduled by the last turn finds the ring empty: the device is idle after it
+    }
+    assert.ok(used.length <= served, `${this.where()}: more chains used than served`);
+    if (used.length) assert.ok(g.interrupts.slice(before).includes(q), `${this.where()}: no interrupt`);
+    return { used, planned };
+  }
+
+  /** A malformed chain (`failure`: the reason it must give) made the device need a reset, once; else nothing did. */
+  protected checkNeedsReset(failure: RegExp | undefined, culprit = 'a malformed chain'): void {
+    const g = this.guest;
+    if (failure) {
+      this.stats.needsReset++;
+      assert.equal(g.resets.length, 1, `${this.where()}: ${culprit} must make the device need a reset`);
+      assert.match(g.resets[0], failure, `${this.where()}: needsReset reason`);
+      checkReason(g.resets[0], this.where());
+    } else {
+      assert.deepEqual(g.resets, [], `${this.where()}: needsReset for valid chains`);
+    }
+  }
+
+  /** Resets the device and checks that nothing moves after the drain, and that any needsReset was the driver's. */
+  protected async stopChecked(): Promise<void> {
+    await this.guest.stopAndCheck(this.where());
+    for (const reason of this.guest.resets) checkReason(reason, this.where());
+  }
+
+  /** The end of a chaos batch: whatever the device did, it stops cleanly and blames only the driver. */
+  protected async endChaos(drivers: readonly QueueDriver[]): Promise<void> {
+    await quiet(this.guest);
+    for (const d of drivers) drainChaos(d);
+    await this.stopChecked();
+  }
+}
+
+/** Summary lines, as test diagnostics. */
+function report(t: TestContext, what: string, lines: string[]): void {
+  for (const line of lines) t.diagnostic(`${what}: ${line}`);
+}
+
+/**
+ * One device's test: prints the seed, makes guest RAM and a scratch directory, runs fresh devices until the
+ * fuzzer has made its requests, releases everything even after a failure, then prints `summary` of the stats.
+ */
+async function fuzzDevice<F extends DeviceFuzz<VirtioBackend, CommonStats>>(
+  t: TestContext,
+  what: string,
+  seedOffset: number,
+  make: (fuzz: Fuzz, memory: GuestMemory, dir: string) => F | Promise<F>,
+  summary: (s: F['stats'], seconds: string) => string[],
+): Promise<F['stats']> {
+  const fuzz = fuzzSetup(t, what, seedOffset);
+  const memory = GuestMemory.allocateRanges(RAM);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `partita-${what}-fuzz-`));
+  let f: F | undefined;
+  let started = 0;
+  try {
+    f = await make(fuzz, memory, dir);
+    started = performance.now();
+    while (f.requestsMade < fuzz.requests) await f.run();
+  } finally {
+    await f?.shutdown();
+    memory.release();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  report(t, what, summary(f.stats, ((performance.now() - started) / 1000).toFixed(1)));
+  return f.stats;
 }
 
 // ---- virtio-blk ------------------------------------------------------------------------------------------------
@@ -954,7 +1149,7 @@ function blockHeader(type: number, reserved: number, sector: bigint): Uint8Array
   return b;
 }
 
-class BlockFuzz {
+class BlockFuzz extends DeviceFuzz<VirtioBlock, BlockStats> {
   readonly stats: BlockStats = {
     runs: 0,
     batches: 0,
@@ -970,10 +1165,6 @@ class BlockFuzz {
     unknownAtEnd: 0,
     imageBytes: 0,
   };
-  private readonly rng: Rng;
-  private readonly placers: Placer[];
-  private placer: Placer;
-  private context = '';
   // per run
   private image = '';
   private capacity = 0;
@@ -982,42 +1173,18 @@ class BlockFuzz {
   private queueCount = 1;
   private sizes: number[] = [];
   private features = 0n;
-  // Set by run() before anything else uses them (shutdown() copes with a failure before that).
-  private block!: VirtioBlock;
-  private guest!: Guest;
-  private generation = 0;
+  private deviceQueueSize = 0;
   private shadow!: Shadow;
   /** Sector ranges valid requests of this batch already target (ordered batches avoid overlapping them). */
   private reserved: [bigint, bigint][] = [];
   private ordered = false;
 
-  constructor(
-    private readonly fuzz: Fuzz,
-    private readonly memory: GuestMemory,
-    private readonly dir: string,
-  ) {
-    this.rng = fuzz.rng;
-    this.placers = [new Placer(this.rng, LOW_ZONES), new Placer(this.rng, HIGH_ZONES)];
-    this.placer = this.placers[0];
+  override get requestsMade(): number {
+    return this.stats.requests;
   }
 
-  private where = (): string => `seed ${this.fuzz.seed} ${this.context}`;
-
-  /** After a failure too: nothing may be left that writes guest RAM once the test unmaps it. */
-  async shutdown(): Promise<void> {
-    try {
-      this.guest?.stop();
-      await this.guest?.drain;
-      this.block?.close();
-    } catch {
-      // the failure being reported matters more
-    }
-  }
-
-  async run(): Promise<void> {
+  protected override start(run: number): number {
     const rng = this.rng;
-    const run = this.stats.runs++;
-    this.context = `run ${run}`;
     this.capacity = rng.chance(0.1) ? rng.pick([1, 8, 9]) : 128; // 64 KiB mostly
     const size = this.capacity * 512;
     const initial = rng.bytes(size);
@@ -1029,25 +1196,23 @@ class BlockFuzz {
     const serialText = rng.pick(['', 'S', 'PARTITA-FUZZ', 'x'.repeat(ID_BYTES), 'é'.repeat(10)]);
     this.serial = new Uint8Array(ID_BYTES);
     this.serial.set(Buffer.from(serialText, 'utf8').subarray(0, ID_BYTES));
-    const deviceQueueSize = queueSize(rng, 256, false, 4);
+    this.deviceQueueSize = queueSize(rng, 256, false, 4);
     const handle = openBlock({
       path: this.image,
       readOnly: this.readOnly,
       serial: serialText,
       queues: this.queueCount,
-      queueSize: deviceQueueSize,
+      queueSize: this.deviceQueueSize,
     });
     assert.deepEqual(structuredClone(handle), handle, 'the handle is a plain object');
-    this.block = new VirtioBlock(handle);
-    this.activate(deviceQueueSize);
-    const batches = 1 + rng.below(30);
-    for (let b = 0; b < batches && this.stats.requests < this.fuzz.requests; b++) {
-      this.context = `run ${run} batch ${b}`;
-      await this.batch(deviceQueueSize);
-    }
-    this.context = `run ${run} end`;
-    await this.guest.stopAndCheck(this.where());
-    call(this.where(), () => this.block.close());
+    this.device = new VirtioBlock(handle);
+    this.activate();
+    return 1 + rng.below(30);
+  }
+
+  /** The image holds what the requests that completed OK wrote, and is still its size. */
+  protected override checkRun(): void {
+    const size = this.capacity * 512;
     const file = new Uint8Array(fs.readFileSync(this.image));
     assert.equal(file.length, size, `${this.where()}: the image changed size`);
     for (let b = 0; b < size; b++) {
@@ -1063,24 +1228,14 @@ class BlockFuzz {
     fs.rmSync(this.image);
   }
 
-  private activate(deviceQueueSize: number): void {
+  private activate(): void {
     const rng = this.rng;
     const ring = ringFeatures(rng);
-    this.sizes = Array.from({ length: this.queueCount }, () => queueSize(rng, deviceQueueSize, ring.packed));
-    let features = this.block.info.features | ring.bits;
+    this.sizes = Array.from({ length: this.queueCount }, () => queueSize(rng, this.deviceQueueSize, ring.packed));
+    let features = this.device.info.features | ring.bits;
     if (rng.chance(0.25)) features &= ~(1n << VIRTIO_BLK_F_FLUSH); // write-through: every write fdatasync'd
     this.features = features;
-    this.guest = new Guest(
-      this.memory,
-      this.block,
-      this.generation++,
-      this.sizes,
-      features,
-      ring.packed,
-      ring.eventIdx,
-      ring.indirect,
-      this.where,
-    );
+    this.attach(this.sizes, ring, features);
   }
 
   private pickSector(sectors: number): bigint {
@@ -1267,7 +1422,7 @@ class BlockFuzz {
       const f = queueFault(rng, bufs, this.guest.indirect);
       fault = f.fault;
       indirect = f.indirect;
-      structural = QUEUE_FAULT_REASON[fault];
+      structural = f.reason;
     } else {
       // §5.2.6: a header of 16 device-readable bytes and a device-writable status byte, or it is no request at
       // all (a readable buffer placed over a ring is cut at the ring's end, so this is decided after placement).
@@ -1281,12 +1436,8 @@ class BlockFuzz {
     prefill(this.memory, bufs);
     const statusGpa = fault ? -1 : lastWritableByte(bufs);
     if (statusGpa >= 0 && !chaos) this.memory.writeU8(statusGpa, STATUS_UNSET);
-    let head: number;
-    try {
-      head = d.post(bufs, indirect, indirect && rng.chance(0.15) ? rng.below(bufs.length) : 0);
-    } catch {
-      return undefined; // out of descriptors (or indirect-table room): the driver would wait
-    }
+    const head = this.post(d, bufs, indirect);
+    if (head === undefined) return undefined;
     return {
       queue: q,
       head,
@@ -1377,14 +1528,13 @@ class BlockFuzz {
     }
   }
 
-  private async batch(deviceQueueSize: number): Promise<void> {
+  /** One batch of requests over the queues, checked against the model once they complete (or a reset). */
+  protected override async step(): Promise<void> {
     const rng = this.rng;
     const stats = this.stats;
     stats.batches++;
     const guest = this.guest;
-    this.placer = this.placers[rng.chance(0.3) ? 1 : 0];
-    this.placer.reset();
-    this.placer.rings = guest.rings;
+    this.pickPlacer();
     for (const d of guest.drivers) d.resetHeap();
     const chaos = rng.chance(0.03);
     if (chaos) stats.chaosBatches++;
@@ -1418,14 +1568,11 @@ class BlockFuzz {
     if (rng.chance(0.05)) guest.strayKick(this.queueCount + rng.below(4));
 
     if (chaos) {
-      await quiet(guest);
-      for (const d of guest.drivers) drainChaos(d);
-      await guest.stopAndCheck(this.where());
-      for (const reason of guest.resets) checkReason(reason, this.where());
+      await this.endChaos(guest.drivers);
       const file = fs.readFileSync(this.image);
       assert.equal(file.length, this.capacity * 512, `${this.where()}: a chaos batch changed the image's size`);
       this.shadow.resync(file);
-      this.activate(deviceQueueSize);
+      this.activate();
       return;
     }
 
@@ -1459,40 +1606,34 @@ class BlockFuzz {
     };
 
     let planned = false;
+    this.checkNeedsReset(failure?.structural, failure?.kind);
     if (failure) {
-      stats.needsReset++;
-      assert.equal(guest.resets.length, 1, `${this.where()}: ${failure.kind} must make the device need a reset`);
-      assert.match(guest.resets[0], failure.structural!, `${this.where()}: needsReset reason`);
-      checkReason(guest.resets[0], this.where());
+      take();
+    } else if (rng.chance(0.07) && served.length) {
+      // A driver reset with requests in flight, after a few event-loop turns of I/O.
+      planned = true;
+      stats.plannedResets++;
+      for (let i = rng.below(6); i > 0; i--) await (rng.chance(0.7) ? tick() : sleep(1));
       take();
     } else {
-      assert.deepEqual(guest.resets, [], `${this.where()}: needsReset for valid requests`);
-      if (rng.chance(0.07) && served.length) {
-        // A driver reset with requests in flight, after a few event-loop turns of I/O.
-        planned = true;
-        stats.plannedResets++;
-        for (let i = rng.below(6); i > 0; i--) await (rng.chance(0.7) ? tick() : sleep(1));
-        take();
-      } else {
-        await until(
-          () => {
-            take();
-            return served.every((r) => r.used);
-          },
-          () =>
-            `${served.filter((r) => !r.used).length} of ${served.length} requests to complete ` +
-            `(${served
-              .filter((r) => !r.used)
-              .map((r) => `${r.kind} on queue ${r.queue}`)
-              .join(', ')})`,
+      await until(
+        () => {
+          take();
+          return served.every((r) => r.used);
+        },
+        () =>
+          `${served.filter((r) => !r.used).length} of ${served.length} requests to complete ` +
+          `(${served
+            .filter((r) => !r.used)
+            .map((r) => `${r.kind} on queue ${r.queue}`)
+            .join(', ')})`,
+      );
+      await tick(); // interrupts are sent once per event-loop turn
+      for (const q of new Set(served.map((r) => r.queue))) {
+        assert.ok(
+          guest.interrupts.slice(interruptsBefore).includes(q),
+          `${this.where()}: queue ${q}: requests completed without an interrupt`,
         );
-        await tick(); // interrupts are sent once per event-loop turn
-        for (const q of new Set(served.map((r) => r.queue))) {
-          assert.ok(
-            guest.interrupts.slice(interruptsBefore).includes(q),
-            `${this.where()}: queue ${q}: requests completed without an interrupt`,
-          );
-        }
       }
     }
     const abandoned = served.filter((r) => !r.used);
@@ -1520,7 +1661,7 @@ class BlockFuzz {
     this.shadow.commit();
     stats.bytesWritten += writers.reduce((n, w) => n + w.ranges.reduce((m, x) => m + x.length, 0), 0);
 
-    if (failure || planned) this.activate(deviceQueueSize);
+    if (failure || planned) this.activate();
   }
 
   /** One completed request against the model. */
@@ -1570,10 +1711,6 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
-function report(t: TestContext, what: string, lines: string[]): void {
-  for (const line of lines) t.diagnostic(`${what}: ${line}`);
-}
-
 const mapText = (m: Map<string, number>): string =>
   [...m]
     .sort((a, b) => b[1] - a[1])
@@ -1584,28 +1721,20 @@ test(
   'virtio-blk fuzz: hostile requests get the status the spec says, reads return the image, writes land only where asked',
   { timeout: TIMEOUT_MS },
   async (t) => {
-    const fuzz = fuzzSetup(t, 'virtio-blk', 0);
-    const memory = GuestMemory.allocateRanges(RAM);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'partita-blk-fuzz-'));
-    const started = performance.now();
-    const f = new BlockFuzz(fuzz, memory, dir);
-    try {
-      while (f.stats.requests < fuzz.requests) await f.run();
-    } finally {
-      await f.shutdown();
-      memory.release();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-    const s = f.stats;
-    report(t, 'virtio-blk', [
-      `${s.runs} runs, ${s.batches} batches (${s.chaosBatches} chaos), ${s.requests} requests in ` +
-        `${((performance.now() - started) / 1000).toFixed(1)} s`,
-      `completed: ${mapText(s.byStatus)}; needs-reset ${s.needsReset}; planned resets ${s.plannedResets} ` +
-        `(${s.abandoned} requests in flight abandoned); crashes 0`,
-      `by kind: ${mapText(s.byKind)}`,
-      `${s.readBytesChecked} read bytes checked against the image; ${s.bytesWritten} bytes written; ` +
-        `${s.unknownAtEnd} of ${s.imageBytes} image bytes left undetermined by concurrent writes`,
-    ]);
+    const s = await fuzzDevice(
+      t,
+      'virtio-blk',
+      0,
+      (fuzz, memory, dir) => new BlockFuzz(fuzz, memory, dir),
+      (s, seconds) => [
+        `${s.runs} runs, ${s.batches} batches (${s.chaosBatches} chaos), ${s.requests} requests in ${seconds} s`,
+        `completed: ${mapText(s.byStatus)}; needs-reset ${s.needsReset}; planned resets ${s.plannedResets} ` +
+          `(${s.abandoned} requests in flight abandoned); crashes 0`,
+        `by kind: ${mapText(s.byKind)}`,
+        `${s.readBytesChecked} read bytes checked against the image; ${s.bytesWritten} bytes written; ` +
+          `${s.unknownAtEnd} of ${s.imageBytes} image bytes left undetermined by concurrent writes`,
+      ],
+    );
     assert.ok((s.byStatus.get('OK') ?? 0) > s.requests / 10, 'enough requests succeeded to check data');
     assert.ok((s.byStatus.get('IOERR') ?? 0) > 0 && (s.byStatus.get('UNSUPP') ?? 0) > 0, 'errors were exercised');
   },
@@ -1692,7 +1821,7 @@ const HDR = VIRTIO_NET_HDR_SIZE;
 const RX_PENDING_FRAMES = 200;
 const RX_PENDING_BYTES = 3 * MIB;
 
-class NetFuzz {
+class NetFuzz extends DeviceFuzz<VirtioNet, NetStatsModel> {
   readonly stats: NetStatsModel = {
     runs: 0,
     activations: 0,
@@ -1713,16 +1842,13 @@ class NetFuzz {
     linkKills: 0,
     chaosOps: 0,
   };
-  private readonly rng: Rng;
-  private readonly txPlacer: Placer;
-  private readonly rxPlacer: Placer;
-  private context = '';
+  protected override readonly stepName = 'op';
+  /** Transmit buffers below 4 GiB; receive buffers, which stay posted across operations, above. */
+  private readonly txPlacer = this.placers[0];
+  private readonly rxPlacer = this.placers[1];
   // per run
-  private net!: VirtioNet;
   private conn!: Conn;
   private logs: string[] = [];
-  private guest!: Guest;
-  private generation = 0;
   private mergeable = false;
   /** Per-run device counters the model predicts (compared with net.stats at the end). */
   private model = { txSent: 0, txDropped: 0, txBytes: 0, rxDelivered: 0, rxDropped: 0 };
@@ -1741,52 +1867,40 @@ class NetFuzz {
   private linkDown = false;
 
   constructor(
-    private readonly fuzz: Fuzz,
-    private readonly memory: GuestMemory,
+    fuzz: Fuzz,
+    memory: GuestMemory,
+    dir: string,
     private readonly server: NetServer,
   ) {
-    this.rng = fuzz.rng;
-    this.txPlacer = new Placer(this.rng, LOW_ZONES);
-    this.rxPlacer = new Placer(this.rng, HIGH_ZONES);
+    super(fuzz, memory, dir);
   }
 
-  private where = (): string => `seed ${this.fuzz.seed} ${this.context}`;
-
-  /** After a failure too: nothing may be left that writes guest RAM once the test unmaps it. */
-  async shutdown(): Promise<void> {
-    try {
-      this.guest?.stop();
-      await this.guest?.drain;
-      this.net?.close();
-    } catch {
-      // the failure being reported matters more
-    }
+  override async shutdown(): Promise<void> {
+    await super.shutdown();
+    await this.server.close();
   }
 
   /** The net fuzz's "requests": transmit chains and frames from the network. */
-  get packets(): number {
+  override get requestsMade(): number {
     return this.stats.txChains + this.stats.rxFrames;
   }
 
   /** The device's side of the receive accounting, for timeout messages. */
   private rxState(): string {
-    const s = this.net.stats;
+    const s = this.device.stats;
     return (
-      `(delivered ${s.rxFrames}, dropped ${s.rxDropped}, waiting ${this.net.rxQueuedFrames}, lost ${this.lost}; ` +
+      `(delivered ${s.rxFrames}, dropped ${s.rxDropped}, waiting ${this.device.rxQueuedFrames}, lost ${this.lost}; ` +
       `model: waiting ${this.pending.length}, ${this.posted.length} chains posted; log: ${this.logs.join(' | ') || 'empty'})`
     );
   }
 
   /** What the device has seen of the frames sent: delivered, dropped, waiting, or lost to a reset. */
   private seen(): number {
-    const s = this.net.stats;
-    return s.rxFrames + s.rxDropped + this.net.rxQueuedFrames + this.lost;
+    const s = this.device.stats;
+    return s.rxFrames + s.rxDropped + this.device.rxQueuedFrames + this.lost;
   }
 
-  async run(): Promise<void> {
-    const rng = this.rng;
-    const run = this.stats.runs++;
-    this.context = `run ${run}`;
+  protected override async start(): Promise<number> {
     this.logs = [];
     this.model = { txSent: 0, txDropped: 0, txBytes: 0, rxDelivered: 0, rxDropped: 0 };
     this.posted = [];
@@ -1800,7 +1914,7 @@ class NetFuzz {
     const conns = this.server.conns.length;
     const handle = openNet({ backend: { kind: 'socket', path: this.server.path } });
     assert.deepEqual(structuredClone(handle), handle, 'the handle is a plain object');
-    this.net = new VirtioNet(handle, (m) => void this.logs.push(m));
+    this.device = new VirtioNet(handle, (m) => void this.logs.push(m));
     this.activate();
     await until(
       () => this.server.conns.length > conns,
@@ -1809,35 +1923,42 @@ class NetFuzz {
     this.conn = this.server.conns[this.server.conns.length - 1];
     // A first frame: once the server has it, the device's side of the connection is up (no early-frame queue).
     await this.tx(1);
-    const ops = 5 + rng.below(40);
-    for (let op = 0; op < ops && this.packets < this.fuzz.requests; op++) {
-      this.stats.ops++;
-      this.context = `run ${run} op ${op}`;
-      const roll = rng.below(100);
-      if (process.env.PARTITA_FUZZ_TRACE) console.log(`${this.context}: roll ${roll} ${this.rxState()}`);
-      if (roll < 32) await this.tx();
-      else if (roll < 64) await this.rxPost();
-      else if (roll < 96) await this.rxSend();
-      else if (roll < 98) await this.reset(false);
-      else await this.reset(true);
-      if (process.env.PARTITA_FUZZ_TRACE)
-        console.log(
-          `${this.context}: after: dead ${this.guest.dead} resets ${this.guest.resets.join(' | ')} ${this.rxState()}`,
-        );
-      if (!this.guest.dead) continue;
-      await this.reactivate();
-    }
-    if (rng.chance(0.25)) {
+    return 5 + this.rng.below(40);
+  }
+
+  /** One operation: transmit, post receive buffers, frames from the network, or a driver reset. */
+  protected override async step(): Promise<void> {
+    this.stats.ops++;
+    const roll = this.rng.below(100);
+    if (process.env.PARTITA_FUZZ_TRACE) console.log(`${this.context}: roll ${roll} ${this.rxState()}`);
+    if (roll < 32) await this.tx();
+    else if (roll < 64) await this.rxPost();
+    else if (roll < 96) await this.rxSend();
+    else if (roll < 98) await this.reset(false);
+    else await this.reset(true);
+    if (process.env.PARTITA_FUZZ_TRACE)
+      console.log(
+        `${this.context}: after: dead ${this.guest.dead} resets ${this.guest.resets.join(' | ')} ${this.rxState()}`,
+      );
+    if (this.guest.dead) await this.reactivate();
+  }
+
+  /** Sometimes the network breaks the link first; then the last receive elements are checked. */
+  protected override async finish(run: number): Promise<void> {
+    if (this.rng.chance(0.25)) {
       this.context = `run ${run} link kill`;
       await this.killLink();
       await this.tx();
       await this.rxPost();
+      this.context = `run ${run} end`;
     }
-    this.context = `run ${run} end`;
     await this.verifyRx();
-    call(this.where(), () => this.net.close());
-    this.stats.rxLost += this.lost + this.net.rxQueuedFrames;
-    const s = this.net.stats;
+  }
+
+  /** The device's counters are the model's, and the stream framing never broke. */
+  protected override checkRun(): void {
+    this.stats.rxLost += this.lost + this.device.rxQueuedFrames;
+    const s = this.device.stats;
     const m = this.model;
     assert.deepEqual(
       {
@@ -1866,18 +1987,7 @@ class NetFuzz {
     const ring = ringFeatures(rng);
     let features = ring.bits;
     if (this.mergeable) features |= 1n << VIRTIO_NET_F_MRG_RXBUF;
-    const sizes = [queueSize(rng, 256, ring.packed), queueSize(rng, 256, ring.packed)];
-    this.guest = new Guest(
-      this.memory,
-      this.net,
-      this.generation++,
-      sizes,
-      features,
-      ring.packed,
-      ring.eventIdx,
-      ring.indirect,
-      this.where,
-    );
+    this.attach([queueSize(rng, 256, ring.packed), queueSize(rng, 256, ring.packed)], ring, features);
     this.posted = [];
     this.rxPlacer.reset();
   }
@@ -1885,8 +1995,7 @@ class NetFuzz {
   /** After a reset or needsReset: the old rings stay still, the device starts over on new ones. */
   private async reactivate(): Promise<void> {
     await this.verifyRx();
-    await this.guest.stopAndCheck(this.where());
-    for (const reason of this.guest.resets) checkReason(reason, this.where());
+    await this.stopChecked();
     this.activate();
   }
 
@@ -2008,18 +2117,12 @@ class NetFuzz {
         bufs.unshift({ gpa: NOWHERE, len: rng.below(32), writable: false, shared: true });
         bad = /device-readable buffer\(s\)/;
       } else {
-        const f = queueFault(rng, bufs, this.guest.indirect);
-        indirect = f.indirect;
-        bad = QUEUE_FAULT_REASON[f.fault];
+        ({ indirect, reason: bad } = queueFault(rng, bufs, this.guest.indirect));
       }
     }
     prefill(this.memory, bufs);
-    try {
-      const head = d.post(bufs, indirect, indirect && rng.chance(0.15) ? rng.below(bufs.length) : 0);
-      return { head, bufs, wl: sum(bufs, true), bad };
-    } catch {
-      return undefined;
-    }
+    const head = this.post(d, bufs, indirect);
+    return head === undefined ? undefined : { head, bufs, wl: sum(bufs, true), bad };
   }
 
   private async rxPost(): Promise<void> {
@@ -2152,17 +2255,11 @@ class NetFuzz {
         bufs.push({ gpa: NOWHERE, len, writable: true, shared: true });
         if (len > 0) bad = /has \d+ device-writable bytes/;
       } else {
-        const f = queueFault(rng, bufs, this.guest.indirect);
-        indirect = f.indirect;
-        bad = QUEUE_FAULT_REASON[f.fault];
+        ({ indirect, reason: bad } = queueFault(rng, bufs, this.guest.indirect));
       }
     }
-    try {
-      const head = d.post(bufs, indirect, indirect && rng.chance(0.15) ? rng.below(bufs.length) : 0);
-      return { head, bufs, total: sum(bufs, false), bad };
-    } catch {
-      return undefined;
-    }
+    const head = this.post(d, bufs, indirect);
+    return head === undefined ? undefined : { head, bufs, total: sum(bufs, false), bad };
   }
 
   private async tx(count?: number): Promise<void> {
@@ -2283,7 +2380,7 @@ class NetFuzz {
     const rng = this.rng;
     const g = this.guest;
     this.stats.plannedResets++;
-    assert.equal(this.net.rxQueuedFrames, this.pending.length, `${this.where()}: frames waiting in the device`);
+    assert.equal(this.device.rxQueuedFrames, this.pending.length, `${this.where()}: frames waiting in the device`);
     this.lost += this.pending.length;
     this.pending = [];
     this.pendingBytes = 0;
@@ -2320,8 +2417,8 @@ class NetFuzz {
     this.expectRx = [];
     if (!this.linkDown) {
       await until(
-        () => this.conn.received === this.net.stats.txFrames,
-        () => `the network to receive the ${this.net.stats.txFrames} frames the device sent (${this.conn.received})`,
+        () => this.conn.received === this.device.stats.txFrames,
+        () => `the network to receive the ${this.device.stats.txFrames} frames the device sent (${this.conn.received})`,
       );
     }
     this.conn.frames.length = 0;
@@ -2329,9 +2426,8 @@ class NetFuzz {
     this.pending = [];
     this.pendingBytes = 0;
     this.posted = [];
-    await g.stopAndCheck(this.where());
-    for (const reason of g.resets) checkReason(reason, this.where());
-    const s = this.net.stats;
+    await this.stopChecked();
+    const s = this.device.stats;
     // Nothing was in flight from the network: every frame sent is now delivered, dropped, or lost with a reset.
     this.lost = this.sent - s.rxFrames - s.rxDropped;
     this.model = {
@@ -2373,98 +2469,64 @@ test(
   'virtio-net fuzz: random transmit chains reach the network exactly, random frames land in random receive buffers',
   { timeout: TIMEOUT_MS },
   async (t) => {
-    const fuzz = fuzzSetup(t, 'virtio-net', 1);
-    const memory = GuestMemory.allocateRanges(RAM);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'partita-net-fuzz-'));
-    const server = new NetServer(path.join(dir, 'net.sock'));
-    await server.listen();
-    const started = performance.now();
-    const f = new NetFuzz(fuzz, memory, server);
-    try {
-      while (f.packets < fuzz.requests) await f.run();
-    } finally {
-      await f.shutdown();
-      await server.close();
-      memory.release();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-    const s = f.stats;
-    report(t, 'virtio-net', [
-      `${s.runs} runs (${s.activations} activations), ${s.ops} operations in ${((performance.now() - started) / 1000).toFixed(1)} s`,
-      `transmit: ${s.txChains} chains: ${s.txSent} frames sent, ${s.txDropped} dropped (empty/oversized/link down)`,
-      `receive: ${s.rxFrames} frames from the network: ${s.rxDelivered} delivered (${s.rxUsed} used elements checked), ` +
-        `${s.rxTooBig} dropped as larger than the buffers, ${s.rxLost} lost with resets or left at the end; ${s.rxChains} chains posted`,
-      `needs-reset ${s.needsReset}, planned resets ${s.plannedResets}, link kills ${s.linkKills}, chaos ${s.chaosOps}; crashes 0`,
-    ]);
+    const s = await fuzzDevice(
+      t,
+      'virtio-net',
+      1,
+      async (fuzz, memory, dir) => {
+        const server = new NetServer(path.join(dir, 'net.sock'));
+        await server.listen();
+        return new NetFuzz(fuzz, memory, dir, server);
+      },
+      (s, seconds) => [
+        `${s.runs} runs (${s.activations} activations), ${s.ops} operations in ${seconds} s`,
+        `transmit: ${s.txChains} chains: ${s.txSent} frames sent, ${s.txDropped} dropped (empty/oversized/link down)`,
+        `receive: ${s.rxFrames} frames from the network: ${s.rxDelivered} delivered (${s.rxUsed} used elements checked), ` +
+          `${s.rxTooBig} dropped as larger than the buffers, ${s.rxLost} lost with resets or left at the end; ${s.rxChains} chains posted`,
+        `needs-reset ${s.needsReset}, planned resets ${s.plannedResets}, link kills ${s.linkKills}, chaos ${s.chaosOps}; crashes 0`,
+      ],
+    );
     assert.ok(s.txSent > 100 && s.rxUsed > 100, 'enough traffic both ways');
   },
 );
 
 // ---- virtio-console ------------------------------------------------------------------------------------------
 
-interface ConsoleStats {
-  runs: number;
+/** What the console and rng fuzzers count: batches of chains on one queue. */
+interface ChainStats extends CommonStats {
   batches: number;
   chains: number;
   bytes: number;
+  /** Chains over the device's per-chain cap. */
   capped: number;
-  needsReset: number;
-  plannedResets: number;
   chaos: number;
 }
 
-class ConsoleFuzz {
-  readonly stats: ConsoleStats = {
-    runs: 0,
-    batches: 0,
-    chains: 0,
-    bytes: 0,
-    capped: 0,
-    needsReset: 0,
-    plannedResets: 0,
-    chaos: 0,
-  };
-  private readonly rng: Rng;
-  private readonly placers: Placer[];
-  private placer: Placer;
-  private readonly rxPlacer: Placer;
-  private context = '';
-  private device!: VirtioConsole;
-  private guest!: Guest;
-  private generation = 0;
+const chainStats = (): ChainStats => ({
+  runs: 0,
+  batches: 0,
+  chains: 0,
+  bytes: 0,
+  capped: 0,
+  needsReset: 0,
+  plannedResets: 0,
+  chaos: 0,
+});
+
+class ConsoleFuzz extends DeviceFuzz<VirtioConsole, ChainStats> {
+  readonly stats = chainStats();
+  /** Receive buffers, apart from the transient ones: they stay posted for the whole activation. */
+  private readonly rxPlacer = new Placer(this.rng, RX_ZONES);
   private file = '';
   private expected: Buffer[] = [];
   private expectedLength = 0;
   private rxChains: { head: number; bufs: Buf[] }[] = [];
 
-  constructor(
-    private readonly fuzz: Fuzz,
-    private readonly memory: GuestMemory,
-    private readonly dir: string,
-  ) {
-    this.rng = fuzz.rng;
-    this.placers = [new Placer(this.rng, LOW_ZONES), new Placer(this.rng, HIGH_ZONES)];
-    this.placer = this.placers[0];
-    this.rxPlacer = new Placer(this.rng, RX_ZONES);
+  override get requestsMade(): number {
+    return this.stats.chains;
   }
 
-  private where = (): string => `seed ${this.fuzz.seed} ${this.context}`;
-
-  /** After a failure too: nothing may be left that writes guest RAM once the test unmaps it. */
-  async shutdown(): Promise<void> {
-    try {
-      this.guest?.stop();
-      await this.guest?.drain;
-      this.device?.close();
-    } catch {
-      // the failure being reported matters more
-    }
-  }
-
-  async run(): Promise<void> {
-    const rng = this.rng;
-    const run = this.stats.runs++;
-    this.context = `run ${run}`;
+  protected override start(run: number): number {
     this.file = path.join(this.dir, `console-${run}.out`);
     this.expected = [];
     this.expectedLength = 0;
@@ -2472,14 +2534,11 @@ class ConsoleFuzz {
     assert.deepEqual(structuredClone(handle), handle, 'the handle is a plain object');
     this.device = new VirtioConsole(handle);
     this.activate();
-    const batches = 1 + rng.below(20);
-    for (let b = 0; b < batches && this.stats.chains < this.fuzz.requests; b++) {
-      this.context = `run ${run} batch ${b}`;
-      await this.batch();
-    }
-    this.context = `run ${run} end`;
-    await this.finish();
-    call(this.where(), () => this.device.close());
+    return 1 + this.rng.below(20);
+  }
+
+  /** The console file holds exactly the output of the run. */
+  protected override checkRun(): void {
     const got = fs.readFileSync(this.file);
     assert.equal(got.length, this.expectedLength, `${this.where()}: console file length`);
     assert.ok(got.equals(Buffer.concat(this.expected)), `${this.where()}: console file content`);
@@ -2489,24 +2548,13 @@ class ConsoleFuzz {
   private activate(): void {
     const rng = this.rng;
     const ring = ringFeatures(rng);
-    const sizes = [queueSize(rng, 256, ring.packed), queueSize(rng, 256, ring.packed)];
-    this.guest = new Guest(
-      this.memory,
-      this.device,
-      this.generation++,
-      sizes,
-      ring.bits,
-      ring.packed,
-      ring.eventIdx,
-      ring.indirect,
-      this.where,
-    );
+    this.attach([queueSize(rng, 256, ring.packed), queueSize(rng, 256, ring.packed)], ring, ring.bits);
     this.rxChains = [];
     this.rxPlacer.reset();
   }
 
   /** The end of an activation: receive buffers were never touched (a file gives no input). */
-  private async finish(): Promise<void> {
+  protected override async finish(): Promise<void> {
     await this.guest.stopAndCheck(this.where());
     assert.deepEqual(
       this.guest.drivers[CONSOLE_RECEIVEQ].takeUsed(),
@@ -2517,14 +2565,13 @@ class ConsoleFuzz {
       checkFill(this.memory, c.bufs, 0, sum(c.bufs, true), `${this.where()}: receive chain`);
   }
 
-  private async batch(): Promise<void> {
+  /** One batch of transmit chains (and sometimes receive buffers), the output checked once they are used. */
+  protected override async step(): Promise<void> {
     const rng = this.rng;
     const g = this.guest;
     this.stats.batches++;
     const d = g.drivers[CONSOLE_TRANSMITQ];
-    this.placer = this.placers[rng.chance(0.3) ? 1 : 0];
-    this.placer.reset();
-    this.placer.rings = g.rings;
+    this.pickPlacer();
     d.resetHeap();
     if (rng.chance(0.15)) {
       // receive buffers a file-backed port must leave alone
@@ -2533,12 +2580,9 @@ class ConsoleFuzz {
         const bufs = layout(this.rxPlacer, rng, pieces(rng, rng.int(1, 4096), 3), true, false);
         if (!bufs) break;
         prefill(this.memory, bufs);
-        try {
-          const head = g.drivers[CONSOLE_RECEIVEQ].post(bufs, false, 0);
-          this.rxChains.push({ head, bufs });
-        } catch {
-          break;
-        }
+        const head = this.post(g.drivers[CONSOLE_RECEIVEQ], bufs, false);
+        if (head === undefined) break;
+        this.rxChains.push({ head, bufs });
       }
       g.notify(CONSOLE_RECEIVEQ, rng);
     }
@@ -2567,29 +2611,15 @@ class ConsoleFuzz {
         const w = layout(this.placer, rng, pieces(rng, rng.below(64), 2), true, chaos);
         if (w) bufs.push(...w);
       }
-      let bad: RegExp | undefined;
-      let indirect = g.indirect && rng.chance(0.4);
-      if (!chaos && rng.chance(0.02)) {
-        const f = queueFault(rng, bufs, g.indirect);
-        indirect = f.indirect;
-        bad = QUEUE_FAULT_REASON[f.fault];
-      }
-      prefill(this.memory, bufs);
-      try {
-        const head = d.post(bufs, indirect, indirect && rng.chance(0.15) ? rng.below(bufs.length) : 0);
-        chains.push({ head, bufs, bad });
-      } catch {
-        break;
-      }
+      const posted = this.postChain(d, bufs, chaos);
+      if (!posted) break;
+      chains.push({ ...posted, bufs });
     }
     this.stats.chains += chains.length;
     if (chaos) {
       this.stats.chaos++;
       g.notify(CONSOLE_TRANSMITQ, rng, 1);
-      await quiet(g);
-      drainChaos(d);
-      await g.stopAndCheck(this.where());
-      for (const reason of g.resets) checkReason(reason, this.where());
+      await this.endChaos([d]);
       // What the chaos wrote is unknowable; carry on from what the file holds.
       const now = fs.readFileSync(this.file);
       this.expected = [now];
@@ -2610,47 +2640,21 @@ class ConsoleFuzz {
       if (r > CONSOLE_TX_CHAIN_MAX) this.stats.capped++;
       payloads.push(Buffer.from(partBytes(this.memory, c.bufs, false, 0, Math.min(r, CONSOLE_TX_CHAIN_MAX))));
     }
-    const before = g.interrupts.length;
-    const { wanted } = g.notify(CONSOLE_TRANSMITQ, rng);
-    if (chains.length)
-      assert.ok(
-        wanted,
-        `${this.where()}: the idle device asked not to be kicked (lost wake-up; ${g.drivers[CONSOLE_TRANSMITQ].kickBasis})`,
-      );
-    const used: UsedElement[] = [];
-    const planned = !failure && rng.chance(0.1);
-    if (planned) {
-      this.stats.plannedResets++;
-      for (let i = rng.below(3); i > 0; i--) await tick();
-      used.push(...d.takeUsed());
-      await g.stopAndCheck(this.where());
-    } else {
-      await until(
-        () => {
-          used.push(...d.takeUsed());
-          return used.length >= payloads.length && (!failure || g.resets.length > 0);
-        },
-        () => `${payloads.length} transmit chains to be used (${used.length} so far)`,
-      );
-      await tick(); // a continuation scheduled by the last turn finds the ring empty: the device is idle after it
-    }
-    assert.ok(used.length <= payloads.length, `${this.where()}: more chains used than served`);
+    const { used, planned } = await this.kickAndCollect(
+      CONSOLE_TRANSMITQ,
+      chains.length,
+      payloads.length,
+      failure,
+      'transmit chains',
+    );
     used.forEach((u, i) => {
       assert.equal(u.id, chains[i].head, `${this.where()}: transmit chain ${i} used out of order`);
       assert.equal(u.len, 0, `${this.where()}: transmit chain ${u.id}: used length`);
     });
-    if (used.length) assert.ok(g.interrupts.slice(before).includes(CONSOLE_TRANSMITQ), `${this.where()}: no interrupt`);
     for (const c of chains) {
       if (!c.bad) checkFill(this.memory, c.bufs, 0, sum(c.bufs, true), `${this.where()}: transmit chain ${c.head}`);
     }
-    if (failure) {
-      this.stats.needsReset++;
-      assert.equal(g.resets.length, 1, `${this.where()}: a malformed chain must make the device need a reset`);
-      assert.match(g.resets[0], failure, `${this.where()}: needsReset reason`);
-      checkReason(g.resets[0], this.where());
-    } else {
-      assert.deepEqual(g.resets, [], `${this.where()}: needsReset for valid chains`);
-    }
+    this.checkNeedsReset(failure);
     // Output is written synchronously, chain by chain, before the chain is used: the file has exactly these bytes.
     const appended = payloads.slice(0, used.length);
     const length = appended.reduce((n, p) => n + p.length, 0);
@@ -2684,124 +2688,50 @@ test(
   'virtio-console fuzz: the output file is exactly the transmit chains’ readable bytes, capped per chain, in ring order',
   { timeout: TIMEOUT_MS },
   async (t) => {
-    const fuzz = fuzzSetup(t, 'virtio-console', 2);
-    const memory = GuestMemory.allocateRanges(RAM);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'partita-console-fuzz-'));
-    const started = performance.now();
-    const f = new ConsoleFuzz(fuzz, memory, dir);
-    try {
-      while (f.stats.chains < fuzz.requests) await f.run();
-    } finally {
-      await f.shutdown();
-      memory.release();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-    const s = f.stats;
-    report(t, 'virtio-console', [
-      `${s.runs} runs, ${s.batches} batches, ${s.chains} transmit chains in ${((performance.now() - started) / 1000).toFixed(1)} s`,
-      `${s.bytes} bytes of output checked (${s.capped} chains over the ${CONSOLE_TX_CHAIN_MAX}-byte cap)`,
-      `needs-reset ${s.needsReset}, planned resets ${s.plannedResets}, chaos batches ${s.chaos}; crashes 0`,
-    ]);
+    const s = await fuzzDevice(
+      t,
+      'virtio-console',
+      2,
+      (fuzz, memory, dir) => new ConsoleFuzz(fuzz, memory, dir),
+      (s, seconds) => [
+        `${s.runs} runs, ${s.batches} batches, ${s.chains} transmit chains in ${seconds} s`,
+        `${s.bytes} bytes of output checked (${s.capped} chains over the ${CONSOLE_TX_CHAIN_MAX}-byte cap)`,
+        `needs-reset ${s.needsReset}, planned resets ${s.plannedResets}, chaos batches ${s.chaos}; crashes 0`,
+      ],
+    );
     assert.ok(s.bytes > 0);
   },
 );
 
 // ---- virtio-rng ------------------------------------------------------------------------------------------------
 
-interface EntropyStats {
-  runs: number;
-  batches: number;
-  chains: number;
-  bytes: number;
-  capped: number;
-  needsReset: number;
-  plannedResets: number;
-  chaos: number;
-}
+class EntropyFuzz extends DeviceFuzz<VirtioEntropy, ChainStats> {
+  readonly stats = chainStats();
 
-class EntropyFuzz {
-  readonly stats: EntropyStats = {
-    runs: 0,
-    batches: 0,
-    chains: 0,
-    bytes: 0,
-    capped: 0,
-    needsReset: 0,
-    plannedResets: 0,
-    chaos: 0,
-  };
-  private readonly rng: Rng;
-  private readonly placers: Placer[];
-  private placer: Placer;
-  private context = '';
-  private device!: VirtioEntropy;
-  private guest!: Guest;
-  private generation = 0;
-
-  constructor(
-    private readonly fuzz: Fuzz,
-    private readonly memory: GuestMemory,
-  ) {
-    this.rng = fuzz.rng;
-    this.placers = [new Placer(this.rng, LOW_ZONES), new Placer(this.rng, HIGH_ZONES)];
-    this.placer = this.placers[0];
+  override get requestsMade(): number {
+    return this.stats.chains;
   }
 
-  private where = (): string => `seed ${this.fuzz.seed} ${this.context}`;
-
-  /** After a failure too: nothing may be left that writes guest RAM once the test unmaps it. */
-  async shutdown(): Promise<void> {
-    try {
-      this.guest?.stop();
-      await this.guest?.drain;
-      this.device?.close();
-    } catch {
-      // the failure being reported matters more
-    }
-  }
-
-  async run(): Promise<void> {
-    const rng = this.rng;
-    const run = this.stats.runs++;
-    this.context = `run ${run}`;
+  protected override start(): number {
     const handle = openEntropy();
     assert.deepEqual(structuredClone(handle), handle);
     this.device = new VirtioEntropy(handle);
     this.activate();
-    const batches = 1 + rng.below(20);
-    for (let b = 0; b < batches && this.stats.chains < this.fuzz.requests; b++) {
-      this.context = `run ${run} batch ${b}`;
-      await this.batch();
-    }
-    this.context = `run ${run} end`;
-    await this.guest.stopAndCheck(this.where());
-    call(this.where(), () => this.device.close());
+    return 1 + this.rng.below(20);
   }
 
   private activate(): void {
-    const rng = this.rng;
-    const ring = ringFeatures(rng);
-    this.guest = new Guest(
-      this.memory,
-      this.device,
-      this.generation++,
-      [queueSize(rng, 256, ring.packed, 1)],
-      ring.bits,
-      ring.packed,
-      ring.eventIdx,
-      ring.indirect,
-      this.where,
-    );
+    const ring = ringFeatures(this.rng);
+    this.attach([queueSize(this.rng, 256, ring.packed, 1)], ring, ring.bits);
   }
 
-  private async batch(): Promise<void> {
+  /** One batch of requests, each checked for how much it got and that nothing else was written. */
+  protected override async step(): Promise<void> {
     const rng = this.rng;
     const g = this.guest;
     this.stats.batches++;
     const d = g.drivers[ENTROPY_REQUESTQ];
-    this.placer = this.placers[rng.chance(0.3) ? 1 : 0];
-    this.placer.reset();
-    this.placer.rings = g.rings;
+    this.pickPlacer();
     d.resetHeap();
     const chaos = rng.chance(0.04);
     const n = 1 + rng.below(rng.chance(0.2) ? 200 : 24);
@@ -2829,66 +2759,26 @@ class EntropyFuzz {
       const bufs = [...readBufs, ...writeBufs];
       const readData = rng.bytes(rl);
       writeReadable(this.memory, bufs, readData);
-      prefill(this.memory, bufs);
-      let bad: RegExp | undefined;
-      let indirect = g.indirect && rng.chance(0.4);
-      if (!chaos && rng.chance(0.02)) {
-        const f = queueFault(rng, bufs, g.indirect);
-        indirect = f.indirect;
-        bad = QUEUE_FAULT_REASON[f.fault];
-      }
-      try {
-        const head = d.post(bufs, indirect, indirect && rng.chance(0.15) ? rng.below(bufs.length) : 0);
-        chains.push({
-          head,
-          bufs,
-          readData: bufs.some((b) => !b.writable && b.shared) ? new Uint8Array(0) : readData,
-          bad,
-        });
-      } catch {
-        break;
-      }
+      const posted = this.postChain(d, bufs, chaos);
+      if (!posted) break;
+      chains.push({
+        ...posted,
+        bufs,
+        readData: bufs.some((b) => !b.writable && b.shared) ? new Uint8Array(0) : readData,
+      });
     }
     this.stats.chains += chains.length;
     if (chaos) {
       this.stats.chaos++;
       g.notify(ENTROPY_REQUESTQ, rng, 1);
-      await quiet(g);
-      drainChaos(d);
-      await g.stopAndCheck(this.where());
-      for (const reason of g.resets) checkReason(reason, this.where());
+      await this.endChaos([d]);
       this.activate();
       return;
     }
     let served = chains.findIndex((c) => c.bad);
     const failure = served >= 0 ? chains[served].bad : undefined;
     if (served < 0) served = chains.length;
-    const before = g.interrupts.length;
-    const { wanted } = g.notify(ENTROPY_REQUESTQ, rng);
-    if (chains.length)
-      assert.ok(
-        wanted,
-        `${this.where()}: the idle device asked not to be kicked (lost wake-up; ${g.drivers[0].kickBasis})`,
-      );
-    const used: UsedElement[] = [];
-    const planned = !failure && rng.chance(0.1);
-    if (planned) {
-      this.stats.plannedResets++;
-      for (let i = rng.below(3); i > 0; i--) await tick();
-      used.push(...d.takeUsed());
-      await g.stopAndCheck(this.where());
-    } else {
-      await until(
-        () => {
-          used.push(...d.takeUsed());
-          return used.length >= served && (!failure || g.resets.length > 0);
-        },
-        () => `${served} chains to be used (${used.length} so far)`,
-      );
-      await tick(); // a continuation scheduled by the last turn finds the ring empty: the device is idle after it
-    }
-    assert.ok(used.length <= served, `${this.where()}: more chains used than served`);
-    if (used.length) assert.ok(g.interrupts.slice(before).includes(ENTROPY_REQUESTQ), `${this.where()}: no interrupt`);
+    const { used, planned } = await this.kickAndCollect(ENTROPY_REQUESTQ, chains.length, served, failure, 'chains');
     chains.forEach((c, i) => {
       if (c.bad) return;
       const where = `${this.where()}: chain ${c.head}`;
@@ -2918,14 +2808,7 @@ class EntropyFuzz {
       checkFill(this.memory, c.bufs, u.len, wl, where);
       this.stats.bytes += u.len;
     });
-    if (failure) {
-      this.stats.needsReset++;
-      assert.equal(g.resets.length, 1, `${this.where()}: a malformed chain must make the device need a reset`);
-      assert.match(g.resets[0], failure, `${this.where()}: needsReset reason`);
-      checkReason(g.resets[0], this.where());
-    } else {
-      assert.deepEqual(g.resets, [], `${this.where()}: needsReset for valid chains`);
-    }
+    this.checkNeedsReset(failure);
     if (failure || planned) {
       await g.stopAndCheck(this.where());
       this.activate();
@@ -2937,22 +2820,17 @@ test(
   'virtio-rng fuzz: random chains get at most 64 KiB of random bytes each, the rest of every buffer untouched',
   { timeout: TIMEOUT_MS },
   async (t) => {
-    const fuzz = fuzzSetup(t, 'virtio-rng', 3);
-    const memory = GuestMemory.allocateRanges(RAM);
-    const started = performance.now();
-    const f = new EntropyFuzz(fuzz, memory);
-    try {
-      while (f.stats.chains < fuzz.requests) await f.run();
-    } finally {
-      await f.shutdown();
-      memory.release();
-    }
-    const s = f.stats;
-    report(t, 'virtio-rng', [
-      `${s.runs} runs, ${s.batches} batches, ${s.chains} chains in ${((performance.now() - started) / 1000).toFixed(1)} s`,
-      `${s.bytes} random bytes delivered (${s.capped} chains over the ${ENTROPY_MAX_REQUEST}-byte cap)`,
-      `needs-reset ${s.needsReset}, planned resets ${s.plannedResets}, chaos batches ${s.chaos}; crashes 0`,
-    ]);
+    const s = await fuzzDevice(
+      t,
+      'virtio-rng',
+      3,
+      (fuzz, memory, dir) => new EntropyFuzz(fuzz, memory, dir),
+      (s, seconds) => [
+        `${s.runs} runs, ${s.batches} batches, ${s.chains} chains in ${seconds} s`,
+        `${s.bytes} random bytes delivered (${s.capped} chains over the ${ENTROPY_MAX_REQUEST}-byte cap)`,
+        `needs-reset ${s.needsReset}, planned resets ${s.plannedResets}, chaos batches ${s.chaos}; crashes 0`,
+      ],
+    );
     assert.ok(s.bytes > 0);
   },
 );
