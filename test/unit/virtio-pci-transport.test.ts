@@ -2,7 +2,10 @@
 // ioeventfd registration and irqfd-backed MSI-X are the real thing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readSync } from 'node:fs';
+import { existsSync, mkdtempSync, readSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { KvmSystem } from '../../src/kvm/system.js';
 import { Vm } from '../../src/vmm/vm.js';
 import { GsiRouter } from '../../src/vmm/gsi-routing.js';
@@ -26,6 +29,7 @@ import { EventFdDispatcher, VirtioRunner } from '../../src/devices/virtio/runner
 import type { VirtioBackend } from '../../src/devices/virtio/device.js';
 import { openEntropy, VirtioEntropy } from '../../src/devices/virtio/entropy.js';
 import { FakePackedDriver } from '../support/virtq-driver.js';
+import { openNet, VirtioNet } from '../../src/devices/virtio/net.js';
 
 const info: VirtioDeviceInfo = { deviceType: 4, classCode: 0x00ff00, features: 0n, queueSizes: [256], configSize: 0 };
 
@@ -265,5 +269,48 @@ test(
       vm.memory.read(gpa, 64).some((b) => b !== 0),
       'random bytes were written',
     );
+  },
+);
+
+test(
+  'virtio-net link status: when the host network goes away the guest reads link down, a new config_generation and gets a config interrupt',
+  { skip },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'partita-link-'));
+    const path = join(dir, 'net.sock');
+    const server = createServer((s) => setTimeout(() => s.destroy(), 50)); // the network hangs up at once
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      const kvm = KvmSystem.open();
+      const vm = Vm.create(kvm, 16 * MIB);
+      const net = new VirtioNet(openNet({ backend: { kind: 'socket', path } }), () => undefined);
+      const intx: boolean[] = [];
+      const dev = VirtioPciDevice.create('virtio-net', net.info, vm.fd, new GsiRouter(vm.fd), {
+        set: (l) => void intx.push(l),
+      });
+      dev.deviceConfig.set(net.configBytes());
+      dev.config.setBarAddress(VIRTIO_BAR, 0xd0000000);
+      dev.config.write(PCI_COMMAND, 2, 0x6);
+      new VirtioRunner(dev, net, vm.memory, new EventFdDispatcher());
+      const status = (s: number): void => write(dev, COMMON_OFFSET + 0x14, new Uint8Array([s]));
+      assert.equal(read(dev, DEVICE_OFFSET + 6, 2), 1, 'link up to begin with');
+      const generation = read(dev, COMMON_OFFSET + 0x15, 1);
+      status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+      write(dev, COMMON_OFFSET + 0x08, u32(1));
+      write(dev, COMMON_OFFSET + 0x0c, u32(1));
+      status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+      status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+      const end = Date.now() + 5000;
+      while (read(dev, DEVICE_OFFSET + 6, 2) !== 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(read(dev, DEVICE_OFFSET + 6, 2), 0, 'VIRTIO_NET_S_LINK_UP cleared');
+      assert.notEqual(read(dev, COMMON_OFFSET + 0x15, 1), generation, 'config_generation changed');
+      assert.deepEqual(intx, [true], 'INTx raised for the configuration change');
+      assert.equal(read(dev, ISR_OFFSET, 1) & 2, 2, 'ISR: configuration change (bit 1; bit 0 too, as QEMU sets it)');
+      assert.deepEqual(intx, [true, false], 'reading the ISR lowers INTx');
+      net.close();
+    } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   },
 );

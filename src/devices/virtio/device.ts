@@ -15,6 +15,11 @@ export interface VirtioQueueContext {
   interrupt(queue: number): void;
   /** Marks the device DEVICE_NEEDS_RESET after a driver error (malformed descriptors etc.). */
   needsReset(reason: string): void;
+  /**
+   * Changes device-specific configuration the driver reads (e.g. virtio-net's link status) and tells it: a new
+   * config_generation and a configuration change notification (virtio 1.2 §2.5.1, §4.1.4.5).
+   */
+  updateConfig?(offset: number, bytes: Uint8Array): void;
 }
 
 export interface VirtioBackend {

@@ -52,6 +52,8 @@ export const VIRTIO_NET_F_HOST_TSO6 = 12n;
 export const VIRTIO_NET_F_MRG_RXBUF = 15n;
 export const VIRTIO_NET_F_STATUS = 16n;
 export const VIRTIO_NET_S_LINK_UP = 1;
+/** Offset of the status field in struct virtio_net_config (after mac[6]). */
+export const NET_CONFIG_STATUS_OFFSET = 6;
 /** struct virtio_net_config up to mtu (§5.1.4): mac[6], status, max_virtqueue_pairs, mtu. */
 export const NET_CONFIG_SIZE = 12;
 
@@ -198,6 +200,8 @@ export class VirtioNet implements VirtioBackend {
   private txBlocked = false;
   private txContinuation: NodeJS.Immediate | undefined;
   private closed = false;
+  /** The host backend is connected; once it is gone for good the guest sees the link down (§5.1.4 status). */
+  private linkUp = true;
 
   constructor(
     readonly handle: NetHandle,
@@ -265,16 +269,26 @@ export class VirtioNet implements VirtioBackend {
         warn: (message) => this.log(`virtio-net: ${message}`),
         closed: (reason) => {
           this.log(`virtio-net: ${reason}`);
+          this.linkUp = false;
+          this.reportLink();
           this.txBlocked = false;
           this.processTx(); // what the guest queued is dropped now rather than left hanging
         },
       });
     }
+    if (!this.linkUp) this.reportLink(); // it went down while no driver was there
     this.link.negotiated({
       csum: this.guestCsum,
       tso4: bit(ctx.features, VIRTIO_NET_F_GUEST_TSO4),
       tso6: bit(ctx.features, VIRTIO_NET_F_GUEST_TSO6),
     });
+  }
+
+  /** Tells the driver the link status (VIRTIO_NET_F_STATUS): the status field with a config change interrupt. */
+  private reportLink(): void {
+    const status = new Uint8Array(2);
+    new DataView(status.buffer).setUint16(0, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
+    this.ctx?.updateConfig?.(NET_CONFIG_STATUS_OFFSET, status);
   }
 
   queueNotified(index: number): void {

@@ -453,6 +453,17 @@ export class VirtioPciDevice implements PciFunction {
     });
   }
 
+  /** The device changed its configuration (I/O thread): new bytes, a new generation, a config interrupt. */
+  updateDeviceConfig(offset: number, bytes: Uint8Array): void {
+    if (offset < 0 || offset + bytes.length > this.deviceConfig.length)
+      throw new RangeError(`${this.name}: device config update at ${offset}+${bytes.length} is out of range`);
+    this.lock.with(() => {
+      this.deviceConfig.set(bytes, offset);
+      Atomics.add(this.regs, W_CONFIG_GENERATION, 1);
+    });
+    this.interruptConfig();
+  }
+
   /** The device found the driver misbehaving: set DEVICE_NEEDS_RESET and tell it (§2.1.2). */
   needsReset(): void {
     this.lock.with(() => {

@@ -119,6 +119,7 @@ export class VirtioRunner {
         if (q && q.needsNotification()) this.transport.interruptQueue(queue);
       },
       needsReset: (reason) => this.needsReset(reason),
+      updateConfig: (offset, bytes) => this.transport.updateDeviceConfig(offset, bytes),
     };
     this.backend.activate(ctx);
     // Buffers the driver made available before DRIVER_OK (allowed by §3.1.1) are served now.
