@@ -1,7 +1,8 @@
 // The virtio devices a user asked for (--disk, --net, --rng, --console): parsed from CLI specs, opened on the
 // builder thread (files, locks, sockets and helper processes: errors surface before the guest starts), and
 // turned into backends on the I/O thread. What crosses threads is a structured-clone-safe handle.
-import type { VirtioBackend } from '../devices/virtio/device.js';
+import { statSync } from 'node:fs';
+import { DeviceOpenError, type VirtioBackend } from '../devices/virtio/device.js';
 import { openBlock, VirtioBlock, type BlockHandle, type BlockOptions } from '../devices/virtio/block.js';
 import { openNet, VirtioNet, type NetHandle, type NetOptions } from '../devices/virtio/net.js';
 import { openEntropy, VirtioEntropy, type EntropyHandle } from '../devices/virtio/entropy.js';
@@ -19,8 +20,32 @@ export type OpenedVirtioDevice =
   | { readonly kind: 'entropy'; readonly name: string; readonly handle: EntropyHandle }
   | { readonly kind: 'console'; readonly name: string; readonly handle: ConsoleHandle };
 
+/** One image given twice would be locked against itself: say what happened instead of "in use by another VM". */
+function refuseRepeatedImages(specs: readonly VirtioDeviceSpec[]): void {
+  const seen = new Map<string, string>();
+  for (const spec of specs) {
+    if (spec.kind !== 'block') continue;
+    let key: string;
+    try {
+      const st = statSync(spec.options.path);
+      key = `${st.dev}:${st.ino}`;
+    } catch {
+      continue; // openBlock names the problem
+    }
+    const first = seen.get(key);
+    if (first !== undefined)
+      throw new DeviceOpenError(
+        first === spec.options.path
+          ? `disk image '${first}' is given twice`
+          : `disk images '${first}' and '${spec.options.path}' are the same file`,
+      );
+    seen.set(key, spec.options.path);
+  }
+}
+
 /** Opens every device's host side; on failure closes what was already opened, then rethrows. */
 export function openVirtioDevices(specs: readonly VirtioDeviceSpec[]): OpenedVirtioDevice[] {
+  refuseRepeatedImages(specs);
   const opened: OpenedVirtioDevice[] = [];
   const counts = new Map<string, number>();
   const nameFor = (kind: string): string => {

@@ -68,6 +68,7 @@ test('bad device options and missing images are one clear line with status 2', {
       [['--disk', dir], /adir/],
       [['--disk', odd], /512/],
       [['--disk', `${s.image},bogus`], /'bogus'/],
+      [['--disk', s.image, '--disk', `${s.image},readonly`], /is given twice/],
       [['--net', 'bridge=br0'], /expected user, tap=NAME or socket=PATH/],
       [['--net', `socket=${join(s.dir, 'nobody.sock')}`], /nobody\.sock/],
       [['--net', 'socket=/x,mac=01:00:5e:00:00:01'], /mac|MAC/],
