@@ -30,28 +30,30 @@ function keyValue(part: string): [string, string | undefined] {
   return eq < 0 ? [part, undefined] : [part.slice(0, eq), part.slice(eq + 1)];
 }
 
-/** --disk PATH[,readonly][,serial=ID][,queues=N] */
+/** --disk PATH[,readonly][,serial=ID][,queues=N][,packed] */
 export function parseDisk(text: string): VirtioDeviceSpec {
   const [path, ...rest] = splitOption(text);
   if (!path) throw new DeviceOptionError(`--disk '${text}': the image path is missing`);
   let readOnly = false;
   let serial: string | undefined;
   let queues: number | undefined;
+  let packed = false;
   for (const part of rest) {
     const [key, value] = keyValue(part);
-    if (key === 'readonly' && (value === undefined || value === 'on')) readOnly = true;
+    if (key === 'packed' && value === undefined) packed = true;
+    else if (key === 'readonly' && (value === undefined || value === 'on')) readOnly = true;
     else if (key === 'readonly' && value === 'off') readOnly = false;
     else if (key === 'serial' && value !== undefined) serial = value;
     else if (key === 'queues' && value !== undefined && /^\d+$/.test(value)) queues = Number(value);
     else
       throw new DeviceOptionError(
-        `--disk '${text}': unknown or malformed option '${part}' (readonly, serial=ID, queues=N)`,
+        `--disk '${text}': unknown or malformed option '${part}' (readonly, serial=ID, queues=N, packed)`,
       );
   }
-  return { kind: 'block', options: { path, readOnly, serial, queues } };
+  return { kind: 'block', options: { path, readOnly, serial, queues }, ...(packed ? { packed } : {}) };
 }
 
-/** --net user|tap=NAME|socket=PATH[,mac=52:54:00:12:34:56] */
+/** --net user|tap=NAME|socket=PATH[,mac=52:54:00:12:34:56][,packed] */
 export function parseNet(text: string): VirtioDeviceSpec {
   const [first, ...rest] = splitOption(text);
   const [kind, value] = keyValue(first);
@@ -61,12 +63,17 @@ export function parseNet(text: string): VirtioDeviceSpec {
   else if (kind === 'socket' && value) backend = { kind: 'socket', path: value };
   else throw new DeviceOptionError(`--net '${text}': expected user, tap=NAME or socket=PATH`);
   let mac: string | undefined;
+  let packed = false;
   for (const part of rest) {
     const [key, v] = keyValue(part);
     if (key === 'mac' && v !== undefined) mac = v;
-    else throw new DeviceOptionError(`--net '${text}': unknown or malformed option '${part}' (mac=XX:XX:XX:XX:XX:XX)`);
+    else if (key === 'packed' && v === undefined) packed = true;
+    else
+      throw new DeviceOptionError(
+        `--net '${text}': unknown or malformed option '${part}' (mac=XX:XX:XX:XX:XX:XX, packed)`,
+      );
   }
-  return { kind: 'net', options: { backend, mac } };
+  return { kind: 'net', options: { backend, mac }, ...(packed ? { packed } : {}) };
 }
 
 /** --console PATH (a file to write, or a UNIX socket to connect to) */

@@ -23,11 +23,11 @@ Options:
   --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
   --serial MODE        stdio (default) or file:PATH
   --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
-  --disk PATH[,readonly][,serial=ID][,queues=N]
+  --disk PATH[,readonly][,serial=ID][,queues=N][,packed]
                        virtio-blk disk on a raw image (locked: one VM at a time); repeatable
-  --net user|tap=NAME|socket=PATH[,mac=MAC]
+  --net user|tap=NAME|socket=PATH[,mac=MAC][,packed]
                        virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket speaking
-                       QEMU's stream protocol; repeatable
+                       QEMU's stream protocol; repeatable. 'packed' offers packed virtqueues too
   --rng                virtio-rng fed from the host's getrandom
   --console PATH       virtio-console port to a file (guest output) or a UNIX socket (both ways)
   --stats              print the VM's exit counts when it stops

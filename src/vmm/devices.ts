@@ -77,7 +77,8 @@ export function createSharedDeviceState(vmFd: number, virtio: readonly OpenedVir
   const functions = virtio.map((device, n): SharedVirtioFunction => {
     const { slot, gsi } = pciSlot(n);
     const backend = backendFor(device);
-    const transport = VirtioPciDevice.create(device.name, backend.info, vmFd, router, Vm.irqLine(vmFd, gsi));
+    const info = { ...backend.info, packedRing: device.packed };
+    const transport = VirtioPciDevice.create(device.name, info, vmFd, router, Vm.irqLine(vmFd, gsi));
     transport.deviceConfig.set(backend.configBytes().subarray(0, transport.deviceConfig.length));
     for (const bar of [MSIX_BAR, VIRTIO_BAR]) {
       const def = transport.config.bar(bar);
@@ -86,7 +87,7 @@ export function createSharedDeviceState(vmFd: number, virtio: readonly OpenedVir
     transport.config.write(PCI_INTERRUPT_LINE, 1, gsi);
     transport.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY);
     transport.registerIoeventfds();
-    return { slot, gsi, device, info: backend.info, shared: transport.shared };
+    return { slot, gsi, device, info, shared: transport.shared };
   });
   return {
     com1: Uart16550.createState(),

@@ -8,17 +8,19 @@ import { openNet, VirtioNet, type NetHandle, type NetOptions } from '../devices/
 import { openEntropy, VirtioEntropy, type EntropyHandle } from '../devices/virtio/entropy.js';
 import { openConsole, VirtioConsole, type ConsoleHandle } from '../devices/virtio/console.js';
 
+/** `packed`: offer packed virtqueues (VIRTIO_F_RING_PACKED) on this device; split only by default. */
 export type VirtioDeviceSpec =
-  | { readonly kind: 'block'; readonly options: BlockOptions }
-  | { readonly kind: 'net'; readonly options: NetOptions }
-  | { readonly kind: 'entropy' }
-  | { readonly kind: 'console'; readonly options: { readonly path: string } };
+  | { readonly kind: 'block'; readonly options: BlockOptions; readonly packed?: boolean }
+  | { readonly kind: 'net'; readonly options: NetOptions; readonly packed?: boolean }
+  | { readonly kind: 'entropy'; readonly packed?: boolean }
+  | { readonly kind: 'console'; readonly options: { readonly path: string }; readonly packed?: boolean };
 
-export type OpenedVirtioDevice =
-  | { readonly kind: 'block'; readonly name: string; readonly handle: BlockHandle }
-  | { readonly kind: 'net'; readonly name: string; readonly handle: NetHandle }
-  | { readonly kind: 'entropy'; readonly name: string; readonly handle: EntropyHandle }
-  | { readonly kind: 'console'; readonly name: string; readonly handle: ConsoleHandle };
+export type OpenedVirtioDevice = { readonly name: string; readonly packed: boolean } & (
+  | { readonly kind: 'block'; readonly handle: BlockHandle }
+  | { readonly kind: 'net'; readonly handle: NetHandle }
+  | { readonly kind: 'entropy'; readonly handle: EntropyHandle }
+  | { readonly kind: 'console'; readonly handle: ConsoleHandle }
+);
 
 /** One image given twice would be locked against itself: say what happened instead of "in use by another VM". */
 function refuseRepeatedImages(specs: readonly VirtioDeviceSpec[]): void {
@@ -55,18 +57,19 @@ export function openVirtioDevices(specs: readonly VirtioDeviceSpec[]): OpenedVir
   };
   try {
     for (const spec of specs) {
+      const packed = spec.packed === true;
       switch (spec.kind) {
         case 'block':
-          opened.push({ kind: 'block', name: nameFor('blk'), handle: openBlock(spec.options) });
+          opened.push({ kind: 'block', name: nameFor('blk'), packed, handle: openBlock(spec.options) });
           break;
         case 'net':
-          opened.push({ kind: 'net', name: nameFor('net'), handle: openNet(spec.options) });
+          opened.push({ kind: 'net', name: nameFor('net'), packed, handle: openNet(spec.options) });
           break;
         case 'entropy':
-          opened.push({ kind: 'entropy', name: nameFor('rng'), handle: openEntropy() });
+          opened.push({ kind: 'entropy', name: nameFor('rng'), packed, handle: openEntropy() });
           break;
         case 'console':
-          opened.push({ kind: 'console', name: nameFor('console'), handle: openConsole(spec.options) });
+          opened.push({ kind: 'console', name: nameFor('console'), packed, handle: openConsole(spec.options) });
           break;
       }
     }

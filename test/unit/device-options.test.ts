@@ -18,6 +18,11 @@ test('--disk: path, readonly, serial, queues', () => {
     kind: 'block',
     options: { path: 'a.img', readOnly: true, serial: 'DISK-1', queues: 4 },
   });
+  assert.deepEqual(parseDisk('a.img,packed'), {
+    kind: 'block',
+    options: { path: 'a.img', readOnly: false, serial: undefined, queues: undefined },
+    packed: true,
+  });
   assert.throws(() => parseDisk(',readonly'), /image path is missing/);
   assert.throws(
     () => parseDisk('a.img,bogus'),
@@ -35,6 +40,11 @@ test('--net: user, tap=NAME, socket=PATH, mac=', () => {
   assert.deepEqual(parseNet('socket=/run/x.sock'), {
     kind: 'net',
     options: { backend: { kind: 'socket', path: '/run/x.sock' }, mac: undefined },
+  });
+  assert.deepEqual(parseNet('user,packed'), {
+    kind: 'net',
+    options: { backend: { kind: 'user' }, mac: undefined },
+    packed: true,
   });
   assert.throws(() => parseNet('tap'), /expected user, tap=NAME or socket=PATH/);
   assert.throws(() => parseNet('bridge=br0'), /expected user/);

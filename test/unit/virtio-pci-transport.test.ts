@@ -231,7 +231,10 @@ test(
     const kvm = KvmSystem.open();
     const vm = Vm.create(kvm, 16 * MIB);
     const rng = new VirtioEntropy(openEntropy());
-    const dev = VirtioPciDevice.create('virtio-rng', rng.info, vm.fd, new GsiRouter(vm.fd));
+    const plain = VirtioPciDevice.create('virtio-rng', rng.info, vm.fd, new GsiRouter(vm.fd));
+    write(plain, COMMON_OFFSET + 0x00, u32(1));
+    assert.equal((read(plain, COMMON_OFFSET + 0x04, 4) >>> 2) & 1, 0, 'RING_PACKED is not offered unless asked for');
+    const dev = VirtioPciDevice.create('virtio-rng', { ...rng.info, packedRing: true }, vm.fd, new GsiRouter(vm.fd));
     dev.config.setBarAddress(VIRTIO_BAR, 0xd0000000);
     dev.config.write(PCI_COMMAND, 2, 0x6);
     new VirtioRunner(dev, rng, vm.memory, new EventFdDispatcher());

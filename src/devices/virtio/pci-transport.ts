@@ -52,6 +52,9 @@ export interface VirtioDeviceInfo {
   readonly features: bigint; // device-specific feature bits offered (transport bits are added)
   readonly queueSizes: readonly number[]; // maximum size of each queue
   readonly configSize: number; // bytes of device-specific configuration
+  /** Offer VIRTIO_F_RING_PACKED (§2.8). Off unless asked for, as in QEMU (packed=on): split rings are the ones
+   * every driver and firmware knows. */
+  readonly packedRing?: boolean;
 }
 
 // Shared register file (Int32 words).
@@ -139,7 +142,7 @@ export class VirtioPciDevice implements PciFunction {
       (1n << VIRTIO_F_VERSION_1) |
       (1n << VIRTIO_F_RING_INDIRECT_DESC) |
       (1n << VIRTIO_F_RING_EVENT_IDX) |
-      (1n << VIRTIO_F_RING_PACKED);
+      (info.packedRing ? 1n << VIRTIO_F_RING_PACKED : 0n);
     const vectors = info.queueSizes.length + 1;
     this.msix = initialize ? MsixVectors.create(vectors, router) : MsixVectors.attach(vectors, shared.msix, router);
     this.config = new PciConfigSpace(shared.pciConfig);
