@@ -31,7 +31,7 @@ const IFNAMSIZ = 16;
 /** virtio 1.x's struct virtio_net_hdr including num_buffers (§5.1.6): the vnet header size the TAP is given. */
 const VNET_HDR_SIZE = 12;
 
-/** Polling cadence (see the header comment) and the frames read per turn before yielding to the event loop. */
+/** Frames read per turn before yielding to the event loop. */
 const READS_PER_TURN = 64;
 
 export interface TapHandle {
