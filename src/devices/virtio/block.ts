@@ -104,17 +104,6 @@ export interface BlockHandle {
   readonly queueSize: number;
 }
 
-type Fallocate = (fd: number, mode: number, offset: number, length: number) => number;
-
-/**
- * fallocate(2), when the native layer has it: discard and write-zeroes then punch holes (the image stays
- * sparse) instead of writing zeros. Looked up at call time, so a native layer that gains it needs no change here.
- */
-function nativeFallocate(): Fallocate | undefined {
-  const f = (native as typeof native & { fallocate?: Fallocate }).fallocate;
-  return typeof f === 'function' ? f : undefined;
-}
-
 function describeOpenError(path: string, readOnly: boolean, e: NodeJS.ErrnoException): string {
   switch (e.code) {
     case 'ENOENT':
@@ -312,8 +301,8 @@ export class VirtioBlock implements VirtioBackend {
       v.setUint32(44, DISCARD_ALIGNMENT_SECTORS, true); // discard_sector_alignment
       v.setUint32(48, MAX_DISCARD_SECTORS, true); // max_write_zeroes_sectors
       v.setUint32(52, MAX_DISCARD_SEGMENTS, true); // max_write_zeroes_seg
-      // Only a hole punch deallocates; the zero-writing fallback cannot, and §5.2.6.2 wants this 0 then.
-      v.setUint8(56, nativeFallocate() ? 1 : 0); // write_zeroes_may_unmap
+      // UNMAP write-zeroes punch holes (fallocate); "may" (§5.2.6.2): where the filesystem cannot, zeros are written.
+      v.setUint8(56, 1); // write_zeroes_may_unmap
     }
     return bytes;
   }
@@ -580,13 +569,6 @@ export class VirtioBlock implements VirtioBackend {
     for (const r of t.ranges) this.complete(r.request, VIRTIO_BLK_S_OK);
   }
 
-  /** The end of a single fs call that finishes a request. */
-  private ioFinished(request: Request, status: number): void {
-    this.ioReturned();
-    if (this.afterClose()) return;
-    this.complete(request, status);
-  }
-
   /** After close(), the last fs call to come back closes the fd (closing it earlier could let a reused fd number be written). */
   private afterClose(): boolean {
     if (!this.closed) return false;
@@ -646,14 +628,13 @@ export class VirtioBlock implements VirtioBackend {
     this.zeroNext({ request, ranges, index: 0, done: 0 });
   }
 
-  /** Clears the job's ranges in turn: a hole punch when fallocate is there, else zeros in 1 MiB writes. */
+  /** Clears the job's ranges in turn: fallocate, or zeros in 1 MiB writes where the filesystem cannot. */
   private zeroNext(job: ZeroJob): void {
-    const fallocate = nativeFallocate();
     while (job.index < job.ranges.length) {
       const r = job.ranges[job.index];
-      if (job.done === 0 && fallocate) {
+      if (job.done === 0) {
         const mode = r.unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-        const result = fallocate(this.fd, mode, r.offset, r.length);
+        const result = native.fallocate(this.fd, mode, r.offset, r.length);
         if (result === 0) {
           job.index++;
           continue;
@@ -679,8 +660,9 @@ export class VirtioBlock implements VirtioBackend {
       return;
     }
     if (this.writeThrough) {
-      this.inFlight++;
-      fs.fdatasync(this.fd, (e) => this.ioFinished(job.request, e ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK));
+      this.sync((e) => {
+        if (!this.afterClose()) this.complete(job.request, e ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
+      });
       return;
     }
     this.complete(job.request, VIRTIO_BLK_S_OK);
