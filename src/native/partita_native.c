@@ -611,11 +611,7 @@ static napi_value js_watch_fds(napi_env env, napi_callback_info info) {
     return num(env, -EAGAIN);
   }
   if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, w, watcher_finalize, NULL, watcher_call_js, &w->tsfn) != napi_ok) {
-    atomic_store(&w->finalizing, 1);
-    uint64_t one = 1;
-    if (write(w->stopfd, &one, sizeof one) < 0) { /* see watcher_finalize */ }
-    pthread_join(w->thread, NULL);
-    free(w);
+    watcher_finalize(env, w, NULL);  // stops and joins the thread, closes the fds, frees
     return throw_last(env);
   }
   napi_unref_threadsafe_function(env, w->tsfn);  // watching does not keep the event loop alive by itself
@@ -776,12 +772,7 @@ static napi_value js_io_thread_start(napi_env env, napi_callback_info info) {
     return num(env, -EAGAIN);
   }
   if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, t, io_finalize, NULL, io_call_js, &t->tsfn) != napi_ok) {
-    pthread_mutex_lock(&t->lock);
-    t->stopping = 1;
-    pthread_cond_signal(&t->wake);
-    pthread_mutex_unlock(&t->lock);
-    pthread_join(t->thread, NULL);
-    free(t);
+    io_finalize(env, t, NULL);  // stops and joins the thread, frees
     return throw_last(env);
   }
   napi_unref_threadsafe_function(env, t->tsfn);
