@@ -48,10 +48,11 @@ const KIND = 2;
 const PAUSED = 3; // 0 running, 1 paused
 const MESSAGE_LENGTH = 4;
 const TARGET_COUNT = 5;
-/** Exits handled in userspace, by kind (what --stats prints). */
-export const EXIT_COUNT_PIO = 8;
-export const EXIT_COUNT_MMIO = 9;
-export const EXIT_COUNT_OTHER = 10;
+/** Exits handled in userspace, by kind (what --stats prints): indexes into VmControl.exitCounters. */
+export const EXIT_COUNT_PIO = 0;
+export const EXIT_COUNT_MMIO = 1;
+export const EXIT_COUNT_OTHER = 2;
+const EXIT_COUNTERS_AT = 8; // header word of the first counter
 const HEADER_INTS = 16;
 const MAX_TARGETS = 1024;
 const MESSAGE_BYTES = 16384;
@@ -60,23 +61,21 @@ export class VmControl {
   private readonly ints: Int32Array;
   private readonly targets: BigUint64Array; // pairs: pthread_t, address of kvm_run.immediate_exit (0 = none)
   private readonly message: Uint8Array;
+  /** Counters any exit-handling thread bumps with Atomics.add (indexes EXIT_COUNT_*); a view of them only. */
+  readonly exitCounters: Int32Array;
 
   constructor(readonly buffer: SharedArrayBuffer = VmControl.createBuffer()) {
     this.ints = new Int32Array(buffer, 0, HEADER_INTS);
+    this.exitCounters = new Int32Array(buffer, EXIT_COUNTERS_AT * 4, 3);
     this.targets = new BigUint64Array(buffer, HEADER_INTS * 4, MAX_TARGETS * 2);
     this.message = new Uint8Array(buffer, HEADER_INTS * 4 + MAX_TARGETS * 16, MESSAGE_BYTES);
   }
 
-  /** Counters any exit-handling thread bumps with Atomics.add (indexes EXIT_COUNT_*). */
-  get counters(): Int32Array {
-    return this.ints;
-  }
-
   exitCounts(): { pio: number; mmio: number; other: number } {
     return {
-      pio: Atomics.load(this.ints, EXIT_COUNT_PIO),
-      mmio: Atomics.load(this.ints, EXIT_COUNT_MMIO),
-      other: Atomics.load(this.ints, EXIT_COUNT_OTHER),
+      pio: Atomics.load(this.exitCounters, EXIT_COUNT_PIO),
+      mmio: Atomics.load(this.exitCounters, EXIT_COUNT_MMIO),
+      other: Atomics.load(this.exitCounters, EXIT_COUNT_OTHER),
     };
   }
 

@@ -17,8 +17,10 @@ import {
   type VirtioDeviceInfo,
   type VirtioPciShared,
 } from '../devices/virtio/pci-transport.js';
+import type { PciRootOptions } from '../arch/x86_64/acpi/dsdt.js';
 import {
   PCI_ECAM_BASE,
+  PCI_ECAM_BUSES,
   PCI_ECAM_SIZE,
   PCI_INTX_GSI_BASE,
   PCI_INTX_GSI_COUNT,
@@ -60,6 +62,16 @@ export interface SharedVirtioFunction {
 export function pciSlot(n: number): { slot: number; gsi: number } {
   const slot = n + 1;
   return { slot, gsi: PCI_INTX_GSI_BASE + ((slot - 1) % PCI_INTX_GSI_COUNT) };
+}
+
+/** The PCI root bridge as ACPI and the MP table describe it: the windows used here, and each slot's INTA#. */
+export function pciRootDescription(devices: number): PciRootOptions {
+  return {
+    ecam: { base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, endBus: PCI_ECAM_BUSES - 1 },
+    mmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
+    io: { base: PCI_IO_BASE, end: PCI_IO_END },
+    intx: Array.from({ length: devices }, (_, n) => pciSlot(n)),
+  };
 }
 
 /** Bus 0 has 32 slots; slot 0 is the host bridge. */

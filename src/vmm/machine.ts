@@ -18,13 +18,6 @@ import {
   LAPIC_ADDRESS,
   MAX_MEMORY,
   MIN_MEMORY,
-  PCI_ECAM_BASE,
-  PCI_ECAM_BUSES,
-  PCI_ECAM_SIZE,
-  PCI_IO_BASE,
-  PCI_IO_END,
-  PCI_MMIO32_BASE,
-  PCI_MMIO32_END,
 } from '../arch/x86_64/layout.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
@@ -36,7 +29,7 @@ import { formatSize } from './units.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
-import { buildDevices, createSharedDeviceState, MAX_PCI_DEVICES, pciSlot } from './devices.js';
+import { buildDevices, createSharedDeviceState, MAX_PCI_DEVICES, pciRootDescription } from './devices.js';
 import type { IoThreadData } from './io-thread.js';
 import { openVirtioDevices, type OpenedVirtioDevice, type VirtioDeviceSpec } from './virtio-devices.js';
 import { DeviceOpenError } from '../devices/virtio/device.js';
@@ -297,12 +290,7 @@ function buildAndRunWithDevices(
  */
 function writePlatformTables(vm: Vm, apicIds: readonly number[], pciDevices: number): number {
   const ioapicId = defaultIoapicId(apicIds);
-  const pci = {
-    ecam: { base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, endBus: PCI_ECAM_BUSES - 1 },
-    mmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
-    io: { base: PCI_IO_BASE, end: PCI_IO_END },
-    intx: Array.from({ length: pciDevices }, (_, n) => pciSlot(n)),
-  };
+  const pci = pciRootDescription(pciDevices);
   const acpi = buildAcpiTables(
     { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {}, pci },
     vm.memory,

@@ -166,7 +166,7 @@ export class Vcpu {
   handleExit(ctx: VcpuExitContext): StopReason | undefined {
     const run = this.run;
     const reason = run.getUint32(R.exit_reason.offset, true);
-    const counters = ctx.control.counters;
+    const counters = ctx.control.exitCounters;
     if (reason === EXIT_IO) {
       Atomics.add(counters, EXIT_COUNT_PIO, 1);
       const bytes = this.runBytes;
