@@ -75,9 +75,9 @@ export class VirtioRunner {
   private activate(): void {
     const features = this.transport.driverFeatures;
     const queues: (Virtqueue | undefined)[] = [];
-    const eventIdx = ((features >> VIRTIO_F_RING_EVENT_IDX) & 1n) === 1n;
-    const indirect = ((features >> VIRTIO_F_RING_INDIRECT_DESC) & 1n) === 1n;
-    const packed = ((features >> VIRTIO_F_RING_PACKED) & 1n) === 1n;
+    const eventIdx = this.transport.negotiated(VIRTIO_F_RING_EVENT_IDX);
+    const indirect = this.transport.negotiated(VIRTIO_F_RING_INDIRECT_DESC);
+    const packed = this.transport.negotiated(VIRTIO_F_RING_PACKED);
     for (let i = 0; i < this.transport.info.queueSizes.length; i++) {
       const q = this.transport.queueConfig(i);
       if (!q.enabled) {
