@@ -1,5 +1,6 @@
 // ACPI 6.5 §20 ACPI Machine Language (AML) Specification, and §6.4 Resource Data Types: the small subset of
 // encodings Partita's DSDT needs (names, scopes, devices, integers, strings, packages, resource templates).
+import { ByteWriter } from './sdt.js';
 
 /** An encoded AML term or data object. */
 export type Aml = Uint8Array;
@@ -187,13 +188,6 @@ const RESOURCE_MEMORY = 0;
 const RESOURCE_IO = 1;
 const RESOURCE_BUS = 2;
 
-function u16le(v: number): number[] {
-  return [v & 0xff, (v >>> 8) & 0xff];
-}
-function u32le(v: number): number[] {
-  return [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
-}
-
 /**
  * §6.4.3.5.3 Word Address Space Descriptor (bus numbers or I/O ports), "producer", fixed min and max:
  * WordBusNumber / WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange).
@@ -203,19 +197,18 @@ function wordAddress(kind: number, min: number, max: number): Uint8Array {
     throw new RangeError(`word address range 0x${min.toString(16)}-0x${max.toString(16)} is invalid`);
   // general flags: bit 3 MaxFixed, bit 2 MinFixed, bit 0 consumer(1)/producer(0)
   const typeFlags = kind === RESOURCE_IO ? 0x03 /* EntireRange */ : 0x00;
-  return Uint8Array.of(
-    0x88,
-    13,
-    0,
-    kind,
-    0x0c,
-    typeFlags,
-    ...u16le(0),
-    ...u16le(min),
-    ...u16le(max),
-    ...u16le(0),
-    ...u16le(max - min + 1),
-  );
+  return new ByteWriter()
+    .u8(0x88)
+    .u16(13) // length after this header
+    .u8(kind)
+    .u8(0x0c)
+    .u8(typeFlags)
+    .u16(0) // granularity
+    .u16(min)
+    .u16(max)
+    .u16(0) // translation offset
+    .u16(max - min + 1)
+    .finish();
 }
 
 /** WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, min, max). */
@@ -236,39 +229,21 @@ export function dwordMemory(min: number, max: number): Uint8Array {
   if (!Number.isInteger(min) || !Number.isInteger(max) || min < 0 || max > 0xffff_ffff || max < min)
     throw new RangeError(`memory range 0x${min.toString(16)}-0x${max.toString(16)} is invalid`);
   // type flags: bit 0 ReadWrite, bits 1-2 memory attributes 0 = non-cacheable
-  return Uint8Array.of(
-    0x87,
-    23,
-    0,
-    RESOURCE_MEMORY,
-    0x0c,
-    0x01,
-    ...u32le(0),
-    ...u32le(min),
-    ...u32le(max),
-    ...u32le(0),
-    ...u32le(max - min + 1),
-  );
+  return new ByteWriter()
+    .u8(0x87)
+    .u16(23) // length after this header
+    .u8(RESOURCE_MEMORY)
+    .u8(0x0c)
+    .u8(0x01)
+    .u32(0) // granularity
+    .u32(min)
+    .u32(max)
+    .u32(0) // translation offset
+    .u32(max - min + 1)
+    .finish();
 }
 
-/**
- * §6.4.3.5.1 QWord Address Space Descriptor, memory (the 64-bit PCI window above RAM): QWordMemory
- * (ResourceProducer, PosDecode, MinFixed, MaxFixed, Cacheable, ReadWrite, min, max).
- */
-export function qwordMemory(min: bigint, max: bigint): Uint8Array {
-  if (min < 0n || max < min || max >= 1n << 64n) throw new RangeError(`memory range ${min}-${max} is invalid`);
-  const u64 = (v: bigint): number[] => [...u32le(Number(v & 0xffff_ffffn)), ...u32le(Number(v >> 32n))];
-  return Uint8Array.of(
-    0x8a,
-    43,
-    0,
-    RESOURCE_MEMORY,
-    0x0c,
-    0x03,
-    ...u64(0n),
-    ...u64(min),
-    ...u64(max),
-    ...u64(0n),
-    ...u64(max - min + 1n),
-  );
+/** §6.4.3.4 32-Bit Fixed Memory Range Descriptor: Memory32Fixed (ReadWrite, base, length). */
+export function fixedMemory(base: number, length: number): Uint8Array {
+  return new ByteWriter().u8(0x86).u16(9).u8(1 /* read-write */).u32(base).u32(length).finish();
 }

@@ -7,6 +7,7 @@ import {
   device,
   dwordMemory,
   eisaId,
+  fixedMemory,
   integer,
   ioPort,
   irqNoFlags,
@@ -95,18 +96,6 @@ function pciRoot(p: PciRootOptions): Aml[] {
       name('_CRS', resourceTemplate(fixedMemory(p.ecam.base, p.ecam.size))),
     ),
   ];
-}
-
-/** §6.4.3.4 32-Bit Fixed Memory Range Descriptor: Memory32Fixed (ReadWrite, base, length). */
-function fixedMemory(base: number, length: number): Uint8Array {
-  const b = new Uint8Array(12);
-  const v = new DataView(b.buffer);
-  b[0] = 0x86;
-  v.setUint16(1, 9, true);
-  b[3] = 1; // read-write
-  v.setUint32(4, base, true);
-  v.setUint32(8, length, true);
-  return b;
 }
 
 export function buildDsdt(opts: DsdtOptions): Uint8Array {
