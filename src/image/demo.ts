@@ -3,10 +3,11 @@
 // apt-get (`apt-get download` needs no root) and unpacked with dpkg-deb; the initramfs is written by cpio.ts.
 // The result is cached under $XDG_CACHE_HOME/partita/demo/<kernel version>/ (default ~/.cache/partita/demo).
 import { execFile, spawn } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { findExecutable } from '../host/executables.js';
 import { chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
-import { basename, delimiter, join, relative } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { writeCpio, type CpioEntry } from './cpio.js';
 
@@ -70,19 +71,6 @@ export function defaultDemoCacheDir(): string {
   return join(xdg && xdg.startsWith('/') ? xdg : join(homedir(), '.cache'), 'partita', 'demo');
 }
 
-function onPath(tool: string): boolean {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
-    if (!dir) continue;
-    try {
-      accessSync(join(dir, tool), fsConstants.X_OK);
-      return true;
-    } catch {
-      // not here
-    }
-  }
-  return false;
-}
-
 function requireTools(): void {
   const tools: [string, string][] = [
     ['apt-get', 'apt'],
@@ -90,7 +78,7 @@ function requireTools(): void {
     ['dpkg-deb', 'dpkg'],
   ];
   for (const [tool, pkg] of tools) {
-    if (!onPath(tool)) {
+    if (!findExecutable(tool)) {
       throw new DemoImageError(
         'missing-tool',
         `${tool} not found: building the demo guest needs Debian's package tools (install the "${pkg}" package; on a non-Debian system use a Debian container)`,
@@ -284,7 +272,7 @@ async function moduleBytes(path: string): Promise<Uint8Array> {
   if (path.endsWith('.ko')) return readFile(path);
   if (path.endsWith('.ko.gz')) return gunzipSync(await readFile(path));
   const tool = path.endsWith('.ko.xz') ? ['xz', 'xz-utils'] : ['zstd', 'zstd'];
-  if (!onPath(tool[0]))
+  if (!findExecutable(tool[0]))
     throw new DemoImageError(
       'missing-tool',
       `${basename(path)} is compressed and ${tool[0]} is not installed (install the "${tool[1]}" package)`,

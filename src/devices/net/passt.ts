@@ -12,9 +12,10 @@
 // When the VMM runs as root, passt drops to nobody (65534) *before* binding its socket; the private directory the
 // socket goes in is therefore handed to that user, or the bind fails (and this passt version does not say so).
 import { spawn } from 'node:child_process';
-import { chownSync, closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { chownSync, closeSync, lstatSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
+import { findExecutable } from '../../host/executables.js';
 import { DeviceOpenError } from '../virtio/device.js';
 import { checkSocketPath } from './stream-socket.js';
 
@@ -35,7 +36,7 @@ const NOBODY = 65534;
 
 /** Builder thread: starts passt and waits (synchronously, bounded) until its socket exists. `mtu` goes to DHCP/NDP. */
 export function openPasst(mtu: number): PasstHandle {
-  const binary = findOnPath('passt');
+  const binary = findExecutable('passt', ['/usr/bin', '/usr/sbin']);
   if (!binary)
     throw new DeviceOpenError('user networking needs passt, which is not installed (sudo apt-get install passt)');
   const dir = mkdtempSync(join(tmpdir(), 'partita-passt-'));
@@ -121,15 +122,6 @@ function lastWords(logPath: string): string {
     .map((l) => l.trim())
     .filter((l) => l && !/syslog/.test(l));
   return lines.length ? `: ${lines[lines.length - 1]}` : '';
-}
-
-function findOnPath(name: string): string | undefined {
-  const dirs = (process.env.PATH ?? '').split(delimiter).filter(Boolean);
-  for (const d of [...dirs, '/usr/bin', '/usr/sbin']) {
-    const candidate = join(d, name);
-    if (existsSync(candidate)) return candidate;
-  }
-  return undefined;
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {
