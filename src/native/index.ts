@@ -19,7 +19,7 @@ interface NativeBinding {
   run(fd: number): number;
   /** A native block I/O thread (see partita_native.c): handle, or -errno. */
   ioThreadStart(onCompletions: () => void): bigint | number;
-  /** op 0 preadv into `views`, 1 pwritev from them, 2 fdatasync. 0 or -errno. */
+  /** op 1 pwritev from `views`, 2 fdatasync. 0 or -errno. */
   ioSubmit(thread: bigint, id: number, fd: number, op: number, offset: number, views: readonly Uint8Array[]): number;
   /** Fills `out` with (id, bytes or -errno) pairs; returns how many. */
   ioReap(thread: bigint, out: Float64Array): number;

@@ -643,8 +643,9 @@ static napi_value js_watch_fd_remove(napi_env env, napi_callback_info info) {
 
 
 // ---- block I/O thread ---------------------------------------------------------------------------------
-// A disk's reads, writes and syncs run back to back on a native thread of their own (QEMU's "iothread"),
-// straight from and into guest RAM (iovecs over the guest-memory views JavaScript hands in). Measured here:
+// A disk's writes and syncs run back to back on a native thread of their own (QEMU's "iothread"), straight
+// from guest RAM (iovecs over the guest-memory views JavaScript hands in; reads stay in libuv's pool, where
+// several run in parallel). Measured here:
 // 64 KiB random buffered writes from libuv's thread pool reach about half of one thread's pwrite rate (the
 // threads contend for the file's inode lock); one thread per disk keeps the host's own rate and keeps
 // requests in submission order (a sync runs after the writes submitted before it). Completions are batched:
@@ -653,7 +654,7 @@ typedef struct io_request {
   struct io_request *next;
   double id;
   int fd;
-  int op;  // 0 read, 1 write, 2 fdatasync
+  int op;  // 1 write, 2 fdatasync
   off_t offset;
   int64_t result;  // bytes or -errno
   int iovcnt;
@@ -677,12 +678,12 @@ static int64_t do_io(io_request *r) {
   struct iovec *iov = r->iov;
   int cnt = r->iovcnt;
   while (cnt > 0) {
-    ssize_t n = r->op == 1 ? pwritev(r->fd, iov, cnt, r->offset + total) : preadv(r->fd, iov, cnt, r->offset + total);
+    ssize_t n = pwritev(r->fd, iov, cnt, r->offset + total);
     if (n < 0) {
       if (errno == EINTR) continue;
       return total ? total : -errno;
     }
-    if (n == 0) break;  // end of file: a short read
+    if (n == 0) break;  // nothing written: reported as a short write
     total += n;
     while (cnt > 0 && (size_t)n >= iov->iov_len) {
       n -= (ssize_t)iov->iov_len;
@@ -779,8 +780,8 @@ static napi_value js_io_thread_start(napi_env env, napi_callback_info info) {
   return big(env, (uint64_t)(uintptr_t)t);
 }
 
-// ioSubmit(handle, id, fd, op, offset, views: Uint8Array[]): 0 | -errno. op 0 read (into views), 1 write
-// (from views), 2 fdatasync (views ignored). The views must stay valid until the completion is reaped: guest
+// ioSubmit(handle, id, fd, op, offset, views: Uint8Array[]): 0 | -errno. op 1 write (from views),
+// 2 fdatasync (views ignored). The views must stay valid until the completion is reaped: guest
 // RAM views are (the mapping lives as long as the VM).
 static napi_value js_io_submit(napi_env env, napi_callback_info info) {
   napi_value argv[6];
@@ -799,7 +800,7 @@ static napi_value js_io_submit(napi_env env, napi_callback_info info) {
     napi_get_array_length(env, argv[5], &count);
     if (count > IOV_MAX) return num(env, -EINVAL);
   }
-  if ((op != 0 && op != 1 && op != 2) || offset < 0) return num(env, -EINVAL);
+  if ((op != 1 && op != 2) || offset < 0) return num(env, -EINVAL);
   io_request *r = calloc(1, sizeof *r + count * sizeof(struct iovec));
   if (!r) return num(env, -ENOMEM);
   r->id = id;

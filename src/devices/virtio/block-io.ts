@@ -1,13 +1,12 @@
-// The I/O thread of one disk: preadv/pwritev/fdatasync run back to back on a native thread (see
-// partita_native.c, "block I/O thread"), in submission order, straight from and into guest RAM; completions
-// come back to the VM's I/O thread in batches. Used by virtio-blk (block.ts) for its data path.
+// The I/O thread of one disk: pwritev/fdatasync run back to back on a native thread (see partita_native.c,
+// "block I/O thread"), in submission order, straight from guest RAM; completions come back to the VM's I/O
+// thread in batches. Used by virtio-blk (block.ts) for writes and flushes.
 import { native } from '../../native/index.js';
 
-export const IO_READ = 0;
 export const IO_WRITE = 1;
 export const IO_SYNC = 2;
 
-/** Completion: bytes transferred (reads and writes), 0 (sync), or -errno. */
+/** Completion: bytes written, 0 (sync), or -errno. */
 export type IoCallback = (result: number) => void;
 
 export class BlockIoThread {
@@ -31,10 +30,6 @@ export class BlockIoThread {
     if (this.callbacks.size === 0) native.ioKeepAlive(this.handle, true);
     this.callbacks.set(id, done);
     return 0;
-  }
-
-  get pending(): number {
-    return this.callbacks.size;
   }
 
   private reap(): void {
