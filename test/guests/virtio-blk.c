@@ -15,8 +15,6 @@
 #define LAPIC 0xfee00000ULL
 #define MSIX_VECTOR 0x41
 
-struct blk_req { u32 type; u32 reserved; u64 sector; };
-
 static struct virtio_dev dev;
 static struct virtq vq;
 static struct blk_req hdr;

@@ -36,8 +36,6 @@
 #define ALLOW_ERROR 2 /* the request completed with IOERR or UNSUPP */
 #define ALLOW_OK 4    /* the request completed with OK (only where no data can have moved, or moved correctly) */
 
-struct blk_req { u32 type; u32 reserved; u64 sector; };
-
 static struct virtio_dev dev;
 static struct virtq vq;
 static struct blk_req hdr;

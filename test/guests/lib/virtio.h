@@ -86,6 +86,9 @@ struct virtq {
 
 struct vq_buf { const void *addr; u32 len; int writable; };
 
+/* virtio 1.2 §5.2.6: the device-readable header of a virtio-blk request */
+struct blk_req { u32 type; u32 reserved; u64 sector; };
+
 /* Finds the device (vendor 0x1af4, id 0x1040 + type), walks its virtio capabilities, maps its BARs, resets it
  * and negotiates wanted & offered features (VERSION_1 is required) up to FEATURES_OK. */
 void virtio_open(struct virtio_dev *d, u16 type, u64 wanted);
