@@ -18,7 +18,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { GuestMemory } from '../dist/src/vmm/memory.js';
+import { GuestMemory } from '../dist/src/base/guest-memory.js';
 import { SplitQueue } from '../dist/src/devices/virtio/queue.js';
 import {
   openBlock,

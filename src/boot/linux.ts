@@ -20,7 +20,7 @@ import {
   type MemoryMapEntry,
 } from '../arch/x86_64/layout.js';
 import { BootImageError } from './errors.js';
-import type { BootRequest } from './index.js';
+import type { BootRequest } from './types.js';
 
 export const LINUX_PML4_ADDRESS = 0x9000;
 export const LINUX_PDPT_ADDRESS = 0xa000;

@@ -34,7 +34,7 @@ import {
   writeStrings,
   type LoadPiece,
 } from './placement.js';
-import type { BootEntry, BootRequest } from './index.js';
+import type { BootEntry, BootRequest } from './types.js';
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
 export const MULTIBOOT_BOOTLOADER_MAGIC = 0x2badb002;

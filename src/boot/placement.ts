@@ -11,7 +11,7 @@ import {
   FOUR_GIB,
   type MemoryMapEntry,
 } from '../arch/x86_64/layout.js';
-import type { GuestMemory } from '../vmm/memory.js';
+import type { GuestMemory } from '../base/guest-memory.js';
 import { BootImageError } from './errors.js';
 
 export const PAGE_SIZE = 4096;

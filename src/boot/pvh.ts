@@ -30,7 +30,7 @@ import {
   writeStrings,
   type LoadPiece,
 } from './placement.js';
-import type { BootEntry, BootRequest } from './index.js';
+import type { BootEntry, BootRequest } from './types.js';
 
 export const XEN_ELFNOTE_PHYS32_ENTRY = 18;
 export const HVM_START_MAGIC = 0x336ec578;

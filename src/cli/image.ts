@@ -1,6 +1,6 @@
 // `partita image demo`: fetches Debian's cloud kernel and busybox (apt-get download), builds the demo
 // initramfs and caches both, with a progress bar.
-import { buildDemoImage, DemoImageError } from '../image/demo.js';
+import { buildDemoImage, DemoImageError } from '../demo-guest/demo.js';
 
 export async function imageDemoCommand(opts: { refresh: boolean }): Promise<number> {
   // Loaded here, not at start-up: `partita run` should not pay for it.

@@ -3,7 +3,7 @@ import { fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, runMachine, type MachineConfig } from '../vmm/machine.js';
-import { parseSize } from '../vmm/units.js';
+import { parseSize } from '../base/units.js';
 import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';

@@ -29,7 +29,7 @@ import {
   PCI_MMIO32_BASE,
   PCI_MMIO32_END,
 } from '../arch/x86_64/layout.js';
-import { GsiRouter } from './gsi-routing.js';
+import { GsiRouter } from '../base/gsi-routing.js';
 import { backendFor, type OpenedVirtioDevice } from './virtio-devices.js';
 import { DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit } from '../devices/legacy/debug-exit.js';
 import { COM1, Uart16550 } from '../devices/legacy/uart-16550a.js';

@@ -10,7 +10,7 @@ import type { Readable } from 'node:stream';
 import { native } from '../native/index.js';
 import { VmControl } from './control.js';
 import { buildDevices, type SharedDeviceState } from './devices.js';
-import { GuestMemory, type MemoryRegionDescriptor } from './memory.js';
+import { GuestMemory, type MemoryRegionDescriptor } from '../base/guest-memory.js';
 import { Vcpu, type VcpuExitContext } from './vcpu.js';
 import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
 import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';

@@ -25,7 +25,7 @@ import { bootGdt, longModeEntry, protectedModeEntry } from '../arch/x86_64/regis
 import { loadKernel } from '../boot/index.js';
 import type { BootEntry } from '../boot/index.js';
 import type { LinuxBootEntry } from '../boot/linux.js';
-import { formatSize } from './units.js';
+import { formatSize } from '../base/units.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';

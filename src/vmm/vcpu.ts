@@ -28,7 +28,7 @@ import {
 } from '../arch/x86_64/registers.js';
 import { encodeCpuid, type CpuidEntry } from '../arch/x86_64/cpuid.js';
 import type { MmioBus, PortIoBus } from '../devices/bus.js';
-import type { GuestMemory } from './memory.js';
+import type { GuestMemory } from '../base/guest-memory.js';
 import { EXIT_COUNT_MMIO, EXIT_COUNT_OTHER, EXIT_COUNT_PIO, VmControl, type StopReason } from './control.js';
 
 const R = kvm_run.fields;

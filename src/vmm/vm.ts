@@ -10,8 +10,8 @@ import {
 import type { KvmSystem } from '../kvm/system.js';
 import { check, native } from '../native/index.js';
 import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS } from '../arch/x86_64/layout.js';
-import type { IrqLine } from '../devices/shared-lock.js';
-import { GuestMemory } from './memory.js';
+import type { IrqLine } from '../base/irq-line.js';
+import { GuestMemory } from '../base/guest-memory.js';
 
 export class Vm {
   private constructor(

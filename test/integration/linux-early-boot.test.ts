@@ -5,7 +5,7 @@
 // kernel boots on, and the test stops it once the checked lines are there.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildDemoImage, DemoImageError, type DemoImage } from '../../src/image/demo.js';
+import { buildDemoImage, DemoImageError, type DemoImage } from '../../src/demo-guest/demo.js';
 import { guestMemoryMap } from '../../src/arch/x86_64/layout.js';
 import { haveKvm, isPvm, runPartita } from '../support/partita.js';
 

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { guestMemoryMap, type MemoryMapEntry } from '../../src/arch/x86_64/layout.js';
 import { loadKernel, type BootEntry, type BootModule } from '../../src/boot/index.js';
 import { BootImageError } from '../../src/boot/errors.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 
 export const PT_LOAD = 1;
 export const PT_NOTE = 4;

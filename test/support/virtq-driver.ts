@@ -1,7 +1,7 @@
 // Fake virtio drivers for tests: they lay out split (virtio 1.2 §2.7) or packed (§2.8) virtqueues in a
 // GuestMemory, make chains available the way a guest driver does, directly or through indirect tables, and read
 // back what the device used. They also write raw descriptors, so tests can build hostile chains.
-import type { GuestMemory } from '../../src/vmm/memory.js';
+import type { GuestMemory } from '../../src/base/guest-memory.js';
 import {
   availRingSize,
   descTableSize,

@@ -19,8 +19,8 @@ import { ByteWriter, sum8 } from '../../src/arch/x86_64/acpi/sdt.js';
 import { eisaId, integer, nameString, pkgLength } from '../../src/arch/x86_64/acpi/aml.js';
 import { defaultIoapicId, MPTABLE_ADDRESS, writeMpTable } from '../../src/arch/x86_64/mptable.js';
 import { IOAPIC_ADDRESS, LAPIC_ADDRESS } from '../../src/arch/x86_64/layout.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { MIB } from '../../src/base/units.js';
 
 const NO_IASL = 'iasl not installed: sudo apt-get install acpica-tools';
 

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseElf, loadSegments } from '../../src/boot/elf.js';
-import { MIB } from '../../src/vmm/units.js';
+import { MIB } from '../../src/base/units.js';
 import { bootHarness } from '../support/elf-builder.js';
 
 // dist/test/unit/ → the repository root.

@@ -3,7 +3,7 @@
 // byte of guest RAM left as it was (validation happens before anything is written).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { MIB } from '../../src/vmm/units.js';
+import { MIB } from '../../src/base/units.js';
 import { bootHarness, buildElf, phdrOffset } from '../support/elf-builder.js';
 
 const SIZE = 64 * MIB;

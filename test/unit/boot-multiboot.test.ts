@@ -8,10 +8,10 @@ import {
   BOOT_MODLIST_ADDRESS,
   guestMemoryMap,
 } from '../../src/arch/x86_64/layout.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 import { loadKernel } from '../../src/boot/index.js';
 import { findMultibootHeader } from '../../src/boot/multiboot.js';
-import { GIB, KIB, MIB } from '../../src/vmm/units.js';
+import { GIB, KIB, MIB } from '../../src/base/units.js';
 import { bootHarness, buildElf, concat, multibootHeader, RAM_PATTERN } from '../support/elf-builder.js';
 
 const SIZE = 64 * MIB;

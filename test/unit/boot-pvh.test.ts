@@ -10,9 +10,9 @@ import {
   FOUR_GIB,
   guestMemoryMap,
 } from '../../src/arch/x86_64/layout.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 import { loadKernel } from '../../src/boot/index.js';
-import { GIB, MIB } from '../../src/vmm/units.js';
+import { GIB, MIB } from '../../src/base/units.js';
 import { bootHarness, buildElf, RAM_PATTERN } from '../support/elf-builder.js';
 
 const SIZE = 64 * MIB;

@@ -12,7 +12,7 @@ import {
   MMIO_HOLE_START,
   type MemoryMapEntry,
 } from '../../src/arch/x86_64/layout.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 import { BootImageError } from '../../src/boot/errors.js';
 import type { BootModule } from '../../src/boot/index.js';
 import {
@@ -25,9 +25,9 @@ import {
   LINUX_ZERO_PAGE_ADDRESS,
   type LinuxBootEntry,
 } from '../../src/boot/linux.js';
-import { buildDemoImage, DemoImageError } from '../../src/image/demo.js';
-import { readCpio } from '../../src/image/cpio.js';
-import { GIB, MIB } from '../../src/vmm/units.js';
+import { buildDemoImage, DemoImageError } from '../../src/demo-guest/demo.js';
+import { readCpio } from '../../src/demo-guest/cpio.js';
+import { GIB, MIB } from '../../src/base/units.js';
 
 const SIZE = 64 * MIB;
 const memory = GuestMemory.allocate(SIZE);

@@ -16,8 +16,8 @@ import {
   S_IFMT,
   S_IFREG,
   type CpioEntry,
-} from '../../src/image/cpio.js';
-import { initScript, modinfo, parseKconfig } from '../../src/image/demo.js';
+} from '../../src/demo-guest/cpio.js';
+import { initScript, modinfo, parseKconfig } from '../../src/demo-guest/demo.js';
 
 const big = new Uint8Array(70_001).map((_, i) => (i * 31 + 3) & 0xff);
 const entries: CpioEntry[] = [

@@ -9,7 +9,7 @@ import { Vm } from '../../src/vmm/vm.js';
 import { Vcpu, type VcpuExitContext } from '../../src/vmm/vcpu.js';
 import { VmControl } from '../../src/vmm/control.js';
 import { MmioBus, PortIoBus } from '../../src/devices/bus.js';
-import { MIB } from '../../src/vmm/units.js';
+import { MIB } from '../../src/base/units.js';
 
 const R = kvm_run.fields;
 const haveKvm = existsSync('/dev/kvm');

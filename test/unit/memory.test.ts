@@ -11,8 +11,8 @@ import {
   PCI_ECAM_BASE,
   PCI_ECAM_SIZE,
 } from '../../src/arch/x86_64/layout.js';
-import { GuestMemory, GuestMemoryError } from '../../src/vmm/memory.js';
-import { GIB, MIB, TIB, parseSize, formatSize } from '../../src/vmm/units.js';
+import { GuestMemory, GuestMemoryError } from '../../src/base/guest-memory.js';
+import { GIB, MIB, TIB, parseSize, formatSize } from '../../src/base/units.js';
 
 test('RAM below the 32-bit hole, the rest above 4 GiB', () => {
   assert.deepEqual(ramRanges(512 * MIB), [{ gpa: 0, size: 512 * MIB }]);

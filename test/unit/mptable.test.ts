@@ -12,7 +12,7 @@ import {
   type MpTableOptions,
 } from '../../src/arch/x86_64/mptable.js';
 import { EBDA_START, IOAPIC_ADDRESS, LAPIC_ADDRESS } from '../../src/arch/x86_64/layout.js';
-import { MIB } from '../../src/vmm/units.js';
+import { MIB } from '../../src/base/units.js';
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 

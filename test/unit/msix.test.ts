@@ -9,10 +9,10 @@ import { KvmSystem } from '../../src/kvm/system.js';
 import { check, native } from '../../src/native/index.js';
 import { Vm } from '../../src/vmm/vm.js';
 import { Vcpu } from '../../src/vmm/vcpu.js';
-import { GsiRouter } from '../../src/vmm/gsi-routing.js';
+import { GsiRouter } from '../../src/base/gsi-routing.js';
 import { MsixVectors } from '../../src/devices/pci/msix.js';
 import { PciConfigSpace } from '../../src/devices/pci/config-space.js';
-import { MIB } from '../../src/vmm/units.js';
+import { MIB } from '../../src/base/units.js';
 
 function lapic(vcpu: Vcpu): Uint8Array {
   const buf = new Uint8Array(kvm_lapic_state.size);

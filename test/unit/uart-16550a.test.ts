@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { COM1, COM2, COM3, COM4, Uart16550 } from '../../src/devices/legacy/uart-16550a.js';
-import type { IrqLine } from '../../src/devices/shared-lock.js';
+import type { IrqLine } from '../../src/base/irq-line.js';
 
 const RBR = 0;
 const THR = 0;

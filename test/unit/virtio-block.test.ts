@@ -6,8 +6,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native/index.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { MIB } from '../../src/base/units.js';
 import { DeviceOpenError, type VirtioQueueContext } from '../../src/devices/virtio/device.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import {

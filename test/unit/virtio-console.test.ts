@@ -9,8 +9,8 @@ import { chmodSync, fstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wri
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { MIB } from '../../src/base/units.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import { DeviceOpenError, type VirtioQueueContext } from '../../src/devices/virtio/device.js';
 import {

@@ -24,8 +24,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createServer, type Server, type Socket } from 'node:net';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { GIB, KIB, MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { GIB, KIB, MIB } from '../../src/base/units.js';
 import type { VirtioBackend, VirtioQueueContext } from '../../src/devices/virtio/device.js';
 import { availRingSize, SplitQueue, usedRingSize, type Virtqueue } from '../../src/devices/virtio/queue.js';
 import {

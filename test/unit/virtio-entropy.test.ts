@@ -2,8 +2,8 @@
 // the per-chain and per-turn bounds, readable buffers (a driver error the device survives), reset mid-stream.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { MIB } from '../../src/base/units.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import type { VirtioQueueContext } from '../../src/devices/virtio/device.js';
 import {

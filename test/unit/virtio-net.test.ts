@@ -10,8 +10,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { MIB } from '../../src/base/units.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import { DeviceOpenError, type VirtioQueueContext } from '../../src/devices/virtio/device.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/devices/virtio/pci-transport.js';
@@ -28,7 +28,8 @@ import {
   VirtioNet,
   type NetHandle,
 } from '../../src/devices/virtio/net.js';
-import { encodeFrame, FrameDecoder, NET_MAX_FRAME } from '../../src/devices/net/stream-socket.js';
+import { encodeFrame, FrameDecoder } from '../../src/devices/net/stream-socket.js';
+import { NET_MAX_FRAME } from '../../src/devices/net/link.js';
 import { FakeDriver } from '../support/virtq-driver.js';
 
 const memory = GuestMemory.allocateRanges([{ gpa: 0, size: 48 * MIB }]);

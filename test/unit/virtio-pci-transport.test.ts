@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KvmSystem } from '../../src/kvm/system.js';
 import { Vm } from '../../src/vmm/vm.js';
-import { GsiRouter } from '../../src/vmm/gsi-routing.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GsiRouter } from '../../src/base/gsi-routing.js';
+import { MIB } from '../../src/base/units.js';
 import {
   COMMON_OFFSET,
   DEVICE_OFFSET,

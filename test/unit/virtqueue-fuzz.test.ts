@@ -7,9 +7,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 import { FOUR_GIB } from '../../src/arch/x86_64/layout.js';
-import { GIB, KIB, MIB } from '../../src/vmm/units.js';
+import { GIB, KIB, MIB } from '../../src/base/units.js';
 import {
   availRingSize,
   DescriptorChain,

@@ -2,8 +2,8 @@
 // suppression, and hostile drivers — every malformed list comes back as a VirtqueueError.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GuestMemory } from '../../src/vmm/memory.js';
-import { MIB } from '../../src/vmm/units.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { MIB } from '../../src/base/units.js';
 import {
   DescriptorChain,
   VirtqueueError,

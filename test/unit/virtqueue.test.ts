@@ -2,9 +2,9 @@
 // drivers — every malformed ring or chain must come back as a VirtqueueError, never as a guest-memory fault.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 import { FOUR_GIB, MMIO_HOLE_START } from '../../src/arch/x86_64/layout.js';
-import { GIB, MIB } from '../../src/vmm/units.js';
+import { GIB, MIB } from '../../src/base/units.js';
 import {
   DescriptorChain,
   SplitQueue,

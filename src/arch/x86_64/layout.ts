@@ -9,7 +9,7 @@
 //       then IOAPIC (0xFEC0_0000), LAPIC (0xFEE0_0000), KVM's TSS and identity-map pages, firmware (below 4 GiB)
 // The PCI windows and ECAM are where QEMU's microvm puts them, so one test guest finds PCI alike on both.
 //   0x1_0000_0000 ─ …          RAM above 4 GiB: whatever did not fit below the hole
-import { GIB, KIB, MIB } from '../../vmm/units.js';
+import { GIB, KIB, MIB } from '../../base/units.js';
 
 export const EBDA_START = 0x9fc00;
 export const HIGH_MEMORY_START = 1 * MIB;

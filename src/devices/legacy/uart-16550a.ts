@@ -10,7 +10,8 @@
 // duration, and the IRQ line and the output callback are driven while it is held, so line changes and output
 // bytes happen in the order of the state changes that caused them, whichever thread made them.
 import type { PortIoDevice } from '../bus.js';
-import { SharedLock, type IrqLine } from '../shared-lock.js';
+import { SharedLock } from '../../base/shared-lock.js';
+import type { IrqLine } from '../../base/irq-line.js';
 
 /** Standard PC serial port resources (I/O base, 8 ports; ISA IRQ). */
 export const COM1 = { base: 0x3f8, irq: 4 } as const;

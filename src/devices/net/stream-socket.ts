@@ -12,13 +12,8 @@ import { statSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { DeviceOpenError } from '../virtio/device.js';
-import type { NetLink, NetLinkSink, SendResult } from '../virtio/net.js';
+import { NET_MAX_FRAME, type NetLink, type NetLinkSink, type SendResult } from './link.js';
 
-/**
- * The largest Ethernet frame any backend carries: a 64 KiB IP packet (what a GSO/TSO path produces at most) plus
- * the Ethernet header and one 802.1Q tag. Longer length words on a stream are protocol errors.
- */
-export const NET_MAX_FRAME = 65535 + 14 + 4;
 /** sun_path is 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 /** passt binds its socket a moment before it listens: connecting is retried this often, this far apart. */

@@ -10,8 +10,7 @@
 import { readSync, writevSync } from 'node:fs';
 import { native } from '../../native/index.js';
 import { DeviceOpenError } from '../virtio/device.js';
-import type { GuestOffloads, NetLink, NetLinkSink, SendResult } from '../virtio/net.js';
-import { NET_MAX_FRAME } from './stream-socket.js';
+import { NET_MAX_FRAME, type GuestOffloads, type NetLink, type NetLinkSink, type SendResult } from './link.js';
 
 // <linux/if_tun.h>
 const TUNSETIFF = 0x400454ca; // _IOW('T', 202, int)

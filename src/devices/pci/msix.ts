@@ -4,8 +4,8 @@
 // All state is in shared memory; any thread may fire a vector or handle a table access.
 import { writeSync } from 'node:fs';
 import { EFD_NONBLOCK, native, check } from '../../native/index.js';
-import { SharedLock } from '../shared-lock.js';
-import type { GsiRouter } from '../../vmm/gsi-routing.js';
+import { SharedLock } from '../../base/shared-lock.js';
+import type { GsiRouter } from '../../base/gsi-routing.js';
 import { PCI_CAP_ID_MSIX, type PciConfigSpace } from './config-space.js';
 
 const ENTRY_BYTES = 16;

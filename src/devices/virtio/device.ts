@@ -1,7 +1,7 @@
 // The contract between the virtio-pci transport and a device backend (virtio 1.2 §2, §3 device initialization).
 // The transport (pci-transport.ts) owns registers and interrupts; the backend (block.ts, entropy.ts, …)
 // owns request processing. Backends run on the VM's I/O thread, never on a vCPU thread.
-import type { GuestMemory } from '../../vmm/memory.js';
+import type { GuestMemory } from '../../base/guest-memory.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import type { Virtqueue } from './queue.js';
 

@@ -25,10 +25,12 @@ import { DeviceOpenError } from './device.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import { VirtqueueError, type DescriptorChain, type Virtqueue } from './queue.js';
 import { openPasst, releasePasst, type PasstHandle } from '../net/passt.js';
-import { NET_MAX_FRAME, openStreamSocket, StreamSocketLink, type StreamSocketHandle } from '../net/stream-socket.js';
+import { NET_MAX_FRAME, type GuestOffloads, type NetLink, type NetLinkSink, type SendResult } from '../net/link.js';
+import { openStreamSocket, StreamSocketLink, type StreamSocketHandle } from '../net/stream-socket.js';
 import { openTap, releaseTap, TapLink, type TapHandle } from '../net/tap.js';
 
 export { NET_MAX_FRAME };
+export type { GuestOffloads, NetLink, NetLinkSink, SendResult };
 
 export const VIRTIO_ID_NET = 1;
 export const NET_RX_QUEUE = 0;
@@ -80,41 +82,6 @@ export type NetBackendHandle = TapHandle | PasstHandle | StreamSocketHandle;
 export interface NetHandle {
   readonly mac: string;
   readonly backend: NetBackendHandle;
-}
-
-/** Receive offloads the driver negotiated (what a TAP may hand the guest). */
-export interface GuestOffloads {
-  readonly csum: boolean;
-  readonly tso4: boolean;
-  readonly tso6: boolean;
-}
-
-/** 'full': sent, but the backend is congested: stop transmitting until NetLinkSink.writable(). */
-export type SendResult = 'sent' | 'full' | 'dropped';
-
-/** How a host backend reports to the device (all calls on the I/O thread). */
-export interface NetLinkSink {
-  /** A frame from the host (ownership passes to the device); with a vnet-header link, header included. */
-  frame(frame: Uint8Array): void;
-  /** The backend can take frames again (after 'full', or once connected). */
-  writable(): void;
-  warn(message: string): void;
-  /** The backend is gone for good (peer hung up, protocol error, read error). */
-  closed(reason: string): void;
-}
-
-/** A host backend as the device drives it (I/O thread). */
-export interface NetLink {
-  /** Frames carry the 12-byte virtio_net_hdr (TAP) rather than being plain Ethernet. */
-  readonly vnetHeader: boolean;
-  readonly description: string;
-  start(sink: NetLinkSink): void;
-  /** Sends one frame given as spans (live guest-memory views, valid only during the call) totalling `length`. */
-  send(spans: readonly Uint8Array[], length: number): SendResult;
-  pause(): void;
-  resume(): void;
-  negotiated(offloads: GuestOffloads): void;
-  close(): void;
 }
 
 export interface NetStats {

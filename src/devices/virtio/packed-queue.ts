@@ -12,7 +12,7 @@
 //
 // Ring positions are kept as free-running counts of descriptors (avail and used), so the position is
 // count % size and the wrap counter is 1 on even laps and 0 on odd ones (both start at 1, §2.8.1).
-import { GuestMemoryError, type GuestMemory } from '../../vmm/memory.js';
+import { GuestMemoryError, type GuestMemory } from '../../base/guest-memory.js';
 import {
   ChainBuilder,
   checkRingAreas,

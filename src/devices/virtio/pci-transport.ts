@@ -8,11 +8,12 @@
 import { writeSync } from 'node:fs';
 import { check, EFD_NONBLOCK, native } from '../../native/index.js';
 import { ioctls, kvm_ioeventfd } from '../../kvm/abi.js';
-import { SharedLock, type IrqLine } from '../shared-lock.js';
+import { SharedLock } from '../../base/shared-lock.js';
+import type { IrqLine } from '../../base/irq-line.js';
 import type { PciFunction } from '../pci/bus.js';
 import { PciConfigSpace, PCI_CAP_ID_VNDR } from '../pci/config-space.js';
 import { MsixVectors, type MsixShared } from '../pci/msix.js';
-import type { GsiRouter } from '../../vmm/gsi-routing.js';
+import type { GsiRouter } from '../../base/gsi-routing.js';
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 export const VIRTIO_F_VERSION_1 = 32n;

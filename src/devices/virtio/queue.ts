@@ -11,7 +11,7 @@
 //   available ring    6 + 2 × size, 2-aligned:      { flags u16, idx u16, ring[size] u16, used_event u16 }
 //   used ring         6 + 8 × size, 4-aligned:      { flags u16, idx u16, ring[size] { id u32, len u32 }, avail_event u16 }
 // All fields are little-endian (virtio 1.x); the host is x86-64, so typed arrays over guest RAM are too.
-import { GuestMemoryError, type GuestMemory } from '../../vmm/memory.js';
+import { GuestMemoryError, type GuestMemory } from '../../base/guest-memory.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;

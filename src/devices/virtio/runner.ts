@@ -2,7 +2,7 @@
 // written by vCPU threads) and the queues' ioeventfds, builds validated split or packed queues when the driver sets
 // DRIVER_OK, and hands kicks to the backend. Interrupt suppression (EVENT_IDX / NO_INTERRUPT) is applied here.
 import { native } from '../../native/index.js';
-import type { GuestMemory } from '../../vmm/memory.js';
+import type { GuestMemory } from '../../base/guest-memory.js';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
 import {
   STATUS_DRIVER_OK,

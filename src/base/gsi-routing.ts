@@ -13,7 +13,7 @@ import {
   KVM_IRQCHIP_PIC_SLAVE,
 } from '../kvm/abi.js';
 import { check, native } from '../native/index.js';
-import { SharedLock } from '../devices/shared-lock.js';
+import { SharedLock } from './shared-lock.js';
 
 export const FIRST_MSI_GSI = 24;
 const MAX_MSI_ROUTES = 1024;

@@ -361,7 +361,7 @@ export function initScript(kernelVersion: string, modules: readonly string[]): s
   );
   return [
     '#!/bin/busybox sh',
-    '# /init of the Partita demo guest (built by src/image/demo.ts)',
+    '# /init of the Partita demo guest (built by src/demo-guest/demo.ts)',
     'export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root TERM=linux',
     '[ -x /bin/sh ] || /bin/busybox --install -s',
     'mount -t proc proc /proc',

@@ -41,9 +41,3 @@ export class SharedLock {
     }
   }
 }
-
-/** An interrupt line of the platform (an ISA IRQ on the in-kernel PIC/IOAPIC, or a GSI). */
-export interface IrqLine {
-  /** Drives the line: true = asserted. Edge-triggered inputs see the 0→1 change. */
-  set(level: boolean): void;
-}
