@@ -32,7 +32,7 @@ import { VmControl, type StopReason } from './control.js';
 import { buildDevices, createSharedDeviceState, MAX_PCI_DEVICES, pciRootDescription } from './devices.js';
 import type { IoThreadData } from './io-thread.js';
 import { openVirtioDevices, type OpenedVirtioDevice, type VirtioDeviceSpec } from './virtio-devices.js';
-import { DeviceOpenError } from '../devices/virtio/device.js';
+import { DeviceOpenError } from '../devices/model.js';
 import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';
 
 export const MAX_VCPUS = 64;

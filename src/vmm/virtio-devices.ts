@@ -2,7 +2,8 @@
 // builder thread (files, locks, sockets and helper processes: errors surface before the guest starts), and
 // turned into backends on the I/O thread. What crosses threads is a structured-clone-safe handle.
 import { statSync } from 'node:fs';
-import { DeviceOpenError, type VirtioBackend } from '../devices/virtio/device.js';
+import type { VirtioBackend } from '../devices/virtio/device.js';
+import { DeviceOpenError } from '../devices/model.js';
 import { openBlock, VirtioBlock, type BlockHandle, type BlockOptions } from '../devices/virtio/block.js';
 import { openNet, VirtioNet, type NetHandle, type NetOptions } from '../devices/virtio/net.js';
 import { openEntropy, VirtioEntropy, type EntropyHandle } from '../devices/virtio/entropy.js';

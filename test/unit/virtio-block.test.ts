@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import { native } from '../../src/native/index.js';
 import { GuestMemory } from '../../src/base/guest-memory.js';
 import { MIB } from '../../src/base/units.js';
-import { DeviceOpenError, type VirtioQueueContext } from '../../src/devices/virtio/device.js';
+import type { VirtioQueueContext } from '../../src/devices/virtio/device.js';
+import { DeviceOpenError } from '../../src/devices/model.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import {
   BLOCK_CONFIG_SIZE,

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { GuestMemory } from '../../src/base/guest-memory.js';
 import { MIB } from '../../src/base/units.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
-import { DeviceOpenError, type VirtioQueueContext } from '../../src/devices/virtio/device.js';
+import type { VirtioQueueContext } from '../../src/devices/virtio/device.js';
+import { DeviceOpenError } from '../../src/devices/model.js';
 import {
   CONSOLE_CONFIG_SIZE,
   CONSOLE_RX_BUFFER_LIMIT,

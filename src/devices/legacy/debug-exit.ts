@@ -1,6 +1,7 @@
 // Test exit device with the semantics of QEMU's isa-debug-exit (hw/misc/debugexit.c): a write of v to the port
 // makes the VMM exit with status (v << 1) | 1. Reads return 0. Lets test guests report a result.
 import type { PortIoDevice } from '../bus.js';
+import { statelessDevice, type DeviceModel } from '../model.js';
 
 export const DEBUG_EXIT_PORT = 0xf4;
 export const DEBUG_EXIT_SIZE = 4;
@@ -19,3 +20,18 @@ export class DebugExit implements PortIoDevice {
     this.onExit(((v << 1) | 1) & 0xff, v);
   }
 }
+
+export const debugExitModel: DeviceModel<null> = {
+  kind: 'isa-debug-exit',
+  summary: 'isa-debug-exit at port 0xF4: a guest write of v ends the VM with status (v << 1) | 1',
+  options: {},
+  bus: 'platform',
+  create: () => null,
+  attach(_state, ctx) {
+    const dev = new DebugExit((status, value) =>
+      ctx.host.stop({ kind: 'guest-exit', status, message: `the guest wrote ${value} to the debug-exit port` }),
+    );
+    ctx.pio.register(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, dev);
+    return statelessDevice(dev.name, 'isa-debug-exit');
+  },
+};

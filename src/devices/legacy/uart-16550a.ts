@@ -12,6 +12,9 @@
 import type { PortIoDevice } from '../bus.js';
 import { SharedLock } from '../../base/shared-lock.js';
 import type { IrqLine } from '../../base/irq-line.js';
+import { writeAll } from '../../base/write-all.js';
+import { device, eisaId, integer, ioPort, irqNoFlags, name, resourceTemplate } from '../../arch/x86_64/acpi/aml.js';
+import { bytesToJson, expectSnapshot, jsonToBytes, type DeviceModel, type DeviceSnapshot } from '../model.js';
 
 /** Standard PC serial port resources (I/O base, 8 ports; ISA IRQ). */
 export const COM1 = { base: 0x3f8, irq: 4 } as const;
@@ -236,6 +239,26 @@ export class Uart16550 implements PortIoDevice {
     } finally {
       this.lock.unlock();
     }
+  }
+
+  /** The guest-visible registers and FIFO contents (not the lock or the input thread's wake-up counter). */
+  saveRegisters(): Uint8Array {
+    return this.lock.with(() => this.s.slice(S_RX_SPACE + 4, STATE_BYTES));
+  }
+
+  /** Loads saveRegisters()'s bytes and drives the IRQ line to the level they imply. */
+  restoreRegisters(bytes: Uint8Array): void {
+    if (bytes.length !== STATE_BYTES - S_RX_SPACE - 4)
+      throw new RangeError(
+        `uart-16550a: saved registers have ${bytes.length} bytes, expected ${STATE_BYTES - S_RX_SPACE - 4}`,
+      );
+    this.lock.with(() => {
+      this.s.set(bytes, S_RX_SPACE + 4);
+      const level = this.s[S_IRQ_LEVEL];
+      this.s[S_IRQ_LEVEL] = level ? 0 : 1; // force updateIrq to drive the new VM's line
+      this.updateIrq();
+      this.bumpRxSpace();
+    });
   }
 
   // ---- everything below runs with the lock held ----
@@ -498,3 +521,36 @@ export class Uart16550 implements PortIoDevice {
     this.s[S_IRQ_LEVEL] = level;
   }
 }
+
+/** COM1 as a device of the machine: the serial console (registry kind "uart-16550a"). */
+export const serialPortModel: DeviceModel<SharedArrayBuffer> = {
+  kind: 'uart-16550a',
+  summary: 'COM1: 16550A UART at 0x3F8, IRQ 4; the serial console',
+  options: {},
+  bus: 'platform',
+  create: () => Uart16550.createState(),
+  describe: () => ({
+    acpi: [
+      device(
+        'COM1',
+        name('_HID', eisaId('PNP0501')), // 16550A-compatible serial port
+        name('_UID', integer(1)),
+        name('_CRS', resourceTemplate(ioPort(COM1.base, COM1.base, 0x01, UART_PORT_COUNT), irqNoFlags(COM1.irq))),
+      ),
+    ],
+  }),
+  attach(state, ctx) {
+    const fd = ctx.host.serialOutputFd;
+    const uart = new Uart16550(state, { irq: ctx.irqLine(COM1.irq), output: (bytes) => writeAll(fd, bytes) });
+    ctx.pio.register(COM1.base, UART_PORT_COUNT, uart);
+    return Object.assign(uart, {
+      saveState: () => ({ kind: 'uart-16550a', version: 1, data: { registers: bytesToJson(uart.saveRegisters()) } }),
+      restoreState(snapshot: DeviceSnapshot) {
+        expectSnapshot('uart-16550a', snapshot, 'uart-16550a', 1);
+        const bytes = new Uint8Array(STATE_BYTES - S_RX_SPACE - 4);
+        jsonToBytes('uart-16550a', 'registers', snapshot.data.registers, bytes);
+        uart.restoreRegisters(bytes);
+      },
+    });
+  },
+};

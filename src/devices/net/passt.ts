@@ -16,7 +16,7 @@ import { chownSync, closeSync, lstatSync, mkdtempSync, openSync, readFileSync, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findExecutable } from '../../host/executables.js';
-import { DeviceOpenError } from '../virtio/device.js';
+import { DeviceOpenError } from '../model.js';
 import { checkSocketPath } from './stream-socket.js';
 
 export interface PasstHandle {

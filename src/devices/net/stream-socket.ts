@@ -11,7 +11,7 @@
 import { statSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { resolve } from 'node:path';
-import { DeviceOpenError } from '../virtio/device.js';
+import { DeviceOpenError } from '../model.js';
 import { NET_MAX_FRAME, type NetLink, type NetLinkSink, type SendResult } from './link.js';
 
 /** sun_path is 108 bytes including the terminating NUL. */

@@ -9,7 +9,7 @@
 // watcher reads nothing), and frames are read until EAGAIN, at most READS_PER_TURN per turn of the event loop.
 import { readSync, writevSync } from 'node:fs';
 import { native } from '../../native/index.js';
-import { DeviceOpenError } from '../virtio/device.js';
+import { DeviceOpenError } from '../model.js';
 import { NET_MAX_FRAME, type GuestOffloads, type NetLink, type NetLinkSink, type SendResult } from './link.js';
 
 // <linux/if_tun.h>

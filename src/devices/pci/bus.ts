@@ -35,6 +35,15 @@ export class PciBus {
     this.address = new Int32Array(sharedAddress, 0, 1);
   }
 
+  /** The CONFIG_ADDRESS latch (port 0xCF8), for save/restore. */
+  get configAddress(): number {
+    return Atomics.load(this.address, 0) >>> 0;
+  }
+
+  set configAddress(value: number) {
+    Atomics.store(this.address, 0, value | 0);
+  }
+
   get addressBuffer(): SharedArrayBuffer {
     return this.address.buffer as SharedArrayBuffer;
   }

@@ -13,9 +13,12 @@ import * as fs from 'node:fs';
 import { native } from '../../native/index.js';
 import { constants as osConstants } from 'node:os';
 import { BlockIoThread, IO_SYNC, IO_WRITE } from './block-io.js';
-import { DeviceOpenError, type VirtioBackend, type VirtioQueueContext } from './device.js';
+import type { VirtioBackend, VirtioQueueContext } from './device.js';
+import { DeviceOpenError } from '../model.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import { VirtqueueError, type DescriptorChain, type Virtqueue } from './queue.js';
+import { Type } from '@sinclair/typebox';
+import { virtioPciModel } from './pci-model.js';
 
 // §5.2.3 feature bits.
 export const VIRTIO_BLK_F_SIZE_MAX = 1n;
@@ -678,3 +681,33 @@ function errnoError(result: number): NodeJS.ErrnoException {
   e.errno = errno;
   return e;
 }
+
+/** virtio-blk on a raw image (virtio 1.2 §5.2). */
+export const virtioBlockModel = virtioPciModel<BlockHandle>({
+  kind: 'virtio-blk',
+  summary: 'virtio-blk disk on a raw image (locked: one writer at a time)',
+  options: {
+    path: Type.String({ minLength: 1, description: 'raw image file or block device' }),
+    readOnly: Type.Optional(Type.Boolean()),
+    serial: Type.Optional(Type.String({ description: 'GET_ID string, at most 20 bytes' })),
+    queues: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_QUEUES })),
+    queueSize: Type.Optional(Type.Integer({ minimum: 4, maximum: 32768 })),
+  },
+  open: (o) =>
+    openBlock({
+      path: o.path as string,
+      readOnly: o.readOnly as boolean | undefined,
+      serial: o.serial as string | undefined,
+      queues: o.queues as number | undefined,
+      queueSize: o.queueSize as number | undefined,
+    }),
+  backend: (handle) => new VirtioBlock(handle),
+  settle(handle) {
+    if (handle.readOnly) return;
+    try {
+      fs.fdatasyncSync(handle.fd); // QEMU flushes at exit too
+    } catch {
+      // the guest's own FLUSH requests are where write errors are reported
+    }
+  },
+});

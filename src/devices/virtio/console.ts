@@ -17,9 +17,12 @@
 import { accessSync, closeSync, constants, fstatSync, openSync, statSync, writeSync, type Stats } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { dirname } from 'node:path';
-import { DeviceOpenError, type VirtioBackend, type VirtioQueueContext } from './device.js';
+import type { VirtioBackend, VirtioQueueContext } from './device.js';
+import { DeviceOpenError } from '../model.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import { VirtqueueError, type DescriptorChain } from './queue.js';
+import { Type } from '@sinclair/typebox';
+import { virtioPciModel } from './pci-model.js';
 
 export const VIRTIO_ID_CONSOLE = 3;
 export const CONSOLE_RECEIVEQ = 0;
@@ -372,3 +375,12 @@ export class VirtioConsole implements VirtioBackend {
 function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/** virtio-console (virtio 1.2 §5.3): one port, to a file (guest output) or a UNIX socket (both ways). */
+export const virtioConsoleModel = virtioPciModel<ConsoleHandle>({
+  kind: 'virtio-console',
+  summary: 'virtio-console port to a file (guest output) or a UNIX socket (both ways)',
+  options: { path: Type.String({ minLength: 1 }) },
+  open: (o) => openConsole({ path: o.path as string }),
+  backend: (handle, log) => new VirtioConsole(handle, log),
+});

@@ -40,11 +40,3 @@ export interface VirtioBackend {
   /** The VM is shutting down: flush and release host resources (files, sockets). */
   close(): void;
 }
-
-/** A device's host side cannot be opened (missing image, image in use, bad option): one clear line for the user. */
-export class DeviceOpenError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'DeviceOpenError';
-  }
-}

@@ -13,6 +13,7 @@ import { randomFillSync } from 'node:crypto';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import { VirtqueueError } from './queue.js';
+import { virtioPciModel } from './pci-model.js';
 
 export const VIRTIO_ID_ENTROPY = 4;
 export const ENTROPY_REQUESTQ = 0;
@@ -120,3 +121,12 @@ export class VirtioEntropy implements VirtioBackend {
     ctx.needsReset(reason); // the runner resets this backend from inside this call
   }
 }
+
+/** virtio-rng (virtio 1.2 §5.4), fed from the host's getrandom. */
+export const virtioEntropyModel = virtioPciModel<EntropyHandle>({
+  kind: 'virtio-rng',
+  summary: "virtio-rng: entropy from the host's getrandom",
+  options: {},
+  open: () => openEntropy(),
+  backend: (handle) => new VirtioEntropy(handle),
+});

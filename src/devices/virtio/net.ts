@@ -21,13 +21,15 @@
 import { randomBytes } from 'node:crypto';
 import { writeSync } from 'node:fs';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
-import { DeviceOpenError } from './device.js';
+import { DeviceOpenError } from '../model.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import { VirtqueueError, type DescriptorChain, type Virtqueue } from './queue.js';
 import { openPasst, releasePasst, type PasstHandle } from '../net/passt.js';
 import { NET_MAX_FRAME, type GuestOffloads, type NetLink, type NetLinkSink, type SendResult } from '../net/link.js';
 import { openStreamSocket, StreamSocketLink, type StreamSocketHandle } from '../net/stream-socket.js';
 import { openTap, releaseTap, TapLink, type TapHandle } from '../net/tap.js';
+import { Type } from '@sinclair/typebox';
+import { virtioPciModel } from './pci-model.js';
 
 export { NET_MAX_FRAME };
 export type { GuestOffloads, NetLink, NetLinkSink, SendResult };
@@ -552,3 +554,22 @@ export class VirtioNet implements VirtioBackend {
     return result;
   }
 }
+
+/** virtio-net (virtio 1.2 §5.1) on a host backend: passt (user-mode NAT), a TAP device or a stream socket. */
+export const virtioNetModel = virtioPciModel<NetHandle>({
+  kind: 'virtio-net',
+  summary: 'virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket (QEMU stream framing)',
+  options: {
+    backend: Type.Union([
+      Type.Object({ kind: Type.Literal('user') }, { additionalProperties: false }),
+      Type.Object({ kind: Type.Literal('tap'), name: Type.String({ minLength: 1 }) }, { additionalProperties: false }),
+      Type.Object(
+        { kind: Type.Literal('socket'), path: Type.String({ minLength: 1 }) },
+        { additionalProperties: false },
+      ),
+    ]),
+    mac: Type.Optional(Type.String({ pattern: '^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$' })),
+  },
+  open: (o) => openNet({ backend: o.backend as NetBackendOption, mac: o.mac as string | undefined }),
+  backend: (handle, log) => new VirtioNet(handle, log),
+});

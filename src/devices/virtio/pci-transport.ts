@@ -10,6 +10,7 @@ import { check, EFD_NONBLOCK, native } from '../../native/index.js';
 import { ioctls, kvm_ioeventfd } from '../../kvm/abi.js';
 import { SharedLock } from '../../base/shared-lock.js';
 import type { IrqLine } from '../../base/irq-line.js';
+import type { JsonValue } from '../model.js';
 import type { PciFunction } from '../pci/bus.js';
 import { PciConfigSpace, PCI_CAP_ID_VNDR } from '../pci/config-space.js';
 import { MsixVectors, type MsixShared } from '../pci/msix.js';
@@ -607,6 +608,18 @@ export class VirtioPciDevice implements PciFunction {
     const data = new Uint8Array(len);
     this.barRead(bar, off, data);
     this.config.bytes.set(data, cap + 16);
+  }
+
+  // ---- save/restore ------------------------------------------------------------------------------------
+
+  /** Guest-visible transport state: common-config registers, device config, PCI config space, MSI-X. */
+  saveState(): JsonValue {
+    throw new Error(`${this.name}: saveState is not implemented yet`);
+  }
+
+  /** Loads saveState()'s result into a fresh device of the same kind; BAR ioeventfds and MSI-X routes follow. */
+  restoreState(_saved: JsonValue | undefined): void {
+    throw new Error(`${this.name}: restoreState is not implemented yet`);
   }
 
   /** The guest moved BAR 4: move the queues' ioeventfds with it. */

@@ -4,6 +4,7 @@
 import { native } from '../../native/index.js';
 import type { GuestMemory } from '../../base/guest-memory.js';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
+import type { JsonValue } from '../model.js';
 import {
   STATUS_DRIVER_OK,
   STATUS_FAILED,
@@ -16,8 +17,13 @@ import {
 import { SplitQueue, VirtqueueError, type Virtqueue } from './queue.js';
 import { PackedQueue } from './packed-queue.js';
 
+/** Where a runner registers its eventfds (the I/O thread's one epoll watcher). */
+export interface EventFdSource {
+  on(fd: number, handler: () => void): void;
+}
+
 /** One epoll watcher per I/O thread serves every device on it. */
-export class EventFdDispatcher {
+export class EventFdDispatcher implements EventFdSource {
   private readonly handlers = new Map<number, () => void>();
   private readonly watcher: bigint;
 
@@ -44,12 +50,31 @@ export class VirtioRunner {
     private readonly transport: VirtioPciDevice,
     private readonly backend: VirtioBackend,
     private readonly memory: GuestMemory,
-    dispatcher: EventFdDispatcher,
+    dispatcher: EventFdSource,
     private readonly log: (message: string) => void = () => undefined,
   ) {
     transport.deferResets();
     dispatcher.on(transport.shared.controlEventFd, () => this.reconcile());
     transport.shared.queueEventFds.forEach((fd, index) => dispatcher.on(fd, () => this.kicked(index)));
+  }
+
+  /** Stops taking requests from the guest; settles when the backend has no host I/O in flight. */
+  quiesce(): Promise<void> {
+    return Promise.reject(new Error(`${this.transport.name}: quiesce is not implemented yet`));
+  }
+
+  /** Serves the queues again after quiesce(). */
+  resume(): void {
+    throw new Error(`${this.transport.name}: resume is not implemented yet`);
+  }
+
+  /** Queue positions (split: next avail, used idx; packed: wrap counters) for a snapshot; quiesced first. */
+  saveQueues(): JsonValue {
+    throw new Error(`${this.transport.name}: saveQueues is not implemented yet`);
+  }
+
+  restoreQueues(_saved: JsonValue | undefined): void {
+    throw new Error(`${this.transport.name}: restoreQueues is not implemented yet`);
   }
 
   /** Brings the backend in line with the driver's status. */

@@ -1,0 +1,128 @@
+// The PCI root complex of the machine (registry kind "pci-root"): bus 0 behind the host bridge at 00:00.0,
+// configuration mechanism #1 at ports 0xCF8/0xCFC (PCI Local Bus 3.0 §3.2.2.3.2) and ECAM (PCIe 5.0 §7.2.2),
+// the 32-bit memory and I/O windows BARs live in. Described to the guest as ACPI \_SB_.PCI0 (PNP0A08, windows in
+// _CRS, each slot's INTA# in _PRT per ACPI 6.5 §6.2.13), an MCFG table, and ECAM reserved in E820 and by a
+// PNP0C02 device as PCI Firmware 3.2 §4.1.2 asks.
+import {
+  PCI_ECAM_BASE,
+  PCI_ECAM_BUSES,
+  PCI_ECAM_SIZE,
+  PCI_IO_BASE,
+  PCI_IO_END,
+  PCI_MMIO32_BASE,
+  PCI_MMIO32_END,
+} from '../../arch/x86_64/layout.js';
+import {
+  device,
+  dwordMemory,
+  eisaId,
+  fixedMemory,
+  integer,
+  ioPort,
+  name,
+  pkg,
+  resourceTemplate,
+  wordBusNumber,
+  wordIo,
+  type Aml,
+} from '../../arch/x86_64/acpi/aml.js';
+import { buildMcfg } from '../../arch/x86_64/acpi/mcfg.js';
+import { bytesToJson, expectSnapshot, jsonToBytes, type DeviceModel, type PciInterrupt } from '../model.js';
+import { devfn, PCI_CONFIG_ADDRESS_PORT } from './bus.js';
+import { PciHostBridge } from './host-bridge.js';
+
+export interface PciRootWindows {
+  readonly ecam: { readonly base: number; readonly size: number; readonly endBus: number };
+  /** The 32-bit memory window BARs are placed in: [base, end). */
+  readonly mmio32: { readonly base: number; readonly end: number };
+  /** The I/O port window for I/O BARs: [base, end). */
+  readonly io: { readonly base: number; readonly end: number };
+}
+
+/** Where this machine's PCI windows are: QEMU microvm's places, so one test guest finds PCI alike on both. */
+export const PCI_ROOT_WINDOWS: PciRootWindows = {
+  ecam: { base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, endBus: PCI_ECAM_BUSES - 1 },
+  mmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
+  io: { base: PCI_IO_BASE, end: PCI_IO_END },
+};
+
+/** \_SB_.PCI0 and the motherboard resource device that claims ECAM. */
+export function pciRootAml(p: PciRootWindows, intx: readonly PciInterrupt[]): Aml[] {
+  const prt = intx.map(({ slot, gsi }) =>
+    // Address: device in the high word, 0xFFFF = any function; pin 0 = INTA#; source 0; source index = GSI
+    pkg(integer(slot * 0x10000 + 0xffff), integer(0), integer(0), integer(gsi)),
+  );
+  return [
+    device(
+      'PCI0',
+      name('_HID', eisaId('PNP0A08')), // PCI Express root bridge
+      name('_CID', eisaId('PNP0A03')), // compatible: PCI root bridge
+      name('_SEG', integer(0)),
+      name('_BBN', integer(0)),
+      name('_UID', integer(0)),
+      name(
+        '_CRS',
+        resourceTemplate(
+          wordBusNumber(0, p.ecam.endBus),
+          ioPort(0xcf8, 0xcf8, 0x01, 0x08),
+          wordIo(0x0000, 0x0cf7),
+          wordIo(p.io.base, p.io.end - 1),
+          dwordMemory(p.mmio32.base, p.mmio32.end - 1),
+        ),
+      ),
+      name('_PRT', pkg(...prt)),
+    ),
+    device(
+      'MRES',
+      name('_HID', eisaId('PNP0C02')), // motherboard resources
+      name('_UID', integer(0)),
+      name('_CRS', resourceTemplate(fixedMemory(p.ecam.base, p.ecam.size))),
+    ),
+  ];
+}
+
+interface PciRootState {
+  readonly hostBridge: SharedArrayBuffer;
+}
+
+export const pciRootModel: DeviceModel<PciRootState> = {
+  kind: 'pci-root',
+  summary: 'PCI bus 0: host bridge 00:00.0, ports 0xCF8/0xCFC, ECAM at 0xE0000000, BAR windows',
+  options: {},
+  bus: 'platform',
+  create: () => ({ hostBridge: new PciHostBridge().config.shared }),
+  describe: (_state, platform) => {
+    const w = PCI_ROOT_WINDOWS;
+    return {
+      acpi: pciRootAml(w, platform.pciInterrupts),
+      acpiTables: [buildMcfg([{ base: w.ecam.base, segment: 0, startBus: 0, endBus: w.ecam.endBus }])],
+      reserved: [{ base: w.ecam.base, size: w.ecam.size }],
+    };
+  },
+  attach(state, ctx) {
+    const w = PCI_ROOT_WINDOWS;
+    const bridge = new PciHostBridge(state.hostBridge);
+    ctx.pci.add(devfn(0), bridge);
+    ctx.pio.register(PCI_CONFIG_ADDRESS_PORT, 8, ctx.pci.configPorts());
+    ctx.mmio.register(w.ecam.base, w.ecam.size, ctx.pci.ecam());
+    ctx.mmio.register(w.mmio32.base, w.mmio32.end - w.mmio32.base, ctx.pci.memoryWindow(w.mmio32.base));
+    ctx.pio.register(w.io.base, w.io.end - w.io.base, ctx.pci.ioWindow(w.io.base));
+    const config = new Uint8Array(state.hostBridge);
+    return {
+      name: bridge.name,
+      // The CONFIG_ADDRESS latch is the bus's; the host bridge's config space is ours.
+      saveState: () => ({
+        kind: 'pci-root',
+        version: 1,
+        data: { hostBridge: bytesToJson(config), configAddress: ctx.pci.configAddress },
+      }),
+      restoreState(snapshot) {
+        expectSnapshot(bridge.name, snapshot, 'pci-root', 1);
+        jsonToBytes(bridge.name, 'hostBridge', snapshot.data.hostBridge, config);
+        const address = snapshot.data.configAddress;
+        if (typeof address !== 'number') throw new RangeError(`${bridge.name}: saved configAddress is not a number`);
+        ctx.pci.configAddress = address;
+      },
+    };
+  },
+};

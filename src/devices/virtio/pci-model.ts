@@ -1,0 +1,143 @@
+// One DeviceModel for every virtio-pci device (virtio 1.2 §4.1): a device file supplies only what differs —
+// its options, how its host side opens, and its backend — and this file does the PCI function, BAR placement,
+// the I/O-thread runner and save/restore of the transport and its queues.
+import { Type, type TProperties } from '@sinclair/typebox';
+import {
+  expectSnapshot,
+  type AttachedDevice,
+  type DeviceModel,
+  type DeviceOptions,
+  type DeviceSnapshot,
+  type JsonValue,
+} from '../model.js';
+import { devfn } from '../pci/bus.js';
+import { PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_INTERRUPT_LINE } from '../pci/config-space.js';
+import type { VirtioBackend } from './device.js';
+import { MSIX_BAR, VIRTIO_BAR, VirtioPciDevice, type VirtioDeviceInfo, type VirtioPciShared } from './pci-transport.js';
+import { VirtioRunner } from './runner.js';
+
+/** What a virtio device file tells the model. `Handle` is its opened host side: plain values only (fds, paths). */
+export interface VirtioDeviceDefinition<Handle> {
+  readonly kind: string;
+  readonly summary: string;
+  /** Its spec options (besides kind and the common `packed`). */
+  readonly options: TProperties;
+  /** Builder thread: open files/sockets; throws DeviceOpenError. */
+  open(options: DeviceOptions): Handle;
+  /** A backend over an opened handle (cheap: work starts at activate()); `log` gets host-side problems. */
+  backend(handle: Handle, log?: (message: string) => void): VirtioBackend;
+  /** After the run, on the builder thread: make the guest's writes durable. */
+  settle?(handle: Handle): void;
+}
+
+export interface VirtioFunctionState<Handle> {
+  readonly name: string;
+  readonly slot: number;
+  readonly gsi: number;
+  readonly handle: Handle;
+  readonly info: VirtioDeviceInfo;
+  readonly shared: VirtioPciShared;
+}
+
+/** Common to every virtio device: offer packed virtqueues too (VIRTIO_F_RING_PACKED); split only by default. */
+const COMMON_OPTIONS = {
+  packed: Type.Optional(Type.Boolean({ description: 'offer packed virtqueues (VIRTIO_F_RING_PACKED)' })),
+};
+
+export const VIRTIO_SNAPSHOT_VERSION = 1;
+
+/** This thread's view of a virtio function; on the I/O thread it also has the runner (queues, backend). */
+export class AttachedVirtioFunction implements AttachedDevice {
+  runner: VirtioRunner | undefined;
+
+  constructor(
+    readonly kind: string,
+    readonly transport: VirtioPciDevice,
+  ) {}
+
+  get name(): string {
+    return this.transport.name;
+  }
+
+  quiesce(): Promise<void> | void {
+    return this.runner?.quiesce();
+  }
+
+  resume(): void {
+    this.runner?.resume();
+  }
+
+  saveState(): DeviceSnapshot {
+    const data: Record<string, JsonValue> = { transport: this.transport.saveState() };
+    if (this.runner) data.queues = this.runner.saveQueues();
+    return { kind: this.kind, version: VIRTIO_SNAPSHOT_VERSION, data };
+  }
+
+  restoreState(snapshot: DeviceSnapshot): void {
+    expectSnapshot(this.name, snapshot, this.kind, VIRTIO_SNAPSHOT_VERSION);
+    this.transport.restoreState(snapshot.data.transport);
+    if (this.runner) this.runner.restoreQueues(snapshot.data.queues);
+  }
+}
+
+export function virtioPciModel<Handle>(def: VirtioDeviceDefinition<Handle>): DeviceModel<VirtioFunctionState<Handle>> {
+  const prefix = def.kind;
+  return {
+    kind: def.kind,
+    summary: def.summary,
+    options: { ...def.options, ...COMMON_OPTIONS },
+    bus: 'pci',
+    create(options, ctx) {
+      if (!ctx.pci) throw new Error(`${def.kind} is a PCI device: the builder must give it a slot`);
+      const { slot, gsi } = ctx.pci;
+      const handle = def.open(options);
+      try {
+        const backend = def.backend(handle);
+        const info: VirtioDeviceInfo = { ...backend.info, packedRing: options.packed === true };
+        const name = ctx.name(prefix);
+        const transport = VirtioPciDevice.create(name, info, ctx.vmFd, ctx.router, ctx.irqLine(gsi));
+        transport.deviceConfig.set(backend.configBytes().subarray(0, transport.deviceConfig.length));
+        if (ctx.bars) {
+          for (const bar of [MSIX_BAR, VIRTIO_BAR]) {
+            const b = transport.config.bar(bar);
+            if (b) transport.config.setBarAddress(bar, ctx.bars.allocate(b.kind === 'io' ? 'io' : 'mem32', b.size));
+          }
+          transport.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY);
+        }
+        transport.config.write(PCI_INTERRUPT_LINE, 1, gsi);
+        transport.registerIoeventfds();
+        return { name, slot, gsi, handle, info, shared: transport.shared };
+      } catch (e) {
+        def.backend(handle).close();
+        throw e;
+      }
+    },
+    describe: (state) => ({ pciInterrupt: { slot: state.slot, gsi: state.gsi } }),
+    attach(state, ctx) {
+      const transport = VirtioPciDevice.attach(
+        state.name,
+        state.info,
+        state.shared,
+        ctx.vmFd,
+        ctx.router,
+        ctx.irqLine(state.gsi),
+      );
+      ctx.pci.add(devfn(state.slot), transport);
+      return new AttachedVirtioFunction(def.kind, transport);
+    },
+    serve(state, device, ctx) {
+      const attached = device as AttachedVirtioFunction;
+      const log = (message: string): void => ctx.log(`${state.name}: ${message}`);
+      const events = { on: (fd: number, handler: () => void) => ctx.onEventFd(fd, handler) };
+      attached.runner = new VirtioRunner(
+        attached.transport,
+        def.backend(state.handle, ctx.log),
+        ctx.memory,
+        events,
+        log,
+      );
+    },
+    settle: def.settle ? (state) => def.settle!(state.handle) : undefined,
+    close: (state) => def.backend(state.handle).close(),
+  };
+}
