@@ -13,8 +13,13 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from '../native/index.js';
-import { ramRanges, type RamRange } from '../arch/x86_64/layout.js';
 import { GIB } from './units.js';
+
+/** A span of guest-physical address space. */
+export interface RamRange {
+  readonly gpa: number;
+  readonly size: number;
+}
 
 export class GuestMemoryError extends Error {
   constructor(
@@ -68,11 +73,7 @@ export class GuestMemory {
     this.owned = owned;
   }
 
-  /** Maps `size` bytes of RAM laid out by the x86-64 memory map (below the PCI hole, then above 4 GiB). */
-  static allocate(size: number): GuestMemory {
-    return GuestMemory.allocateRanges(ramRanges(size));
-  }
-
+  /** Maps each range as anonymous memory (the caller registers them with KVM). */
   static allocateRanges(ranges: readonly RamRange[]): GuestMemory {
     const regions: Region[] = [];
     try {

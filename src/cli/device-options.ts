@@ -1,6 +1,6 @@
 // Parsing of the device options of `partita run`, QEMU-style: "value,key=value,flag"; a literal comma in a path
-// is written as ",,". Each parser returns a VirtioDeviceSpec or throws UsageError-worthy RangeErrors.
-import type { VirtioDeviceSpec } from '../vmm/virtio-devices.js';
+// is written as ",,". Each parser returns the machine spec's entry for the device, or throws DeviceOptionError.
+import type { DeviceOptions } from '../devices/model.js';
 
 export class DeviceOptionError extends Error {}
 
@@ -31,7 +31,7 @@ function keyValue(part: string): [string, string | undefined] {
 }
 
 /** --disk PATH[,readonly][,serial=ID][,queues=N][,packed] */
-export function parseDisk(text: string): VirtioDeviceSpec {
+export function parseDisk(text: string): DeviceOptions {
   const [path, ...rest] = splitOption(text);
   if (!path) throw new DeviceOptionError(`--disk '${text}': the image path is missing`);
   let readOnly = false;
@@ -50,14 +50,21 @@ export function parseDisk(text: string): VirtioDeviceSpec {
         `--disk '${text}': unknown or malformed option '${part}' (readonly, serial=ID, queues=N, packed)`,
       );
   }
-  return { kind: 'block', options: { path, readOnly, serial, queues }, ...(packed ? { packed } : {}) };
+  return {
+    kind: 'virtio-blk',
+    path,
+    ...(readOnly ? { readOnly } : {}),
+    ...(serial !== undefined ? { serial } : {}),
+    ...(queues !== undefined ? { queues } : {}),
+    ...(packed ? { packed } : {}),
+  };
 }
 
 /** --net user|tap=NAME|socket=PATH[,mac=52:54:00:12:34:56][,packed] */
-export function parseNet(text: string): VirtioDeviceSpec {
+export function parseNet(text: string): DeviceOptions {
   const [first, ...rest] = splitOption(text);
   const [kind, value] = keyValue(first);
-  let backend: Extract<VirtioDeviceSpec, { kind: 'net' }>['options']['backend'];
+  let backend: { kind: 'user' } | { kind: 'tap'; name: string } | { kind: 'socket'; path: string };
   if (kind === 'user' && value === undefined) backend = { kind: 'user' };
   else if (kind === 'tap' && value) backend = { kind: 'tap', name: value };
   else if (kind === 'socket' && value) backend = { kind: 'socket', path: value };
@@ -73,11 +80,11 @@ export function parseNet(text: string): VirtioDeviceSpec {
         `--net '${text}': unknown or malformed option '${part}' (mac=XX:XX:XX:XX:XX:XX, packed)`,
       );
   }
-  return { kind: 'net', options: { backend, mac }, ...(packed ? { packed } : {}) };
+  return { kind: 'virtio-net', backend, ...(mac !== undefined ? { mac } : {}), ...(packed ? { packed } : {}) };
 }
 
 /** --console PATH (a file to write, or a UNIX socket to connect to) */
-export function parseConsole(text: string): VirtioDeviceSpec {
+export function parseConsole(text: string): DeviceOptions {
   if (!text) throw new DeviceOptionError('--console needs a path');
-  return { kind: 'console', options: { path: text } };
+  return { kind: 'virtio-console', path: text };
 }

@@ -2,19 +2,32 @@
 import { fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, runMachine, type MachineConfig } from '../vmm/machine.js';
-import { parseSize } from '../base/units.js';
+import { ConfigError, runMachine, type RunOptions } from '../vmm/machine.js';
+import { formatSize, parseSize } from '../base/units.js';
+import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
+import { parseTopology } from '../arch/x86_64/topology.js';
+import {
+  MACHINE_SPEC_VERSION,
+  MAX_VCPUS,
+  parseMachineSpec,
+  SpecError,
+  validateMachineSpec,
+  type MachineSpec,
+} from '../spec/machine-spec.js';
+import type { DeviceOptions } from '../devices/model.js';
 import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
 import { DeviceOptionError, parseConsole, parseDisk, parseNet } from './device-options.js';
-import type { VirtioDeviceSpec } from '../vmm/virtio-devices.js';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
+       partita run --spec VM.json [--serial …] [--stats]
 
 Boots a kernel (PVH ELF, multiboot or Linux bzImage) in a new VM; the guest's serial console is on this terminal.
+'partita spec' with the same options prints the machine spec (JSON) they mean; --spec runs such a file.
 
 Options:
+  --spec FILE          run the VM a machine spec file describes (instead of the machine options below)
   --kernel FILE        kernel image (ELF with a PVH note, or a multiboot kernel)
   --initrd FILE        module handed to the kernel (PVH module list / multiboot module); repeatable
   --cmdline STR        kernel command line
@@ -41,6 +54,7 @@ const USAGE = `Usage: partita <command> [options]
 
 Commands:
   run          boot a kernel in a new VM (partita run --help)
+  spec         print the machine spec (JSON) that 'partita run' options describe
   image demo   fetch and build the demo Linux guest (Debian cloud kernel + busybox initramfs) into the cache
 
 Options:
@@ -73,7 +87,7 @@ function parse(args: string[], options: ParseArgsConfig['options']): ReturnType<
 
 // Decided from fstat, without touching process.stdin: creating it would switch a pipe to non-blocking mode
 // under the I/O thread that reads it.
-function serialInputMode(): MachineConfig['serialInput'] {
+function serialInputMode(): RunOptions['serialInput'] {
   if (isatty(0)) return 'tty';
   try {
     const st = fstatSync(0);
@@ -87,95 +101,207 @@ function serialInputMode(): MachineConfig['serialInput'] {
   }
 }
 
-function runCommand(args: string[]): number {
-  const { values, positionals } = parse(args, {
-    kernel: { type: 'string' },
-    initrd: { type: 'string', multiple: true },
-    cmdline: { type: 'string' },
-    cpus: { type: 'string' },
-    topology: { type: 'string' },
-    memory: { type: 'string' },
-    serial: { type: 'string' },
-    cpu: { type: 'string' },
-    disk: { type: 'string', multiple: true },
-    net: { type: 'string', multiple: true },
-    rng: { type: 'boolean' },
-    console: { type: 'string' },
-    stats: { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE_RUN + '\n');
-    return 0;
-  }
-  if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita run --help)`);
+const RUN_OPTIONS = {
+  spec: { type: 'string' },
+  kernel: { type: 'string' },
+  initrd: { type: 'string', multiple: true },
+  cmdline: { type: 'string' },
+  cpus: { type: 'string' },
+  topology: { type: 'string' },
+  memory: { type: 'string' },
+  serial: { type: 'string' },
+  cpu: { type: 'string' },
+  disk: { type: 'string', multiple: true },
+  net: { type: 'string', multiple: true },
+  rng: { type: 'boolean' },
+  console: { type: 'string' },
+  stats: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+type RunValues = ReturnType<typeof parse>['values'];
+
+/** The flags of a machine ('partita run' without --spec) → the machine spec they mean. */
+function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: string) => string | undefined } {
   const kernel = values.kernel as string | undefined;
-  if (!kernel) throw new UsageError('run: --kernel FILE is required (see partita run --help)');
+  if (!kernel) throw new UsageError('run: --kernel FILE (or --spec FILE) is required (see partita run --help)');
 
   const cpusText = (values.cpus as string | undefined) ?? '1';
   if (!/^\d+$/.test(cpusText)) throw new UsageError(`--cpus '${cpusText}' is not a whole number`);
   const cpus = Number(cpusText);
+  if (cpus < 1) throw new UsageError(`--cpus must be a whole number from 1 to ${MAX_VCPUS}`);
+  if (cpus > MAX_VCPUS)
+    throw new UsageError(`--cpus ${cpus} is more than Partita's limit of ${MAX_VCPUS} vCPUs per VM`);
 
+  const memoryText = (values.memory as string | undefined) ?? '512M';
   let memory: number;
   try {
-    memory = parseSize((values.memory as string | undefined) ?? '512M');
+    memory = parseSize(memoryText);
   } catch (e) {
     throw new UsageError(`--memory: ${(e as Error).message}`);
+  }
+  if (memory > MAX_MEMORY)
+    throw new UsageError(`--memory ${memoryText} is larger than the ${formatSize(MAX_MEMORY)} limit`);
+  if (memory < MIN_MEMORY)
+    throw new UsageError(`--memory ${memoryText} is smaller than the ${formatSize(MIN_MEMORY)} minimum`);
+  if (memory % 4096 !== 0) throw new UsageError(`--memory ${memoryText} is not a whole number of 4 KiB pages`);
+
+  let topology: MachineSpec['topology'];
+  if (values.topology !== undefined) {
+    try {
+      topology = parseTopology(values.topology as string, cpus);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
   }
 
   const cpu = values.cpu as string | undefined;
   if (cpu !== undefined && cpu !== 'host' && cpu !== 'compat')
     throw new UsageError(`--cpu '${cpu}' is not a profile (host or compat)`);
 
-  const serial = (values.serial as string | undefined) ?? 'stdio';
-  let serialOutputFd = 1;
-  let serialInput: MachineConfig['serialInput'] = 'none';
-  if (serial === 'stdio') {
-    serialInput = serialInputMode();
-  } else if (serial.startsWith('file:') && serial.length > 5) {
+  const devices: DeviceOptions[] = [];
+  const flags: string[] = [];
+  try {
+    for (const d of (values.disk as string[] | undefined) ?? [])
+      (devices.push(parseDisk(d)), flags.push(`--disk '${d}'`));
+    for (const n of (values.net as string[] | undefined) ?? []) (devices.push(parseNet(n)), flags.push(`--net '${n}'`));
+    if (values.rng) (devices.push({ kind: 'virtio-rng' }), flags.push('--rng'));
+    if (values.console !== undefined) {
+      devices.push(parseConsole(values.console as string));
+      flags.push(`--console '${String(values.console)}'`);
+    }
+  } catch (e) {
+    if (e instanceof DeviceOptionError) throw new UsageError(e.message);
+    throw e;
+  }
+  const initrd = (values.initrd as string[] | undefined) ?? [];
+  const cmdline = values.cmdline as string | undefined;
+  const spec: MachineSpec = {
+    version: MACHINE_SPEC_VERSION,
+    cpus,
+    ...(topology ? { topology } : {}),
+    ...(cpu ? { cpuProfile: cpu as 'host' | 'compat' } : {}),
+    memory,
+    boot: {
+      kind: 'kernel',
+      kernel,
+      ...(initrd.length ? { initrd } : {}),
+      ...(cmdline !== undefined ? { cmdline } : {}),
+    },
+    devices,
+  };
+  const flagOf = (path: string): string | undefined => {
+    const m = /^\/devices\/(\d+)/.exec(path);
+    return m ? flags[Number(m[1])] : undefined;
+  };
+  return { spec, flagOf };
+}
+
+/** A spec made from flags is checked like any other; its errors are said in the flags' words. */
+function checkedSpec(values: RunValues): MachineSpec {
+  if (values.spec !== undefined) {
+    for (const flag of [
+      'kernel',
+      'initrd',
+      'cmdline',
+      'cpus',
+      'topology',
+      'memory',
+      'cpu',
+      'disk',
+      'net',
+      'rng',
+      'console',
+    ])
+      if (values[flag] !== undefined)
+        throw new UsageError(`--${flag} cannot be combined with --spec (the spec file describes the machine)`);
+    const path = values.spec as string;
+    let text: string;
     try {
-      serialOutputFd = openSync(serial.slice(5), 'w');
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new UsageError(
+        `--spec: cannot read '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
+    }
+    try {
+      return parseMachineSpec(text);
+    } catch (e) {
+      if (e instanceof SpecError) throw new UsageError(`spec '${path}': ${e.message}`);
+      throw e;
+    }
+  }
+  const { spec, flagOf } = specFromFlags(values);
+  try {
+    return validateMachineSpec(spec);
+  } catch (e) {
+    if (!(e instanceof SpecError)) throw e;
+    const flag = flagOf(e.path);
+    throw new UsageError(flag ? `${flag}: ${e.message.replace(/^\/devices\/\d+\/?/, '')}` : e.message);
+  }
+}
+
+/** Where the guest's serial console goes: this terminal (with input), a file, or nowhere. */
+function serialOutput(serial: string): Pick<RunOptions, 'serialOutputFd' | 'serialInput'> {
+  if (serial === 'stdio') return { serialOutputFd: 1, serialInput: serialInputMode() };
+  if (serial === 'none') return { serialOutputFd: openSync('/dev/null', 'w'), serialInput: 'none' };
+  if (serial.startsWith('file:') && serial.length > 5) {
+    try {
+      return { serialOutputFd: openSync(serial.slice(5), 'w'), serialInput: 'none' };
     } catch (e) {
       throw new UsageError(
         `--serial: cannot open '${serial.slice(5)}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
       );
     }
-  } else {
-    throw new UsageError(`--serial '${serial}' is not stdio or file:PATH`);
   }
+  throw new UsageError(`--serial '${serial}' is not stdio, none or file:PATH`);
+}
 
-  const virtio: VirtioDeviceSpec[] = [];
-  try {
-    for (const d of (values.disk as string[] | undefined) ?? []) virtio.push(parseDisk(d));
-    for (const n of (values.net as string[] | undefined) ?? []) virtio.push(parseNet(n));
-    if (values.rng) virtio.push({ kind: 'entropy' });
-    if (values.console !== undefined) virtio.push(parseConsole(values.console as string));
-  } catch (e) {
-    if (e instanceof DeviceOptionError) throw new UsageError(e.message);
-    throw e;
+function specCommand(args: string[]): number {
+  const { values, positionals } = parse(args, RUN_OPTIONS);
+  if (values.help) {
+    process.stdout.write(
+      'Usage: partita spec [partita run options]\nPrints the machine spec (JSON) the options describe.\n',
+    );
+    return 0;
   }
+  if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita spec --help)`);
+  const spec = checkedSpec(values);
+  const serial = values.serial as string | undefined;
+  const withSerial: MachineSpec =
+    serial === undefined || serial === 'stdio'
+      ? spec
+      : { ...spec, serial: serial === 'none' ? { output: 'none' } : { output: 'file', path: serial.slice(5) } };
+  process.stdout.write(JSON.stringify(withSerial, null, 2) + '\n');
+  return 0;
+}
 
-  const config: MachineConfig = {
-    kernel,
-    virtio,
-    stats: values.stats === true,
-    initrd: (values.initrd as string[] | undefined) ?? [],
-    cmdline: (values.cmdline as string | undefined) ?? '',
-    cpus,
-    memory,
-    cpuProfile: cpu as MachineConfig['cpuProfile'],
-    topology: values.topology as string | undefined,
-    serialOutputFd,
-    serialInput,
-  };
+function runCommand(args: string[]): number {
+  const { values, positionals } = parse(args, RUN_OPTIONS);
+  if (values.help) {
+    process.stdout.write(USAGE_RUN + '\n');
+    return 0;
+  }
+  if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita run --help)`);
+  const spec = checkedSpec(values);
+  // --serial on the command line wins over the spec's: it is how this run is connected, not what the VM is.
+  const specSerial = spec.serial;
+  const serialFlag =
+    (values.serial as string | undefined) ??
+    (specSerial === undefined || specSerial.output === 'stdio'
+      ? 'stdio'
+      : specSerial.output === 'none'
+        ? 'none'
+        : `file:${specSerial.path}`);
+  const run: RunOptions = { ...serialOutput(serialFlag), stats: values.stats === true };
 
-  const raw = serialInput === 'tty';
+  const raw = run.serialInput === 'tty';
   if (raw) {
     process.stderr.write('partita: serial console on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n');
     process.stdin.setRawMode(true);
   }
   try {
-    const { reason } = runMachine(config);
+    const { reason } = runMachine(spec, run);
     if (reason.kind !== 'guest-exit')
       process.stderr.write(`${raw ? '\r\n' : ''}partita: ${reason.message.replace(/\n/g, raw ? '\r\n' : '\n')}\n`);
     return reason.status;
@@ -209,6 +335,7 @@ export function main(argv: string[]): number | Promise<number> {
       return 0;
     }
     if (command === 'run') return runCommand(rest);
+    if (command === 'spec') return specCommand(rest);
     if (command === 'image') {
       const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
       if (positionals[0] !== 'demo' || positionals.length !== 1)

@@ -151,6 +151,8 @@ export const kvm_msr_entry = layout('kvm_msr_entry', 16, { index: [0, 4], reserv
 export const kvm_msrs = layout('kvm_msrs', 8, { nmsrs: [0, 4] });
 export const kvm_msr_list = layout('kvm_msr_list', 4, { nmsrs: [0, 4] });
 
+export const kvm_dirty_log = layout('kvm_dirty_log', 16, { slot: [0, 4], dirty_bitmap: [8, 8] });
+
 export const kvm_irq_level = layout('kvm_irq_level', 8, { irq: [0, 4], level: [4, 4] });
 
 export const kvm_irq_routing_entry = layout('kvm_irq_routing_entry', 48, {
@@ -198,6 +200,7 @@ export const kvm_enable_cap = layout('kvm_enable_cap', 104, { cap: [0, 4], flags
 /** Every layout, for the header check. */
 export const allLayouts: readonly StructLayout<string>[] = [
   kvm_userspace_memory_region,
+  kvm_dirty_log,
   kvm_regs,
   kvm_segment,
   kvm_dtable,
@@ -230,6 +233,7 @@ export const ioctls = {
   KVM_GET_SUPPORTED_CPUID: iowr(0x05, kvm_cpuid2.size),
   KVM_CREATE_VCPU: io(0x41),
   KVM_SET_USER_MEMORY_REGION: iow(0x46, kvm_userspace_memory_region.size),
+  KVM_GET_DIRTY_LOG: iow(0x42, kvm_dirty_log.size),
   KVM_SET_TSS_ADDR: io(0x47),
   KVM_SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   KVM_CREATE_IRQCHIP: io(0x60),

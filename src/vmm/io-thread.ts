@@ -9,14 +9,13 @@ import { isMainThread, parentPort } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import { native } from '../native/index.js';
 import { VmControl } from './control.js';
-import { buildDevices, type SharedDeviceState } from './devices.js';
+import { attachDevices, serveDevices, type SharedDeviceState } from './device-set.js';
 import { GuestMemory, type MemoryRegionDescriptor } from '../base/guest-memory.js';
 import { Vcpu, type VcpuExitContext } from './vcpu.js';
 import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
-import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';
 import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
-import { EventFdDispatcher, VirtioRunner } from '../devices/virtio/runner.js';
-import { backendFor } from './virtio-devices.js';
+import type { AttachedDevice } from '../devices/model.js';
+import { EventFdDispatcher } from '../devices/virtio/runner.js';
 
 export interface IoThreadData {
   readonly control: SharedArrayBuffer;
@@ -106,26 +105,37 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
 
 function main(data: IoThreadData): void {
   const control = new VmControl(data.control);
-  const devices = buildDevices(data.devices, { vmFd: data.vmFd, control, serialOutputFd: data.serialOutputFd });
+  const host = {
+    vmFd: data.vmFd,
+    serialOutputFd: data.serialOutputFd,
+    stop: (reason: { kind: 'guest-exit'; status: number; message: string }) => control.stop(reason),
+  };
+  const devices = attachDevices(data.devices, host);
   const memory = GuestMemory.attach(data.memory);
-  startVirtioDevices(data, devices.virtio, memory);
+  startDeviceHostSides(devices, memory);
   startApplicationProcessors(data, { pio: devices.pio, mmio: devices.mmio, control, memory });
-  if (data.serialInput !== 'none') {
-    feedSerialInput(openInput(data.serialInput), devices.com1, control, data.serialInput === 'tty');
+  const uart = devices.find<Uart16550 & AttachedDevice>('uart-16550a');
+  if (data.serialInput !== 'none' && uart) {
+    feedSerialInput(openInput(data.serialInput), uart, control, data.serialInput === 'tty');
   }
 }
 
-/** Each virtio device's backend runs here, woken by its ioeventfds and control eventfd through one epoll watcher. */
-function startVirtioDevices(data: IoThreadData, transports: readonly VirtioPciDevice[], memory: GuestMemory): void {
-  if (transports.length === 0) return;
-  // The watcher does not keep an event loop alive by itself (tests use it on their main thread), but this
-  // thread must live as long as the VM: it ends when the builder terminates it.
-  setInterval(() => undefined, 2 ** 30);
-  const dispatcher = new EventFdDispatcher();
+/** Devices' host sides (virtio backends) run here, woken by their eventfds through one epoll watcher. */
+function startDeviceHostSides(devices: ReturnType<typeof attachDevices>, memory: GuestMemory): void {
+  let dispatcher: EventFdDispatcher | undefined;
   const log = (message: string): void => void writeSync(2, `partita: ${message}\n`);
-  transports.forEach((transport, i) => {
-    const backend = backendFor(data.devices.pci.virtio[i].device, log);
-    new VirtioRunner(transport, backend, memory, dispatcher, log);
+  serveDevices(devices, {
+    memory,
+    log,
+    onEventFd(fd, handler) {
+      if (!dispatcher) {
+        dispatcher = new EventFdDispatcher();
+        // The watcher does not keep an event loop alive by itself (tests use it on their main thread), but this
+        // thread must live as long as the VM: it ends when the builder terminates it.
+        setInterval(() => undefined, 2 ** 30);
+      }
+      dispatcher.on(fd, handler);
+    },
   });
 }
 

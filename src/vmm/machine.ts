@@ -1,58 +1,41 @@
-// The builder: turns a validated MachineConfig into a running VM (KVM, RAM, kernel, vCPUs, devices), runs it
-// to the end and reports why it stopped. Threads: the calling thread runs vCPU 0 (the BSP) with exits handled
-// inline; an I/O worker thread (started only when needed) feeds host input to the UART and serves the
-// application processors, whose native threads hand it their exits.
-import { fdatasyncSync, readFileSync, statSync } from 'node:fs';
+// The builder: turns a validated machine spec into a running VM (KVM, memory slots, devices from the
+// registry, vCPUs, a boot strategy), runs it to the end and reports why it stopped. Threads: the calling thread
+// runs vCPU 0 (the BSP) with exits handled inline; an I/O worker thread (started only when needed) feeds host
+// input to the UART, serves the application processors, whose native threads hand it their exits, and runs the
+// devices' host sides.
+//
+// One VM per process: the native layer keeps per-process state (signal handlers, the AP thread registry, the
+// kick target), and the daemon runs one VMM process per VM so a crash loses one VM. A second runMachine() in the
+// same process is refused with a clear error rather than half-working.
+import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
 import { mpStates } from '../kvm/abi.js';
 import { native } from '../native/index.js';
 import { supportedCpuid, vcpuCpuid, type CpuProfile } from '../arch/x86_64/cpuid.js';
-import { apicIdLayout, defaultTopology, parseTopology, type CpuTopology } from '../arch/x86_64/topology.js';
+import { apicIdLayout, defaultTopology, type CpuTopology } from '../arch/x86_64/topology.js';
 import { msrIndexList, setupMsrs } from '../arch/x86_64/msrs.js';
-import {
-  BOOT_GDT_ADDRESS,
-  guestMemoryMap,
-  IOAPIC_ADDRESS,
-  LAPIC_ADDRESS,
-  MAX_MEMORY,
-  MIN_MEMORY,
-} from '../arch/x86_64/layout.js';
-import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
-import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
-import { bootGdt, longModeEntry, protectedModeEntry } from '../arch/x86_64/registers.js';
-import { loadKernel } from '../boot/index.js';
-import type { BootEntry } from '../boot/index.js';
-import type { LinuxBootEntry } from '../boot/linux.js';
-import { formatSize } from '../base/units.js';
+import { ramRanges } from '../arch/x86_64/layout.js';
+import { DeviceOpenError } from '../devices/model.js';
+import { AttachedVirtioFunction } from '../devices/virtio/pci-model.js';
+import type { MachineSpec } from '../spec/machine-spec.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
-import { buildDevices, createSharedDeviceState, MAX_PCI_DEVICES, pciRootDescription } from './devices.js';
+import { attachDevices, createDevices, describeDevices, settleDevices, type DeviceSet } from './device-set.js';
+import { directKernelBoot, firmwareBoot, readFirmware, type BootResult, type BootStrategy } from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
-import { openVirtioDevices, type OpenedVirtioDevice, type VirtioDeviceSpec } from './virtio-devices.js';
-import { DeviceOpenError } from '../devices/model.js';
-import type { VirtioPciDevice } from '../devices/virtio/pci-transport.js';
 
-export const MAX_VCPUS = 64;
-
-export interface MachineConfig {
-  readonly kernel: string;
-  readonly initrd: readonly string[];
-  readonly cmdline: string;
-  readonly cpus: number;
-  readonly memory: number;
-  readonly cpuProfile?: CpuProfile;
-  /** "sockets=S,cores=C,threads=T" (product = cpus); default: one socket of `cpus` cores. */
-  readonly topology?: string;
-  /** Guest serial output goes to this fd; input comes from stdin when `serialInput` is set. */
+/** How this run connects to the host: not part of the VM's description (the spec), but of this process. */
+export interface RunOptions {
+  /** Guest serial output goes to this fd; input comes from stdin when `serialInput` is not 'none'. */
   readonly serialOutputFd: number;
   readonly serialInput: 'tty' | 'stream' | 'none';
   /** Print exit counts and virtio notification counts to stderr when the VM stops. */
   readonly stats?: boolean;
-  /** Virtio devices on PCI, in slot order (--disk, --net, --rng, --console). */
-  readonly virtio?: readonly VirtioDeviceSpec[];
+  /** Lets another thread pause, resume or stop the VM (the daemon does; the CLI uses console keys and signals). */
+  readonly control?: VmControl;
 }
 
 /** A configuration or input problem the user can fix: one clear line, exit status 2. */
@@ -80,37 +63,14 @@ function readInputFile(path: string, what: string): Uint8Array {
   return readFileSync(path);
 }
 
-export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
-  if (!Number.isInteger(config.cpus) || config.cpus < 1)
-    throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_VCPUS}`);
-  if (config.cpus > MAX_VCPUS)
-    throw new ConfigError(`--cpus ${config.cpus} is more than Partita's limit of ${MAX_VCPUS} vCPUs per VM`);
-  if (kvm && config.cpus > kvm.maxVcpus)
-    throw new ConfigError(`--cpus ${config.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
-  if (config.memory > MAX_MEMORY)
-    throw new ConfigError(`--memory ${formatSize(config.memory)} is larger than the ${formatSize(MAX_MEMORY)} limit`);
-  if (config.memory < MIN_MEMORY)
-    throw new ConfigError(
-      `--memory ${formatSize(config.memory)} is smaller than the ${formatSize(MIN_MEMORY)} minimum`,
-    );
-  if (config.memory % 4096 !== 0) throw new ConfigError(`--memory must be a whole number of 4 KiB pages`);
-  machineTopology(config);
-  if ((config.virtio?.length ?? 0) > MAX_PCI_DEVICES)
-    throw new ConfigError(`${config.virtio?.length} devices: the PCI bus has room for ${MAX_PCI_DEVICES}`);
-}
-
-export function machineTopology(config: Pick<MachineConfig, 'cpus' | 'topology'>): CpuTopology {
-  if (config.topology === undefined) return defaultTopology(config.cpus);
-  try {
-    return parseTopology(config.topology, config.cpus);
-  } catch (e) {
-    throw new ConfigError(`--topology '${config.topology}': ${(e as Error).message}`);
-  }
+/** The vCPU topology the spec asks for (default: one socket of `cpus` cores); validateMachineSpec checked it. */
+export function machineTopology(spec: Pick<MachineSpec, 'cpus' | 'topology'>): CpuTopology {
+  return spec.topology ?? defaultTopology(spec.cpus);
 }
 
 export interface RunResult {
   readonly reason: StopReason;
-  readonly boot: BootEntry | LinuxBootEntry;
+  readonly boot: BootResult;
 }
 
 /** PARTITA_TRACE=1 prints start-up phases (ms since process start) to stderr: for measuring, not for users. */
@@ -119,100 +79,92 @@ function trace(phase: string): void {
   if (tracing) process.stderr.write(`partita: ${performance.now().toFixed(1)} ms ${phase}\n`);
 }
 
+let machineRan = false;
+
 /**
- * Builds and runs the VM on the calling thread (which becomes vCPU 0's thread) until it stops. `control` lets
- * another thread pause, resume or stop it (the daemon does; the CLI uses console keys and signals).
+ * Builds and runs the VM on the calling thread (which becomes vCPU 0's thread) until it stops. The spec must
+ * have passed validateMachineSpec.
  */
-export function runMachine(config: MachineConfig, control: VmControl = new VmControl()): RunResult {
+export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
+  if (machineRan)
+    throw new Error('one VM per process: runMachine() was already called in this process (start another process)');
+  machineRan = true;
   trace('builder start');
+  const control = run.control ?? new VmControl();
   // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
   const worker =
-    config.cpus > 1 || config.serialInput !== 'none' || (config.virtio?.length ?? 0) > 0
+    spec.cpus > 1 || run.serialInput !== 'none' || spec.devices.length > 0
       ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
       : undefined;
   worker?.unref();
   try {
-    return buildAndRun(config, control, worker);
+    return buildAndRun(spec, run, control, worker);
   } catch (e) {
     void worker?.terminate();
     throw e;
   }
 }
 
-function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker | undefined): RunResult {
-  const image = readInputFile(config.kernel, 'kernel');
-  const modules = config.initrd.map((path) => ({
+/** Reads the boot files first: a missing or bad file costs no VM. */
+function bootStrategy(spec: MachineSpec): BootStrategy {
+  const boot = spec.boot;
+  if (boot.kind === 'firmware') {
+    readInputFile(boot.firmware, 'firmware');
+    try {
+      return firmwareBoot(boot, readFirmware(boot.firmware));
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
+  const kernel = readInputFile(boot.kernel, 'kernel');
+  const modules = (boot.initrd ?? []).map((path) => ({
     name: basename(path),
     data: readInputFile(path, 'initrd'),
     cmdline: basename(path),
   }));
+  return directKernelBoot(boot, { kernel, modules });
+}
+
+function buildAndRun(spec: MachineSpec, run: RunOptions, control: VmControl, worker: Worker | undefined): RunResult {
+  const strategy = bootStrategy(spec);
   const kvm = KvmSystem.open();
-  validateConfig(config, kvm);
-  let opened: OpenedVirtioDevice[];
+  if (spec.cpus > kvm.maxVcpus)
+    throw new ConfigError(`cpus ${spec.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
+  const topology = machineTopology(spec);
+  const vm = Vm.create(kvm, ramRanges(spec.memory));
+  trace('VM created');
+  let shared;
   try {
-    opened = openVirtioDevices(config.virtio ?? []);
+    shared = createDevices(spec.devices, { vmFd: vm.fd, placeBars: strategy.placesBars });
   } catch (e) {
     if (e instanceof DeviceOpenError) throw new ConfigError(e.message);
     throw e;
   }
   try {
-    return buildAndRunWithDevices(config, control, worker, kvm, image, modules, opened);
+    return runBuilt(spec, run, control, worker, kvm, vm, topology, strategy, shared);
   } finally {
-    settleHostSide(opened);
+    settleDevices(shared);
   }
 }
 
-/**
- * After the run, on the builder thread: make what the guest wrote to its disks durable (QEMU flushes at exit
- * too). Nothing is closed here: the backends' fds are shared with the I/O thread, which may still be ending;
- * the process exit closes them (releasing image locks), and passt is ended by the hook that started it.
- */
-function settleHostSide(opened: readonly OpenedVirtioDevice[]): void {
-  for (const d of opened) {
-    if (d.kind !== 'block' || d.handle.readOnly) continue;
-    try {
-      fdatasyncSync(d.handle.fd);
-    } catch {
-      // the guest's own FLUSH requests are where write errors are reported
-    }
-  }
-}
-
-function buildAndRunWithDevices(
-  config: MachineConfig,
+function runBuilt(
+  spec: MachineSpec,
+  run: RunOptions,
   control: VmControl,
   worker: Worker | undefined,
   kvm: KvmSystem,
-  image: Uint8Array,
-  modules: { name: string; data: Uint8Array; cmdline: string }[],
-  opened: readonly OpenedVirtioDevice[],
+  vm: Vm,
+  topology: CpuTopology,
+  strategy: BootStrategy,
+  shared: ReturnType<typeof createDevices>,
 ): RunResult {
   const mmapSize = kvm.vcpuMmapSize;
-  const vm = Vm.create(kvm, config.memory);
-  trace('VM created');
-  // The process exits right after the run; KVM tears the VM down with its fds, so nothing is unmapped by hand.
-  vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
-  const topology = machineTopology(config);
   const layout = apicIdLayout(topology);
-  const apicIds = [...layout.apicIds];
-  const rsdpAddress = writePlatformTables(vm, apicIds, opened.length);
-  trace('ACPI and MP tables written');
-  const boot = loadKernel({
-    imageName: config.kernel,
-    image,
-    cmdline: config.cmdline,
-    modules,
-    memory: vm.memory,
-    memoryMap: guestMemoryMap(config.memory),
-    rsdpAddress,
-  });
-
-  trace('kernel loaded');
-  const profile: CpuProfile = config.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
+  const profile: CpuProfile = spec.cpuProfile ?? (KvmSystem.isPvm() ? 'compat' : 'host');
   const cpuid = supportedCpuid(kvm.fd);
   const indexList = msrIndexList(kvm.fd);
   const vcpus: Vcpu[] = [];
-  for (let index = 0; index < config.cpus; index++) {
+  for (let index = 0; index < spec.cpus; index++) {
     // KVM makes the vCPU id the local APIC ID, so vCPUs are created with their topology's APIC IDs.
     const vcpu = Vcpu.create(vm.fd, layout.apicIds[index], mmapSize);
     const table = vcpuCpuid(cpuid, { topology, index, profile, layout });
@@ -221,23 +173,16 @@ function buildAndRunWithDevices(
     vcpus.push(vcpu);
   }
   const bsp = vcpus[0];
-  const regs = bsp.getRegs();
-  for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;
-  regs.rip = BigInt(boot.entryPoint);
-  regs.rflags = 0x2n;
-  if (boot.protocol === 'linux') {
-    // Linux boot protocol, 64-bit entry: long mode with the loader's identity map, rsi = boot_params.
-    bsp.setSregs(longModeEntry(bsp.getSregs(), { gdtBase: boot.gdtAddress, gdtLimit: boot.gdtLimit, cr3: boot.cr3 }));
-    regs.rsi = BigInt(boot.rsi);
-  } else {
-    bsp.setSregs(protectedModeEntry(bsp.getSregs()));
-    regs.rax = BigInt(boot.eax);
-    regs.rbx = BigInt(boot.ebx);
-  }
-  bsp.setRegs(regs);
+  const platform = describeDevices(shared);
+  const boot = strategy.prepare({ vm, bsp, memorySize: spec.memory, apicIds: layout.apicIds, platform });
+  trace('boot prepared (tables, kernel or firmware)');
 
-  const shared = createSharedDeviceState(vm.fd, opened);
-  const devices = buildDevices(shared, { vmFd: vm.fd, control, serialOutputFd: config.serialOutputFd });
+  const host = {
+    vmFd: vm.fd,
+    serialOutputFd: run.serialOutputFd,
+    stop: (reason: { kind: 'guest-exit'; status: number; message: string }) => control.stop(reason),
+  };
+  const devices = attachDevices(shared, host);
 
   control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
   native.watchTerminationSignals(bsp.immediateExitAddress);
@@ -251,8 +196,8 @@ function buildAndRunWithDevices(
       memory: vm.memory.describe(),
       mmapSize,
       aps: vcpus.slice(1).map((v) => ({ id: v.id, fd: v.fd })),
-      serialOutputFd: config.serialOutputFd,
-      serialInput: config.serialInput,
+      serialOutputFd: run.serialOutputFd,
+      serialInput: run.serialInput,
     };
     worker.postMessage(data);
   }
@@ -268,45 +213,29 @@ function buildAndRunWithDevices(
       if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
       if (control.paused) control.waitWhilePaused();
       if (control.stopping) return control.reason();
-      if (config.cpus === 1) return deadHaltCheck(vcpu, control, vm);
+      if (spec.cpus === 1) return deadHaltCheck(vcpu, control, vm);
       return undefined;
     },
   });
   trace(`guest stopped (${reason.kind})`);
-  if (config.stats) printStats(control, devices.virtio);
+  if (run.stats) printStats(control, devices);
   if (typeof tick === 'bigint') native.stopTick(tick);
   native.restoreTerminationSignals();
   // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
   // (No kicks after this: pthread_kill on a finished thread is undefined behaviour.)
-  if (config.cpus > 1 && native.stopVcpuThreads(2000) > 0)
+  if (spec.cpus > 1 && native.stopVcpuThreads(2000) > 0)
     process.stderr.write('partita: some vCPU threads did not stop\n');
   void worker?.terminate();
   return { reason, boot };
 }
 
-/**
- * The tables a guest OS reads to find its CPUs and interrupt controllers: ACPI (RSDP found by scanning the BIOS
- * area, or through the boot protocol) and, for guests that predate ACPI, an MP table. Returns the RSDP address.
- */
-function writePlatformTables(vm: Vm, apicIds: readonly number[], pciDevices: number): number {
-  const ioapicId = defaultIoapicId(apicIds);
-  const pci = pciRootDescription(pciDevices);
-  const acpi = buildAcpiTables(
-    { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS, legacy: {}, pci },
-    vm.memory,
-  );
-  // The MP table cannot describe x2APIC IDs; such guests use ACPI.
-  if (apicIds.every((id) => id <= MP_MAX_APIC_ID))
-    writeMpTable(vm.memory, { apicIds, ioapicId, ioapicAddress: IOAPIC_ADDRESS, pci: { intx: pci.intx } });
-  return acpi.rsdpAddress;
-}
-
-function printStats(control: VmControl, virtio: readonly VirtioPciDevice[]): void {
+function printStats(control: VmControl, devices: DeviceSet): void {
   const e = control.exitCounts();
   const lines = [`partita: exits to userspace: ${e.pio} port I/O, ${e.mmio} MMIO, ${e.other} other`];
-  for (const dev of virtio) {
-    const n = dev.notificationCounts();
-    lines.push(`partita: ${dev.name}: ${n.kicks} ioeventfd wake-ups, ${n.notifyExits} queue notifications by exit`);
+  for (const { device } of devices.devices) {
+    if (!(device instanceof AttachedVirtioFunction)) continue;
+    const n = device.transport.notificationCounts();
+    lines.push(`partita: ${device.name}: ${n.kicks} ioeventfd wake-ups, ${n.notifyExits} queue notifications by exit`);
   }
   process.stderr.write(lines.join('\n') + '\n');
 }

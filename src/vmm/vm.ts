@@ -1,25 +1,25 @@
 // One KVM virtual machine: its fd, in-kernel irqchip (PIC + IOAPIC + per-vCPU LAPICs) and PIT, the TSS and
-// identity-map pages KVM needs on Intel, guest RAM registered as memory slots, and its interrupt lines.
-import {
-  ioctls,
-  kvm_irq_level,
-  kvm_pit_config,
-  kvm_userspace_memory_region,
-  KVM_PIT_SPEAKER_DUMMY,
-} from '../kvm/abi.js';
+// identity-map pages KVM needs on Intel, its memory slots (RAM, ROM, device memory), and its interrupt lines.
+import { ioctls, kvm_irq_level, kvm_pit_config, KVM_PIT_SPEAKER_DUMMY } from '../kvm/abi.js';
 import type { KvmSystem } from '../kvm/system.js';
 import { check, native } from '../native/index.js';
-import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS } from '../arch/x86_64/layout.js';
+import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, ramRanges } from '../arch/x86_64/layout.js';
 import type { IrqLine } from '../base/irq-line.js';
-import { GuestMemory } from '../base/guest-memory.js';
+import type { GuestMemory, RamRange } from '../base/guest-memory.js';
+import { MemorySlots } from './memory-slots.js';
 
 export class Vm {
   private constructor(
     readonly fd: number,
+    readonly slots: MemorySlots,
     readonly memory: GuestMemory,
   ) {}
 
-  static create(kvm: KvmSystem, memorySize: number): Vm {
+  /**
+   * A VM with its interrupt controllers and `ram` registered as guest RAM (a size: laid out below the PCI hole,
+   * then above 4 GiB); more slots (ROM, device memory) come through `slots`.
+   */
+  static create(kvm: KvmSystem, ram: number | readonly RamRange[]): Vm {
     const fd = check(native.ioctl(kvm.fd, ioctls.KVM_CREATE_VM, 0), 'KVM_CREATE_VM');
     let memory: GuestMemory | undefined;
     try {
@@ -30,29 +30,14 @@ export class Vm {
       const pit = new DataView(new ArrayBuffer(kvm_pit_config.size));
       pit.setUint32(kvm_pit_config.fields.flags.offset, KVM_PIT_SPEAKER_DUMMY, true);
       check(native.ioctl(fd, ioctls.KVM_CREATE_PIT2, pit), 'KVM_CREATE_PIT2');
-      memory = GuestMemory.allocate(memorySize);
-      memory.regions.forEach((r, slot) => Vm.setMemorySlot(fd, slot, r.gpa, r.size, r.hostAddress));
-      return new Vm(fd, memory);
+      const slots = new MemorySlots(fd);
+      memory = slots.addRam(typeof ram === 'number' ? ramRanges(ram) : ram);
+      return new Vm(fd, slots, memory);
     } catch (e) {
       memory?.release();
       native.close(fd);
       throw e;
     }
-  }
-
-  private static setMemorySlot(fd: number, slot: number, gpa: number, size: number, host: bigint): void {
-    const f = kvm_userspace_memory_region.fields;
-    const buf = new DataView(new ArrayBuffer(kvm_userspace_memory_region.size));
-    buf.setUint32(f.slot.offset, slot, true);
-    buf.setUint32(f.flags.offset, 0, true);
-    buf.setBigUint64(f.guest_phys_addr.offset, BigInt(gpa), true);
-    buf.setBigUint64(f.memory_size.offset, BigInt(size), true);
-    buf.setBigUint64(f.userspace_addr.offset, host, true);
-    check(
-      native.ioctl(fd, ioctls.KVM_SET_USER_MEMORY_REGION, buf),
-      'KVM_SET_USER_MEMORY_REGION',
-      `slot ${slot} at 0x${gpa.toString(16)}`,
-    );
   }
 
   /** An ISA interrupt line of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE); usable from any thread. */

@@ -20,15 +20,13 @@ if (!isMainThread && workerData) {
   const job = workerData as Job;
   const result = runMachine(
     {
-      kernel: guest('exits'),
-      initrd: [],
-      cmdline: 'count=100000000',
+      version: 1,
       cpus: 1,
       memory: 64 * 1024 * 1024,
-      serialOutputFd: openSync(job.out, 'w'),
-      serialInput: 'none',
+      boot: { kind: 'kernel', kernel: guest('exits'), cmdline: 'count=100000000' },
+      devices: [],
     },
-    new VmControl(job.control),
+    { serialOutputFd: openSync(job.out, 'w'), serialInput: 'none', control: new VmControl(job.control) },
   );
   parentPort!.postMessage(result.reason);
 } else {

@@ -6,7 +6,7 @@
 // note bytes, then (when notes go in a section) a two-entry section header table: null and SHT_NOTE.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { guestMemoryMap, type MemoryMapEntry } from '../../src/arch/x86_64/layout.js';
+import { guestMemoryMap, ramRanges, type MemoryMapEntry } from '../../src/arch/x86_64/layout.js';
 import { loadKernel, type BootEntry, type BootModule } from '../../src/boot/index.js';
 import { BootImageError } from '../../src/boot/errors.js';
 import { GuestMemory } from '../../src/base/guest-memory.js';
@@ -250,7 +250,7 @@ export interface BootHarness {
 export const RAM_PATTERN = 0xa5;
 
 export function bootHarness(size: number): BootHarness {
-  const memory = GuestMemory.allocate(size);
+  const memory = GuestMemory.allocateRanges(ramRanges(size));
   for (const r of memory.regions) memory.fill(r.gpa, r.size, RAM_PATTERN);
   const map = guestMemoryMap(size);
   const load = (image: Uint8Array, opts: LoadOptions = {}): BootEntry => <BootEntry>loadKernel({

@@ -18,9 +18,11 @@ import {
 import { ByteWriter, sum8 } from '../../src/arch/x86_64/acpi/sdt.js';
 import { eisaId, integer, nameString, pkgLength } from '../../src/arch/x86_64/acpi/aml.js';
 import { defaultIoapicId, MPTABLE_ADDRESS, writeMpTable } from '../../src/arch/x86_64/mptable.js';
-import { IOAPIC_ADDRESS, LAPIC_ADDRESS } from '../../src/arch/x86_64/layout.js';
+import { ramRanges, IOAPIC_ADDRESS, LAPIC_ADDRESS } from '../../src/arch/x86_64/layout.js';
 import { GuestMemory } from '../../src/base/guest-memory.js';
 import { MIB } from '../../src/base/units.js';
+import { serialPortModel } from '../../src/devices/legacy/uart-16550a.js';
+import { pciRootModel } from '../../src/devices/pci/root.js';
 
 const NO_IASL = 'iasl not installed: sudo apt-get install acpica-tools';
 
@@ -35,8 +37,17 @@ const acpiexec = tool('acpiexec');
 
 const range = (n: number, from = 0): number[] => Array.from({ length: n }, (_, i) => from + i);
 
+/** The machine's COM1, described by its own device model as the builder does. */
+const com1Aml = serialPortModel.describe!(new SharedArrayBuffer(0), { pciInterrupts: [] }).acpi ?? [];
+
 function options(apicIds: number[]): AcpiOptions {
-  return { apicIds, ioapicId: defaultIoapicId(apicIds), ioapicAddress: IOAPIC_ADDRESS, lapicAddress: LAPIC_ADDRESS };
+  return {
+    apicIds,
+    ioapicId: defaultIoapicId(apicIds),
+    ioapicAddress: IOAPIC_ADDRESS,
+    lapicAddress: LAPIC_ADDRESS,
+    devices: com1Aml,
+  };
 }
 
 /** 1 MiB of "low memory" the tables are written into, as the guest would see it. */
@@ -462,7 +473,7 @@ test('AML encoder: package lengths, names, integers, EISA IDs', () => {
 });
 
 test('ACPI and MP tables written into real guest RAM (GuestMemory)', () => {
-  const memory = GuestMemory.allocate(2 * MIB);
+  const memory = GuestMemory.allocateRanges(ramRanges(2 * MIB));
   try {
     const opts = options([0, 1, 2, 3]);
     const acpi = buildAcpiTables(opts, memory);
@@ -503,16 +514,17 @@ test('ByteWriter: fields written across buffer growth land in the result', () =>
 });
 
 test('ACPI tables with PCI: MCFG names the ECAM window, DSDT has PCI0 with its windows and _PRT', (t) => {
-  const pci = {
-    ecam: { base: 0xe000_0000, size: 0x1000_0000, endBus: 255 },
-    mmio32: { base: 0xc000_0000, end: 0xe000_0000 },
-    io: { base: 0xc000, end: 0x1_0000 },
-    intx: [
-      { slot: 1, gsi: 16 },
-      { slot: 2, gsi: 17 },
-    ],
-  };
-  const opts = { ...options([0, 1]), pci };
+  // As the PCI root device describes itself (src/devices/pci/root.ts) with two PCI functions on the bus.
+  const root = pciRootModel.describe!(
+    { hostBridge: new SharedArrayBuffer(0) },
+    {
+      pciInterrupts: [
+        { slot: 1, gsi: 16 },
+        { slot: 2, gsi: 17 },
+      ],
+    },
+  );
+  const opts = { ...options([0, 1]), devices: [...com1Aml, ...(root.acpi ?? [])], tables: root.acpiTables };
   const mem = new LowMemory();
   const result = buildAcpiTables(opts, mem);
   const mcfg = result.tables.find((x) => x.signature === 'MCFG');

@@ -1,7 +1,8 @@
 // Multiboot v1: header search, ELF32 and a.out-kludge loading, and every multiboot_info field Partita fills.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import {
+import { PCI_ECAM_BASE, PCI_ECAM_SIZE,
+  ramRanges,
   BOOT_CMDLINE_ADDRESS,
   BOOT_INFO_ADDRESS,
   BOOT_MEMMAP_ADDRESS,
@@ -225,9 +226,9 @@ test('multiboot: the header search (first 8 KiB, 32-bit aligned, entirely inside
 
 test('multiboot: with RAM above 4 GiB, mem_upper stops at the PCI hole and mmap lists the high RAM', () => {
   const size = 5 * GIB;
-  const big = GuestMemory.allocate(size);
+  const big = GuestMemory.allocateRanges(ramRanges(size));
   try {
-    const bigMap = guestMemoryMap(size);
+    const bigMap = guestMemoryMap(size, [{ base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE }]);
     const mod = new Uint8Array(100).fill(7);
     const entry = loadKernel({
       imageName: 'k',

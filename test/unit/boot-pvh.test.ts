@@ -3,12 +3,15 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  ramRanges,
   BOOT_CMDLINE_ADDRESS,
   BOOT_INFO_ADDRESS,
   BOOT_MEMMAP_ADDRESS,
   BOOT_MODLIST_ADDRESS,
   FOUR_GIB,
   guestMemoryMap,
+  PCI_ECAM_BASE,
+  PCI_ECAM_SIZE,
 } from '../../src/arch/x86_64/layout.js';
 import { GuestMemory } from '../../src/base/guest-memory.js';
 import { loadKernel } from '../../src/boot/index.js';
@@ -174,9 +177,9 @@ test('PVH: modules skip the command-line area and the hole below 1 MiB', () => {
 
 test('PVH: with RAM above 4 GiB the memory map has it, and modules stay below 4 GiB', () => {
   const size = 5 * GIB;
-  const big = GuestMemory.allocate(size);
+  const big = GuestMemory.allocateRanges(ramRanges(size));
   try {
-    const bigMap = guestMemoryMap(size);
+    const bigMap = guestMemoryMap(size, [{ base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE }]);
     const image = buildElf({ entry: 0x100000, pvhEntry: 0x100000, segments: [{ paddr: 0x100000, data: code }] });
     const mod = new Uint8Array(4096).fill(9);
     loadKernel({

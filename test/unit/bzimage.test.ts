@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { gunzipSync } from 'node:zlib';
 import {
+  ramRanges,
   guestMemoryMap,
   E820_RAM,
   FOUR_GIB,
@@ -30,7 +31,7 @@ import { readCpio } from '../../src/demo-guest/cpio.js';
 import { GIB, MIB } from '../../src/base/units.js';
 
 const SIZE = 64 * MIB;
-const memory = GuestMemory.allocate(SIZE);
+const memory = GuestMemory.allocateRanges(ramRanges(SIZE));
 after(() => memory.release());
 const map = guestMemoryMap(SIZE);
 
@@ -245,7 +246,7 @@ test('initrd: page-aligned, as high as possible below the end of RAM, after the 
 });
 
 test('initrd: below initrd_addr_max (inclusive) and below the 32-bit hole in a 4.5 GiB VM', () => {
-  const big = GuestMemory.allocate(4.5 * GIB);
+  const big = GuestMemory.allocateRanges(ramRanges(4.5 * GIB));
   try {
     const bigMap = guestMemoryMap(4.5 * GIB);
     const size = 10 * MIB + 1;
@@ -411,7 +412,7 @@ test('real Debian cloud kernel (downloaded once by buildDemoImage and cached)', 
   assert.ok(h.version >= 0x020c);
   assert.ok(h.xloadflags & 1, 'XLF_KERNEL_64');
 
-  const mem = GuestMemory.allocate(256 * MIB);
+  const mem = GuestMemory.allocateRanges(ramRanges(256 * MIB));
   try {
     const m = guestMemoryMap(256 * MIB);
     const cmdline = `${demo.cmdline} rdinit=/init`;

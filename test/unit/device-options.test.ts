@@ -10,19 +10,15 @@ test('splitOption: commas separate, a doubled comma is a literal comma', () => {
 });
 
 test('--disk: path, readonly, serial, queues', () => {
-  assert.deepEqual(parseDisk('/tmp/a.img'), {
-    kind: 'block',
-    options: { path: '/tmp/a.img', readOnly: false, serial: undefined, queues: undefined },
-  });
+  assert.deepEqual(parseDisk('/tmp/a.img'), { kind: 'virtio-blk', path: '/tmp/a.img' });
   assert.deepEqual(parseDisk('a.img,readonly,serial=DISK-1,queues=4'), {
-    kind: 'block',
-    options: { path: 'a.img', readOnly: true, serial: 'DISK-1', queues: 4 },
+    kind: 'virtio-blk',
+    path: 'a.img',
+    readOnly: true,
+    serial: 'DISK-1',
+    queues: 4,
   });
-  assert.deepEqual(parseDisk('a.img,packed'), {
-    kind: 'block',
-    options: { path: 'a.img', readOnly: false, serial: undefined, queues: undefined },
-    packed: true,
-  });
+  assert.deepEqual(parseDisk('a.img,packed'), { kind: 'virtio-blk', path: 'a.img', packed: true });
   assert.throws(() => parseDisk(',readonly'), /image path is missing/);
   assert.throws(
     () => parseDisk('a.img,bogus'),
@@ -32,26 +28,23 @@ test('--disk: path, readonly, serial, queues', () => {
 });
 
 test('--net: user, tap=NAME, socket=PATH, mac=', () => {
-  assert.deepEqual(parseNet('user'), { kind: 'net', options: { backend: { kind: 'user' }, mac: undefined } });
+  assert.deepEqual(parseNet('user'), { kind: 'virtio-net', backend: { kind: 'user' } });
   assert.deepEqual(parseNet('tap=tap0,mac=52:54:00:12:34:56'), {
-    kind: 'net',
-    options: { backend: { kind: 'tap', name: 'tap0' }, mac: '52:54:00:12:34:56' },
+    kind: 'virtio-net',
+    backend: { kind: 'tap', name: 'tap0' },
+    mac: '52:54:00:12:34:56',
   });
   assert.deepEqual(parseNet('socket=/run/x.sock'), {
-    kind: 'net',
-    options: { backend: { kind: 'socket', path: '/run/x.sock' }, mac: undefined },
+    kind: 'virtio-net',
+    backend: { kind: 'socket', path: '/run/x.sock' },
   });
-  assert.deepEqual(parseNet('user,packed'), {
-    kind: 'net',
-    options: { backend: { kind: 'user' }, mac: undefined },
-    packed: true,
-  });
+  assert.deepEqual(parseNet('user,packed'), { kind: 'virtio-net', backend: { kind: 'user' }, packed: true });
   assert.throws(() => parseNet('tap'), /expected user, tap=NAME or socket=PATH/);
   assert.throws(() => parseNet('bridge=br0'), /expected user/);
   assert.throws(() => parseNet('user,speed=10'), /'speed=10'/);
 });
 
 test('--console: a path is required', () => {
-  assert.deepEqual(parseConsole('/tmp/out'), { kind: 'console', options: { path: '/tmp/out' } });
+  assert.deepEqual(parseConsole('/tmp/out'), { kind: 'virtio-console', path: '/tmp/out' });
   assert.throws(() => parseConsole(''), /needs a path/);
 });

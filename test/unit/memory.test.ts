@@ -25,9 +25,10 @@ test('RAM below the 32-bit hole, the rest above 4 GiB', () => {
   assert.throws(() => ramRanges(1024), RangeError);
 });
 
-test('guest memory map: low RAM, reserved BIOS area, high RAM; sorted and disjoint', () => {
+test('guest memory map: low RAM, reserved BIOS area, device reservations, high RAM; sorted and disjoint', () => {
+  const ecam = { base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE };
   for (const size of [16 * MIB, 512 * MIB, 3 * GIB, 4 * GIB, 128 * GIB]) {
-    const map = guestMemoryMap(size);
+    const map = guestMemoryMap(size, [ecam]);
     let ramTotal = 0;
     for (let i = 0; i < map.length; i++) {
       if (i) assert.ok(map[i].base >= map[i - 1].base + map[i - 1].size, `entry ${i} overlaps for ${size}`);
@@ -45,6 +46,7 @@ test('guest memory map: low RAM, reserved BIOS area, high RAM; sorted and disjoi
       'the PCIe ECAM window is reserved',
     );
   }
+  assert.throws(() => guestMemoryMap(512 * MIB, [{ base: 0x100000, size: 4096 }]), /overlaps RAM/);
   const big = guestMemoryMap(128 * GIB);
   assert.equal(big.at(-1)!.base, FOUR_GIB);
   assert.equal(big.at(-1)!.base + big.at(-1)!.size, 128 * GIB + GIB);
@@ -62,7 +64,7 @@ test('sizes: suffixes, garbage and limits', () => {
 });
 
 test('guest memory: bounds-checked access never leaves RAM', () => {
-  const mem = GuestMemory.allocate(16 * MIB);
+  const mem = GuestMemory.allocateRanges(ramRanges(16 * MIB));
   try {
     mem.writeU32(0x1000, 0xdeadbeef);
     assert.equal(mem.readU32(0x1000), 0xdeadbeef);
@@ -85,7 +87,7 @@ test('guest memory: bounds-checked access never leaves RAM', () => {
 
 test('guest memory: 128 GiB is reserved lazily and usable on both sides of the hole', () => {
   const before = process.memoryUsage().rss;
-  const mem = GuestMemory.allocate(128 * GIB);
+  const mem = GuestMemory.allocateRanges(ramRanges(128 * GIB));
   try {
     assert.equal(mem.size, 128 * GIB);
     assert.equal(mem.regions.length, 2);

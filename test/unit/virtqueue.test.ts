@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../../src/base/guest-memory.js';
-import { FOUR_GIB, MMIO_HOLE_START } from '../../src/arch/x86_64/layout.js';
+import { ramRanges, FOUR_GIB, MMIO_HOLE_START } from '../../src/arch/x86_64/layout.js';
 import { GIB, MIB } from '../../src/base/units.js';
 import {
   DescriptorChain,
@@ -382,7 +382,7 @@ test('buffers outside RAM, straddling its end, wrapping past 2^64', () => {
 });
 
 test('buffers in the MMIO hole or straddling into it; lengths adding past 2^32', () => {
-  const big = GuestMemory.allocate(4 * GIB + 64 * MIB); // [0, 3 GiB) and [4 GiB, 5 GiB + 64 MiB), never touched
+  const big = GuestMemory.allocateRanges(ramRanges(4 * GIB + 64 * MIB)); // [0, 3 GiB) and [4 GiB, 5 GiB + 64 MiB), never touched
   try {
     const d = FakeDriver.at(big, 8, 0x10000);
     const q = queue(d, { indirect: true });

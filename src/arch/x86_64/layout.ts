@@ -48,10 +48,8 @@ export const MAX_MEMORY = 1024 * GIB;
 /** The smallest: enough for the boot structures and a small kernel. */
 export const MIN_MEMORY = 2 * MIB;
 
-export interface RamRange {
-  readonly gpa: number;
-  readonly size: number;
-}
+export type { RamRange } from '../../base/guest-memory.js';
+import type { RamRange } from '../../base/guest-memory.js';
 
 /** Where `memorySize` bytes of RAM go: below the hole first, the rest above 4 GiB. */
 export function ramRanges(memorySize: number): RamRange[] {
@@ -76,8 +74,15 @@ export interface MemoryMapEntry {
   readonly type: number; // E820_*
 }
 
-/** The memory map handed to a guest (PVH memmap, multiboot mmap, Linux e820), sorted, non-overlapping. */
-export function guestMemoryMap(memorySize: number): MemoryMapEntry[] {
+/**
+ * The memory map handed to a guest (PVH memmap, multiboot mmap, Linux e820), sorted, non-overlapping: RAM, the
+ * BIOS area, and `reserved` ranges the devices ask for (the PCI root's ECAM window: an OS may refuse MMCONFIG
+ * that E820 does not reserve, PCI Firmware 3.2 §4.1.2 note). Reserved ranges must lie outside RAM.
+ */
+export function guestMemoryMap(
+  memorySize: number,
+  reserved: readonly { readonly base: number; readonly size: number }[] = [],
+): MemoryMapEntry[] {
   const [low, high] = ramRanges(memorySize);
   const map: MemoryMapEntry[] = [
     { base: 0, size: EBDA_START, type: E820_RAM },
@@ -85,8 +90,11 @@ export function guestMemoryMap(memorySize: number): MemoryMapEntry[] {
   ];
   if (low.size > HIGH_MEMORY_START)
     map.push({ base: HIGH_MEMORY_START, size: low.size - HIGH_MEMORY_START, type: E820_RAM });
-  // The ECAM window must be reserved in E820 or an OS may refuse MMCONFIG (PCI Firmware 3.2 §4.1.2 note).
-  map.push({ base: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, type: E820_RESERVED });
+  for (const r of reserved) {
+    const inRam = [low, high].some((ram) => ram && r.base < ram.gpa + ram.size && ram.gpa < r.base + r.size);
+    if (inRam) throw new RangeError(`reserved range 0x${r.base.toString(16)} (+0x${r.size.toString(16)}) overlaps RAM`);
+    map.push({ base: r.base, size: r.size, type: E820_RESERVED });
+  }
   if (high) map.push({ base: high.gpa, size: high.size, type: E820_RAM });
-  return map;
+  return map.sort((a, b) => a.base - b.base);
 }

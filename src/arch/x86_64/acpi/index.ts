@@ -2,13 +2,13 @@
 // and places it in guest memory in the BIOS area, where OSPM finds the RSDP by scanning (§5.2.5.1).
 //
 //   ACPI_TABLES_START (0xE0000)  RSDP (36 bytes, 16-byte aligned, scanned for in 0xE0000-0xFFFFF)
-//   then, each 16-byte aligned:  XSDT, FADT, MADT, DSDT, and MCFG when the machine has PCI
+//   then, each 16-byte aligned:  XSDT, FADT, MADT, DSDT, then the devices' own tables (MCFG with PCI)
 //   … up to ACPI_TABLES_END (0xF0000); the MP table lives above it (mptable.ts, MPTABLE_ADDRESS).
 //
 // The whole range 0x9FC00-0x100000 is E820 "reserved" in the guest memory map (layout.ts), so the guest never
 // uses it as RAM.
-import { buildDsdt, type DsdtOptions, type PciRootOptions } from './dsdt.js';
-import { buildMcfg } from './mcfg.js';
+import { buildDsdt, type DsdtOptions } from './dsdt.js';
+import type { Aml } from './aml.js';
 import { buildFadt, FADT_LENGTH, type FadtOptions, type LegacyDevices } from './fadt.js';
 import { buildMadt, MAX_XAPIC_ID, type InterruptOverride } from './madt.js';
 import { buildRsdp, RSDP_LENGTH } from './rsdp.js';
@@ -32,8 +32,10 @@ export interface AcpiOptions {
   readonly sleepPort?: number;
   /** Interrupt source overrides; default IRQ0 → GSI2. */
   readonly overrides?: readonly InterruptOverride[];
-  /** The PCI root bridge (DSDT PCI0 and an MCFG table for its ECAM window); no PCI when absent. */
-  readonly pci?: PciRootOptions;
+  /** The devices' own AML (under \_SB_ in the DSDT), e.g. COM1 and the PCI root bridge. */
+  readonly devices?: readonly Aml[];
+  /** Further tables the devices bring (e.g. MCFG), each a complete SDT; the XSDT points at them after the MADT. */
+  readonly tables?: readonly Uint8Array[];
   /** Where the RSDP goes (16-byte aligned, in [0xE0000, 0x100000)); default ACPI_TABLES_START. */
   readonly base?: number;
 }
@@ -91,10 +93,7 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
   if (!Number.isInteger(base) || base % ALIGN !== 0 || base < 0xe_0000 || base + RSDP_LENGTH > 0x10_0000) {
     throw new RangeError(`RSDP address 0x${base.toString(16)} is not 16-byte aligned in 0xE0000-0xFFFFF`);
   }
-  const dsdt = buildDsdt({ processorCount: opts.apicIds.length, pci: opts.pci } satisfies DsdtOptions);
-  const mcfg = opts.pci
-    ? buildMcfg([{ base: opts.pci.ecam.base, segment: 0, startBus: 0, endBus: opts.pci.ecam.endBus }])
-    : undefined;
+  const dsdt = buildDsdt({ processorCount: opts.apicIds.length, devices: opts.devices } satisfies DsdtOptions);
   const madt = buildMadt({
     apicIds: opts.apicIds,
     lapicAddress: opts.lapicAddress,
@@ -102,19 +101,24 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
     ioapicAddress: opts.ioapicAddress,
     overrides: opts.overrides,
   });
+  const extra = opts.tables ?? [];
 
   const xsdtAddress = alignUp(base + RSDP_LENGTH);
-  const fadtAddress = alignUp(xsdtAddress + xsdtLength(mcfg ? 3 : 2));
+  const fadtAddress = alignUp(xsdtAddress + xsdtLength(2 + extra.length));
   const madtAddress = alignUp(fadtAddress + FADT_LENGTH);
   const dsdtAddress = alignUp(madtAddress + madt.length);
-  const mcfgAddress = alignUp(dsdtAddress + dsdt.length);
-  const end = mcfg ? mcfgAddress + mcfg.length : dsdtAddress + dsdt.length;
+  let end = dsdtAddress + dsdt.length;
+  const extraAddresses = extra.map((t) => {
+    const at = alignUp(end);
+    end = at + t.length;
+    return at;
+  });
   const limit = base < ACPI_TABLES_END ? ACPI_TABLES_END : 0x10_0000;
   if (end > limit)
     throw new RangeError(`ACPI tables (0x${base.toString(16)}-0x${end.toString(16)}) overflow 0x${limit.toString(16)}`);
 
   const fadt = buildFadt({ dsdtAddress, legacy: opts.legacy, reset: opts.reset, sleepPort: opts.sleepPort });
-  const xsdt = buildXsdt(mcfg ? [fadtAddress, madtAddress, mcfgAddress] : [fadtAddress, madtAddress]);
+  const xsdt = buildXsdt([fadtAddress, madtAddress, ...extraAddresses]);
   const rsdp = buildRsdp(xsdtAddress);
   const tables: AcpiTable[] = [
     { address: base, bytes: rsdp, signature: 'RSD PTR ' },
@@ -122,8 +126,12 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
     { address: fadtAddress, bytes: fadt, signature: 'FACP' },
     { address: madtAddress, bytes: madt, signature: 'APIC' },
     { address: dsdtAddress, bytes: dsdt, signature: 'DSDT' },
+    ...extra.map((bytes, i) => ({
+      address: extraAddresses[i],
+      bytes,
+      signature: Buffer.from(bytes.subarray(0, 4)).toString('latin1'),
+    })),
   ];
-  if (mcfg) tables.push({ address: mcfgAddress, bytes: mcfg, signature: 'MCFG' });
   if (memory) for (const t of tables) memory.write(t.address, t.bytes);
   return { rsdpAddress: base, tables, end };
 }

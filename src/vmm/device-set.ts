@@ -1,0 +1,205 @@
+// The devices of one VM, made from the registry: created once on the builder thread (host side opened, shared
+// state allocated), attached on every thread that handles exits (vCPU 0's thread and the I/O thread) as views
+// of the same SharedArrayBuffers, served on the I/O thread, and described to the guest's tables.
+//
+// PCI devices take slots 1, 2, … of bus 0 in spec order; INTA# of slot s goes to GSI 16 + (s − 1) mod 8.
+import { MmioBus, PortIoBus } from '../devices/bus.js';
+import { BarAllocator, PciBus } from '../devices/pci/bus.js';
+import { PCI_INTX_GSI_BASE, PCI_INTX_GSI_COUNT } from '../arch/x86_64/layout.js';
+import type { Aml } from '../arch/x86_64/acpi/aml.js';
+import { GsiRouter } from '../base/gsi-routing.js';
+import type { GuestMemory } from '../base/guest-memory.js';
+import {
+  DeviceOpenError,
+  type AttachedDevice,
+  type DeviceHost,
+  type DeviceModel,
+  type DeviceOptions,
+  type DeviceSnapshot,
+  type PciInterrupt,
+} from '../devices/model.js';
+import { deviceRegistry, type DeviceRegistry } from '../devices/registry.js';
+import { PCI_ROOT_WINDOWS } from '../devices/pci/root.js';
+import { Vm } from './vm.js';
+
+/** The devices every VM of this machine type has, before the spec's own (which are all PCI today). */
+export const PLATFORM_DEVICES: readonly DeviceOptions[] = [
+  { kind: 'pci-root' },
+  { kind: 'uart-16550a' },
+  { kind: 'isa-debug-exit' },
+  { kind: 'io-delay' },
+];
+
+/** Bus 0 has 32 slots; slot 0 is the host bridge. */
+export const MAX_PCI_DEVICES = 31;
+
+/** One device's shared state: structured-clone-safe, posted to the I/O thread as is. */
+export interface CreatedDevice {
+  readonly kind: string;
+  readonly state: unknown;
+}
+
+/** Serializable (postMessage-safe) shared state of all devices. */
+export interface SharedDeviceState {
+  readonly pciAddress: SharedArrayBuffer;
+  readonly router: SharedArrayBuffer;
+  readonly devices: readonly CreatedDevice[];
+}
+
+/** What the devices tell the guest's platform tables, gathered. */
+export interface PlatformDescription {
+  readonly acpi: readonly Aml[];
+  readonly acpiTables: readonly Uint8Array[];
+  readonly pciInterrupts: readonly PciInterrupt[];
+  readonly reserved: readonly { readonly base: number; readonly size: number }[];
+  readonly legacy: { readonly i8042?: boolean; readonly rtc?: boolean; readonly vga?: boolean };
+}
+
+/** The PCI slot of the n-th PCI device (0-based) and the GSI of its INTA#. */
+export function pciSlot(n: number): PciInterrupt {
+  const slot = n + 1;
+  return { slot, gsi: PCI_INTX_GSI_BASE + ((slot - 1) % PCI_INTX_GSI_COUNT) };
+}
+
+function modelOf(registry: DeviceRegistry, kind: string): DeviceModel {
+  const model = registry.get(kind);
+  if (!model) throw new DeviceOpenError(`unknown device kind '${kind}'`);
+  return model;
+}
+
+export interface CreateDevicesOptions {
+  readonly vmFd: number;
+  /** Direct kernel boot places BARs as firmware would; firmware boot leaves them to the firmware. */
+  readonly placeBars: boolean;
+  readonly registry?: DeviceRegistry;
+}
+
+/**
+ * Creates every device (platform devices first, then the spec's, in order) on the builder thread. On failure,
+ * what was already opened is closed again and the error is rethrown.
+ */
+export function createDevices(specDevices: readonly DeviceOptions[], opts: CreateDevicesOptions): SharedDeviceState {
+  const registry = opts.registry ?? deviceRegistry;
+  const all = [...PLATFORM_DEVICES, ...specDevices];
+  const pciCount = all.filter((d) => modelOf(registry, d.kind).bus === 'pci').length;
+  if (pciCount > MAX_PCI_DEVICES)
+    throw new DeviceOpenError(`${pciCount} PCI devices: bus 0 has room for ${MAX_PCI_DEVICES}`);
+  const router = new GsiRouter(opts.vmFd);
+  const w = PCI_ROOT_WINDOWS;
+  // One cursor for all memory BARs: small 64-bit BARs go below 4 GiB too, as SeaBIOS places them, so 32-bit
+  // guests can reach every device.
+  const bars = opts.placeBars ? new BarAllocator(w.mmio32, w.mmio32, w.io) : undefined;
+  const counts = new Map<string, number>();
+  const name = (prefix: string): string => {
+    const n = counts.get(prefix) ?? 0;
+    counts.set(prefix, n + 1);
+    return `${prefix}${n}`;
+  };
+  const created: { model: DeviceModel; device: CreatedDevice }[] = [];
+  let pciIndex = 0;
+  try {
+    for (const options of all) {
+      const model = modelOf(registry, options.kind);
+      const pci = model.bus === 'pci' ? pciSlot(pciIndex++) : undefined;
+      const state = model.create(options, {
+        vmFd: opts.vmFd,
+        router,
+        irqLine: (gsi) => Vm.irqLine(opts.vmFd, gsi),
+        name,
+        pci,
+        bars,
+      });
+      created.push({ model, device: { kind: model.kind, state } });
+    }
+  } catch (e) {
+    for (const c of created) c.model.close?.(c.device.state);
+    throw e;
+  }
+  return { pciAddress: new SharedArrayBuffer(4), router: router.buffer, devices: created.map((c) => c.device) };
+}
+
+/** Gathers what each device says about itself for ACPI, the MP table and the memory map. */
+export function describeDevices(
+  shared: SharedDeviceState,
+  registry: DeviceRegistry = deviceRegistry,
+): PlatformDescription {
+  const models = shared.devices.map((d) => modelOf(registry, d.kind));
+  const pciInterrupts = shared.devices.flatMap(
+    (d, i) => models[i].describe?.(d.state, { pciInterrupts: [] }).pciInterrupt ?? [],
+  );
+  const facts = { pciInterrupts };
+  const descriptions = shared.devices.map((d, i) => models[i].describe?.(d.state, facts) ?? {});
+  return {
+    acpi: descriptions.flatMap((d) => d.acpi ?? []),
+    acpiTables: descriptions.flatMap((d) => d.acpiTables ?? []),
+    pciInterrupts,
+    reserved: descriptions.flatMap((d) => d.reserved ?? []),
+    legacy: Object.assign({}, ...descriptions.map((d) => d.legacy ?? {})) as PlatformDescription['legacy'],
+  };
+}
+
+export interface AttachedDeviceEntry {
+  readonly kind: string;
+  readonly state: unknown;
+  readonly device: AttachedDevice;
+}
+
+/** One thread's view of all devices, on its own buses. */
+export interface DeviceSet {
+  readonly pio: PortIoBus;
+  readonly mmio: MmioBus;
+  readonly pci: PciBus;
+  readonly devices: readonly AttachedDeviceEntry[];
+  /** The first device of a kind (e.g. the serial console's UART). */
+  find<T extends AttachedDevice>(kind: string): T | undefined;
+}
+
+export function attachDevices(
+  shared: SharedDeviceState,
+  host: DeviceHost & { readonly vmFd: number },
+  registry: DeviceRegistry = deviceRegistry,
+): DeviceSet {
+  const pio = new PortIoBus();
+  const mmio = new MmioBus();
+  const pci = new PciBus(shared.pciAddress);
+  const router = new GsiRouter(host.vmFd, shared.router);
+  const ctx = { vmFd: host.vmFd, router, pio, mmio, pci, host, irqLine: (gsi: number) => Vm.irqLine(host.vmFd, gsi) };
+  const devices = shared.devices.map((d) => ({
+    kind: d.kind,
+    state: d.state,
+    device: modelOf(registry, d.kind).attach(d.state, ctx),
+  }));
+  return {
+    pio,
+    mmio,
+    pci,
+    devices,
+    find: <T extends AttachedDevice>(kind: string) => devices.find((d) => d.kind === kind)?.device as T | undefined,
+  };
+}
+
+/** On the I/O thread: start each device's host side. */
+export function serveDevices(
+  set: DeviceSet,
+  ctx: { memory: GuestMemory; log(message: string): void; onEventFd(fd: number, handler: () => void): void },
+  registry: DeviceRegistry = deviceRegistry,
+): void {
+  for (const d of set.devices) modelOf(registry, d.kind).serve?.(d.state, d.device, ctx);
+}
+
+/** After the run, on the builder thread: make what the guest wrote durable. */
+export function settleDevices(shared: SharedDeviceState, registry: DeviceRegistry = deviceRegistry): void {
+  for (const d of shared.devices) modelOf(registry, d.kind).settle?.(d.state);
+}
+
+/** Every device's saved state, in device order (quiesce first for a consistent picture). */
+export function saveDevices(set: DeviceSet): DeviceSnapshot[] {
+  return set.devices.map((d) => d.device.saveState());
+}
+
+/** Loads saveDevices()'s result into a fresh device set of the same spec. */
+export function restoreDevices(set: DeviceSet, snapshots: readonly DeviceSnapshot[]): void {
+  if (snapshots.length !== set.devices.length)
+    throw new RangeError(`saved state has ${snapshots.length} devices, the machine ${set.devices.length}`);
+  set.devices.forEach((d, i) => d.device.restoreState(snapshots[i]));
+}
