@@ -11,23 +11,43 @@ import { loadPvh, probePvh } from './pvh.js';
 export type { BootEntry, BootModule, BootRequest } from './types.js';
 
 export function loadKernel(request: BootRequest): BootEntry | LinuxBootEntry {
-  const { image, imageName: file } = request;
+  const kind = identifyKernel(request.image, request.imageName);
+  switch (kind.protocol) {
+    case 'multiboot':
+      return loadMultiboot(request, kind.header);
+    case 'pvh':
+      return loadPvh(request, kind.elf);
+    case 'linux':
+      return loadBzImage(request);
+  }
+}
+
+type KernelKind =
+  | { readonly protocol: 'multiboot'; readonly header: NonNullable<ReturnType<typeof findMultibootHeader>['header']> }
+  | { readonly protocol: 'pvh'; readonly elf: ReturnType<typeof parseElf> }
+  | { readonly protocol: 'linux' };
+
+/**
+ * Which boot protocol an image speaks, decided from its headers alone (no guest memory needed), so a file that
+ * is no kernel at all is refused before a VM is built. Throws BootImageError naming what was looked for.
+ */
+export function identifyKernel(image: Uint8Array, file: string): KernelKind {
   if (image.length === 0) throw new BootImageError(file, 'the file is empty');
   const search = findMultibootHeader(image);
-  if (search.header) return loadMultiboot(request, search.header);
+  if (search.header) return { protocol: 'multiboot', header: search.header };
 
   const reasons: string[] = [];
   if (isElf(image)) {
     const elf = parseElf(image, file);
     const probe = probePvh(image, elf);
-    if (probe.kind === 'entry') return loadPvh(request, elf);
+    if (probe.kind === 'entry') return { protocol: 'pvh', elf };
     reasons.push(
       probe.xenNotes > 0
         ? `it is an ELF${elf.class} file with Xen notes but no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): a Xen PV-only kernel?`
         : `it is an ELF${elf.class} file without a PVH entry note (Xen, XEN_ELFNOTE_PHYS32_ENTRY)`,
     );
   } else if (isBzImage(image)) {
-    return loadBzImage(request);
+    return { protocol: 'linux' };
   } else {
     reasons.push('it is not an ELF file');
   }

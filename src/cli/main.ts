@@ -160,16 +160,18 @@ function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: s
     throw new UsageError(`--cpu '${cpu}' is not a profile (host or compat)`);
 
   const devices: DeviceOptions[] = [];
+  /** The flag each device came from, for errors the spec finds in it. */
   const flags: string[] = [];
+  const add = (device: DeviceOptions, flag: string): void => {
+    devices.push(device);
+    flags.push(flag);
+  };
   try {
-    for (const d of (values.disk as string[] | undefined) ?? [])
-      (devices.push(parseDisk(d)), flags.push(`--disk '${d}'`));
-    for (const n of (values.net as string[] | undefined) ?? []) (devices.push(parseNet(n)), flags.push(`--net '${n}'`));
-    if (values.rng) (devices.push({ kind: 'virtio-rng' }), flags.push('--rng'));
-    if (values.console !== undefined) {
-      devices.push(parseConsole(values.console as string));
-      flags.push(`--console '${String(values.console)}'`);
-    }
+    for (const d of (values.disk as string[] | undefined) ?? []) add(parseDisk(d), `--disk '${d}'`);
+    for (const n of (values.net as string[] | undefined) ?? []) add(parseNet(n), `--net '${n}'`);
+    if (values.rng) add({ kind: 'virtio-rng' }, '--rng');
+    if (values.console !== undefined)
+      add(parseConsole(values.console as string), `--console '${String(values.console)}'`);
   } catch (e) {
     if (e instanceof DeviceOptionError) throw new UsageError(e.message);
     throw e;

@@ -7,7 +7,7 @@ import { BOOT_GDT_ADDRESS, FOUR_GIB, guestMemoryMap, IOAPIC_ADDRESS, LAPIC_ADDRE
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
 import { bootGdt, longModeEntry, protectedModeEntry } from '../arch/x86_64/registers.js';
-import { loadKernel, type BootEntry } from '../boot/index.js';
+import { identifyKernel, loadKernel, type BootEntry } from '../boot/index.js';
 import type { LinuxBootEntry } from '../boot/linux.js';
 import { formatSize, KIB, MIB } from '../base/units.js';
 import type { FirmwareBootSpec, KernelBootSpec } from '../spec/machine-spec.js';
@@ -42,6 +42,7 @@ export interface KernelImages {
 }
 
 export function directKernelBoot(spec: KernelBootSpec, images: KernelImages): BootStrategy {
+  identifyKernel(images.kernel, spec.kernel); // not a kernel at all: refused before a VM exists
   return {
     placesBars: true,
     prepare({ vm, bsp, memorySize, apicIds, platform }) {
@@ -101,7 +102,8 @@ function writePlatformTables(vm: Vm, apicIds: readonly number[], platform: Platf
       apicIds,
       ioapicId,
       ioapicAddress: IOAPIC_ADDRESS,
-      pci: platform.pciInterrupts.length ? { intx: platform.pciInterrupts } : undefined,
+      // The machine always has its PCI root: bus 0 is declared even with no function behind it yet.
+      pci: { intx: platform.pciInterrupts },
     });
   return acpi.rsdpAddress;
 }

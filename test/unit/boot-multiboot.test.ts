@@ -1,7 +1,9 @@
 // Multiboot v1: header search, ELF32 and a.out-kludge loading, and every multiboot_info field Partita fills.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { PCI_ECAM_BASE, PCI_ECAM_SIZE,
+import {
+  PCI_ECAM_BASE,
+  PCI_ECAM_SIZE,
   ramRanges,
   BOOT_CMDLINE_ADDRESS,
   BOOT_INFO_ADDRESS,

@@ -127,14 +127,13 @@ export function virtioPciModel<Handle>(def: VirtioDeviceDefinition<Handle>): Dev
     },
     serve(state, device, ctx) {
       const attached = device as AttachedVirtioFunction;
-      const log = (message: string): void => ctx.log(`${state.name}: ${message}`);
       const events = { on: (fd: number, handler: () => void) => ctx.onEventFd(fd, handler) };
       attached.runner = new VirtioRunner(
         attached.transport,
         def.backend(state.handle, ctx.log),
         ctx.memory,
         events,
-        log,
+        ctx.log, // the runner's messages name the device already
       );
     },
     settle: def.settle ? (state) => def.settle!(state.handle) : undefined,

@@ -2,24 +2,7 @@
 // processor device per vCPU (§8.4, ACPI0007), then each device's own description (COM1, the PCI root bridge, …:
 // see DeviceModel.describe), and the \_S5_ soft-off package (§7.4.2).
 import { buildSdt } from './sdt.js';
-import {
-  concat,
-  device,
-  dwordMemory,
-  eisaId,
-  fixedMemory,
-  integer,
-  ioPort,
-  irqNoFlags,
-  name,
-  pkg,
-  resourceTemplate,
-  scope,
-  string,
-  wordBusNumber,
-  wordIo,
-  type Aml,
-} from './aml.js';
+import { concat, device, integer, name, pkg, scope, string, type Aml } from './aml.js';
 
 /** DSDT revision 2: AML integers are 64 bits wide. */
 export const DSDT_REVISION = 2;
