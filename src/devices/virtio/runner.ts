@@ -7,6 +7,7 @@ import type { VirtioBackend, VirtioQueueContext } from './device.js';
 import {
   STATUS_DRIVER_OK,
   STATUS_FAILED,
+  STATUS_FEATURES_OK,
   STATUS_NEEDS_RESET,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
@@ -69,7 +70,10 @@ export class VirtioRunner {
       this.stopBackend();
       return;
     }
-    if (!this.active && status & STATUS_DRIVER_OK && !(status & STATUS_NEEDS_RESET)) this.activate();
+    // Only features the transport accepted with FEATURES_OK are ever run (§3.1.1; the transport also sets
+    // NEEDS_RESET for DRIVER_OK without FEATURES_OK).
+    const ready = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+    if (!this.active && (status & ready) === ready && !(status & STATUS_NEEDS_RESET)) this.activate();
   }
 
   private activate(): void {
