@@ -422,4 +422,10 @@ test('DRIVER_OK without FEATURES_OK (never set, or refused) sets DEVICE_NEEDS_RE
   await until('activation', () => events.some((e) => e.startsWith('activate')));
   assert.equal(status() & STATUS_NEEDS_RESET, 0);
   assert.deepEqual(events, ['activate features 0x100000000']);
+  // FEATURES_OK taken away from the running device (the driver could then rewrite the features): it needs a
+  // reset, and stops.
+  setStatus(ACK_DRIVER | STATUS_DRIVER_OK);
+  assert.equal(status() & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+  await until('the backend stopped', () => events.includes('reset'));
+  assert.deepEqual(events, ['activate features 0x100000000', 'reset']);
 });

@@ -66,7 +66,9 @@ export class VirtioRunner {
       return;
     }
     const status = this.transport.status;
-    if (status === 0 || status & STATUS_FAILED) {
+    // A device that needs a reset serves nothing more (the transport sets NEEDS_RESET itself when the driver
+    // takes FEATURES_OK away from a running device).
+    if (status === 0 || status & (STATUS_FAILED | STATUS_NEEDS_RESET)) {
       this.stopBackend();
       return;
     }
