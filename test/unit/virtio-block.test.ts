@@ -13,6 +13,9 @@ import { DeviceOpenError } from '../../src/devices/model.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import {
   BLOCK_CONFIG_SIZE,
+  BLOCK_INFLIGHT_BUFFERS,
+  BLOCK_INFLIGHT_BYTES,
+  BLOCK_TURN_CHAINS,
   MAX_DISCARD_SECTORS,
   MAX_DISCARD_SEGMENTS,
   openBlock,
@@ -75,6 +78,8 @@ interface Rig {
   readonly block: VirtioBlock;
   readonly handle: BlockHandle;
   readonly drivers: FakeDriver[];
+  /** The device's side of the drivers' queues (what a runner would have built). */
+  readonly queues: SplitQueue[];
   readonly resets: string[];
   readonly interrupts: number[];
   activate(features?: bigint): void;
@@ -86,10 +91,12 @@ function rig(options: Partial<BlockOptions> & { path: string }, drivers = option
   const resets: string[] = [];
   const interrupts: number[] = [];
   const list: FakeDriver[] = [];
+  const built: SplitQueue[] = [];
   const r: Rig = {
     block,
     handle,
     drivers: list,
+    queues: built,
     resets,
     interrupts,
     activate(features = block.info.features) {
@@ -100,6 +107,7 @@ function rig(options: Partial<BlockOptions> & { path: string }, drivers = option
         if (!(q instanceof SplitQueue)) throw q;
         return q;
       });
+      built.splice(0, built.length, ...queues);
       const ctx: VirtioQueueContext = {
         memory,
         queues,
@@ -747,4 +755,88 @@ test('packed ring (§2.8): a write then a read of it back, through the same back
   assert.deepEqual(memory.read(into, 1024), data);
   assert.deepEqual(resets, []);
   block.close();
+});
+
+test('a driver re-posting the head of a request still in flight: NEEDS_RESET, never one request per re-post', async () => {
+  const p = image();
+  const r = rig({ path: p });
+  const d = r.drivers[0];
+  const sent = send(d, VIRTIO_BLK_T_IN, 0, { in: [65536] });
+  r.block.queueNotified(0);
+  // The read is in libuv's thread pool: it cannot have called back within this turn. Post its head again, the
+  // way the flood guest does, many times over.
+  for (let i = 0; i < 1000 && r.resets.length === 0; i++) {
+    d.publish(sent.head);
+    r.block.queueNotified(0);
+  }
+  assert.equal(r.resets.length, 1, 'the device asked for a reset');
+  assert.match(r.resets[0], /queue 0: available ring entry 1 names descriptor \d+, whose chain is still in flight/);
+  assert.ok(r.queues[0].inFlight <= QUEUE_SIZE);
+  assert.deepEqual(await quiet(d, 100), [], 'nothing of the old session is used after the reset');
+  r.block.close();
+});
+
+test('one turn of the I/O thread serves at most BLOCK_TURN_CHAINS requests per queue, then continues', async () => {
+  const p = image();
+  const r = rig({ path: p });
+  const d = r.drivers[0];
+  const n = 2 * BLOCK_TURN_CHAINS; // GET_ID is answered at once: without a budget all of them in one call
+  assert.ok(n <= QUEUE_SIZE);
+  for (let i = 0; i < n; i++) send(d, VIRTIO_BLK_T_GET_ID, 0, { in: [20], indirect: true });
+  r.block.queueNotified(0);
+  assert.equal(d.takeUsed().length, BLOCK_TURN_CHAINS, 'the first turn stops at the budget');
+  r.block.queueNotified(0); // a kick meanwhile does not break the budget
+  assert.equal(d.takeUsed().length, 0);
+  const rest = await used(d, n - BLOCK_TURN_CHAINS);
+  assert.equal(rest.length, n - BLOCK_TURN_CHAINS, 'the rest on later turns, without another kick');
+  r.block.close();
+});
+
+test('in-flight limits: new requests wait in the ring while 64 MiB of data are in flight, and run as others complete', async () => {
+  const p = path.join(dir, `disk${images++}.img`);
+  fs.writeFileSync(p, '');
+  fs.truncateSync(p, 256 * MIB); // sparse
+  const r = rig({ path: p });
+  const d = r.drivers[0];
+  // Each request reads 32 MiB through 64 buffers that all alias one 512 KiB guest area.
+  const target = d.alloc(512 * 1024, 4096);
+  const perRequest = 64 * 512 * 1024;
+  const count = BLOCK_INFLIGHT_BYTES / perRequest + 2;
+  const heads: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const status = d.alloc(1);
+    memory.writeU8(status, 0xff);
+    const buffers: DriverBuffer[] = [{ len: 16, data: header(VIRTIO_BLK_T_IN, i * 65536) }];
+    for (let j = 0; j < 64; j++) buffers.push({ len: 512 * 1024, writable: true, gpa: target });
+    buffers.push({ len: 1, writable: true, gpa: status });
+    heads.push(d.addChain(buffers, { indirect: true }));
+  }
+  r.block.queueNotified(0);
+  assert.equal(r.queues[0].nextAvailIndex, BLOCK_INFLIGHT_BYTES / perRequest, 'popped up to the limit, no further');
+  const u = await used(d, count, 20_000);
+  assert.deepEqual(new Set(u.map((e) => e.id)), new Set(heads), 'the waiting requests ran once others completed');
+  assert.deepEqual(r.resets, []);
+  r.block.close();
+});
+
+test('in-flight limits: guest buffers count too, however short (each costs a host view)', async () => {
+  const p = image();
+  const r = rig({ path: p });
+  const d = r.drivers[0];
+  const target = d.alloc(512);
+  const pieces = 1024; // 512 KiB per request, in 1024 buffers aliasing one sector
+  const fit = Math.ceil(BLOCK_INFLIGHT_BUFFERS / (pieces + 2));
+  const heads: number[] = [];
+  for (let i = 0; i <= fit; i++) {
+    const status = d.alloc(1);
+    const buffers: DriverBuffer[] = [{ len: 16, data: header(VIRTIO_BLK_T_IN, 0) }];
+    for (let j = 0; j < pieces; j++) buffers.push({ len: 512, writable: true, gpa: target });
+    buffers.push({ len: 1, writable: true, gpa: status });
+    heads.push(d.addChain(buffers, { indirect: true }));
+  }
+  r.block.queueNotified(0);
+  assert.equal(r.queues[0].nextAvailIndex, fit, 'popped until the buffers in flight reached the limit');
+  const u = await used(d, fit + 1, 20_000);
+  assert.deepEqual(new Set(u.map((e) => e.id)), new Set(heads));
+  r.block.close();
 });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { KvmSystem } from '../../src/kvm/system.js';
 import { Vm } from '../../src/vmm/vm.js';
 import { GsiRouter } from '../../src/base/gsi-routing.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 import { MIB } from '../../src/base/units.js';
 import {
   COMMON_OFFSET,
@@ -317,3 +318,114 @@ test(
     }
   },
 );
+
+test('DRIVER_OK without FEATURES_OK (never set, or refused) sets DEVICE_NEEDS_RESET and never starts the backend (§3.1.1)', async () => {
+  // Status handling needs no VM: MSI-X stays off, so the router only has to accept the irqfds it is handed.
+  class NoKvmRouter extends GsiRouter {
+    override attachIrqfd(): void {}
+  }
+  const memory = GuestMemory.allocateRanges([{ gpa: 0, size: MIB }]);
+  const levels: boolean[] = [];
+  const dev = VirtioPciDevice.create('virtio-test', info, -1, new NoKvmRouter(-1), {
+    set: (l) => void levels.push(l),
+  });
+  dev.config.setBarAddress(VIRTIO_BAR, 0xd0000000);
+  dev.config.write(PCI_COMMAND, 2, 0x6);
+  const events: string[] = [];
+  const backend: VirtioBackend = {
+    info,
+    configBytes: () => new Uint8Array(0),
+    activate: (ctx) => void events.push(`activate features 0x${ctx.features.toString(16)}`),
+    queueNotified: () => undefined,
+    reset: () => void events.push('reset'),
+    close: () => undefined,
+  };
+  new VirtioRunner(dev, backend, memory, new EventFdDispatcher());
+  const until = async (what: string, ok: () => boolean): Promise<void> => {
+    const end = Date.now() + 5000;
+    while (!ok()) {
+      if (Date.now() > end) assert.fail(`timed out waiting for ${what}; backend: ${events.join(', ')}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  const status = (): number => read(dev, COMMON_OFFSET + 0x14, 1);
+  const setStatus = (s: number): void => write(dev, COMMON_OFFSET + 0x14, new Uint8Array([s]));
+  const features = (lo: number, hi: number): void => {
+    write(dev, COMMON_OFFSET + 0x08, u32(0));
+    write(dev, COMMON_OFFSET + 0x0c, u32(lo));
+    write(dev, COMMON_OFFSET + 0x08, u32(1));
+    write(dev, COMMON_OFFSET + 0x0c, u32(hi));
+  };
+  const resetDevice = async (): Promise<void> => {
+    setStatus(0);
+    await until('device_status 0', () => status() === 0);
+    read(dev, ISR_OFFSET, 1); // acknowledge
+  };
+  const VERSION_1 = 1; // bit 32
+  const RING_PACKED = 1 << 2; // bit 34: not offered by this device
+  const ACK_DRIVER = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+  const attempts: [string, () => void][] = [
+    [
+      'FEATURES_OK never set, RING_PACKED accepted',
+      () => {
+        setStatus(ACK_DRIVER);
+        features(0, VERSION_1 | RING_PACKED);
+        setStatus(ACK_DRIVER | STATUS_DRIVER_OK);
+      },
+    ],
+    [
+      'FEATURES_OK refused (RING_PACKED not offered), DRIVER_OK anyway',
+      () => {
+        setStatus(ACK_DRIVER);
+        features(0, VERSION_1 | RING_PACKED);
+        setStatus(ACK_DRIVER | STATUS_FEATURES_OK);
+        assert.equal(status() & STATUS_FEATURES_OK, 0, 'FEATURES_OK reads back clear: features refused');
+        setStatus(ACK_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+      },
+    ],
+    [
+      'FEATURES_OK and DRIVER_OK in one write, with a feature not offered',
+      () => {
+        setStatus(ACK_DRIVER);
+        features(0, VERSION_1 | RING_PACKED);
+        setStatus(ACK_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+      },
+    ],
+    [
+      'FEATURES_OK accepted, then cleared before DRIVER_OK',
+      () => {
+        setStatus(ACK_DRIVER);
+        features(0, VERSION_1);
+        setStatus(ACK_DRIVER | STATUS_FEATURES_OK);
+        assert.equal(status() & STATUS_FEATURES_OK, STATUS_FEATURES_OK);
+        setStatus(ACK_DRIVER | STATUS_DRIVER_OK);
+      },
+    ],
+  ];
+  for (const [name, attempt] of attempts) {
+    const generation = read(dev, COMMON_OFFSET + 0x15, 1);
+    levels.length = 0;
+    attempt();
+    assert.equal(status() & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET, `${name}: DEVICE_NEEDS_RESET`);
+    assert.equal(status() & STATUS_FEATURES_OK, 0, `${name}: FEATURES_OK clear`);
+    assert.notEqual(read(dev, COMMON_OFFSET + 0x15, 1), generation, `${name}: config_generation bumped`);
+    assert.deepEqual(levels, [true], `${name}: configuration change interrupt (INTx)`);
+    assert.equal(read(dev, ISR_OFFSET, 1) & 2, 2, `${name}: ISR says configuration change`);
+    await resetDevice();
+  }
+  // The same device initialised correctly: the backend starts now, with the features it offered, and this is
+  // its first start (the control eventfd is handled in order, so the attempts above were seen before it).
+  setStatus(ACK_DRIVER);
+  features(0, VERSION_1);
+  setStatus(ACK_DRIVER | STATUS_FEATURES_OK);
+  setStatus(ACK_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  await until('activation', () => events.some((e) => e.startsWith('activate')));
+  assert.equal(status() & STATUS_NEEDS_RESET, 0);
+  assert.deepEqual(events, ['activate features 0x100000000']);
+  // FEATURES_OK taken away from the running device (the driver could then rewrite the features): it needs a
+  // reset, and stops.
+  setStatus(ACK_DRIVER | STATUS_DRIVER_OK);
+  assert.equal(status() & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+  await until('the backend stopped', () => events.includes('reset'));
+  assert.deepEqual(events, ['activate features 0x100000000', 'reset']);
+});

@@ -197,10 +197,12 @@ test('16-bit avail and used indices wrap around', () => {
   const q2 = queue(d2);
   for (let i = 0; i < 0xfffe; i++) {
     d2.publish(0);
-    chain(q2.popAvailable());
+    q2.pushUsed(chain(q2.popAvailable()), 0); // used before it is posted again (§2.7.13)
   }
-  d2.writeDesc(0, 0x1000, 1, 0);
-  for (let i = 0; i < 4; i++) d2.publish(0);
+  for (let i = 0; i < 4; i++) {
+    d2.writeDesc(i, 0x1000, 1, 0);
+    d2.publish(i);
+  }
   assert.equal(d2.availIdx, 2);
   assert.equal(q2.pending(), 4);
   for (let i = 0; i < 4; i++) chain(q2.popAvailable());
@@ -614,4 +616,61 @@ test('EVENT_IDX: a device that only pops (never turns kicks off) is kicked for e
   d.addChain([{ len: 1 }]);
   assert.equal(d.mustKick(old, true), false, 'no kick while the device drains');
   assert.equal(q.enableNotifications(), true, 'and it sees the chain when it asks again');
+});
+
+test('a head made available again while its chain is in flight is a driver error (head-in-flight)', () => {
+  const d = FakeDriver.at(memory, 8, 0x100000);
+  const q = queue(d, { eventIdx: true });
+  const head = d.addChain([{ len: 16 }, { len: 1, writable: true }]);
+  const first = chain(q.popAvailable());
+  assert.equal(first.head, head);
+  d.publish(head); // the device has not used it: the descriptors are still the device's (§2.7.13)
+  fails(q.popAvailable(), 'head-in-flight', /descriptor 0, whose chain is still in flight \(1 of 8 in flight\)/);
+  // Once used, the same head may come back.
+  q.pushUsed(first, 1);
+  d.publish(head);
+  assert.equal(chain(q.popAvailable()).head, head);
+});
+
+test('a driver re-posting one head as fast as the device pops it cannot keep more than size chains in flight', () => {
+  // The flood of the hostile guest (test/guests/virtio-flood.c): watch avail_event, post the same head again.
+  const d = FakeDriver.at(memory, 8, 0x120000);
+  const q = queue(d, { eventIdx: true });
+  const head = d.addChain([{ len: 16 }, { len: 1, writable: true }]);
+  const held: DescriptorChain[] = [];
+  let error: VirtqueueError | undefined;
+  for (let i = 0; i < 1000 && !error; i++) {
+    if (i > 0) d.publish(head);
+    const r = q.popAvailable();
+    if (r instanceof VirtqueueError) error = r;
+    else held.push(chain(r));
+  }
+  fails(error, 'head-in-flight');
+  assert.equal(held.length, 1, 'the device holds the one chain it popped, not one per re-post');
+  assert.equal(q.inFlight, 1);
+  q.pushUsed(held[0], 0);
+  assert.equal(q.inFlight, 0);
+});
+
+test('in flight from pop to used: every head once, at most size; undoPop gives the head back', () => {
+  const d = FakeDriver.at(memory, 8, 0x140000);
+  const q = queue(d);
+  const heads = Array.from({ length: 8 }, () => d.addChain([{ len: 1 }]));
+  const chains = heads.map(() => chain(q.popAvailable()));
+  assert.equal(q.inFlight, 8);
+  // The driver posts a head the device holds: refused, and nothing more is held.
+  d.publish(heads[3]);
+  fails(q.popAvailable(), 'head-in-flight');
+  assert.equal(q.inFlight, 8);
+  // Used out of order: each head is free again as soon as its used element is published.
+  q.pushUsed(chains[5], 0);
+  q.pushUsed(chains[2], 0);
+  assert.equal(q.inFlight, 6);
+  d.publish(heads[5]);
+  const again = chain(q.popAvailable());
+  assert.equal(again.head, heads[5]);
+  q.undoPop(); // put back: not in flight any more, and popped again as the same chain
+  assert.equal(q.inFlight, 6);
+  assert.equal(chain(q.popAvailable()).head, heads[5]);
+  assert.equal(q.inFlight, 7);
 });

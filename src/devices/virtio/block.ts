@@ -9,6 +9,13 @@
 // Everything in a request is hostile: lengths, sectors and segment counts are checked against the image before
 // the file is touched, so no request can reach outside the image. A chain that is not a request at all (no
 // 16-byte header, no writable status byte) is a driver bug: DEVICE_NEEDS_RESET, as QEMU does.
+//
+// Bounds against a hostile driver: the queues keep at most their size in requests in flight (queue.ts), and
+// the device as a whole stops taking new requests while BLOCK_INFLIGHT_BYTES of data or BLOCK_INFLIGHT_BUFFERS
+// guest buffers are in flight, resuming as requests complete (each in-flight buffer costs host memory for its
+// view and iovec, however short it is: a chain can have 65536 of them). One turn of the I/O thread serves at most
+// BLOCK_TURN_CHAINS requests per queue, then continues on setImmediate, so a driver that keeps a queue busy cannot
+// starve the other devices, the application processors' exits or this device's own completions on that thread.
 import * as fs from 'node:fs';
 import { native } from '../../native/index.js';
 import { constants as osConstants } from 'node:os';
@@ -83,6 +90,16 @@ const IOV_MAX = 1024;
 const MERGE_MAX_BYTES = 256 * 1024;
 /** Discard and write-zeroes without fallocate write zeros in chunks of this size. */
 const ZERO_CHUNK = 1024 * 1024;
+/** Requests popped per queue and turn of the I/O thread before yielding (setImmediate). */
+export const BLOCK_TURN_CHAINS = 64;
+/**
+ * New requests wait in the ring while this much read/write data is in flight on the device (one request larger
+ * than this is still served, alone). Far above what a disk needs to stay busy, small enough that requests cannot
+ * pin guest RAM in host I/O without bound.
+ */
+export const BLOCK_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** …or this many guest buffers of read/write requests (the host keeps a view of each until the request is done). */
+export const BLOCK_INFLIGHT_BUFFERS = 65536;
 
 export interface BlockOptions {
   path: string;
@@ -200,6 +217,9 @@ interface Request {
   readonly chain: DescriptorChain;
   /** Live view of the status byte (the chain's last writable byte). */
   readonly status: Uint8Array;
+  /** Data bytes and buffers this request counts in the device's in-flight totals (read/write data only). */
+  bytes: number;
+  buffers: number;
 }
 
 /** A read's or write's data: guest RAM views and where in the image they go. */
@@ -264,6 +284,13 @@ export class VirtioBlock implements VirtioBackend {
   private interruptTimer: NodeJS.Immediate | undefined;
   /** Adjacent reads or writes gathered while one queue is drained (sent when the drain ends or the run breaks). */
   private batch: Transfer | undefined;
+  /** Per queue: a drain continued on the next turn of the I/O thread (the turn's budget was spent). */
+  private readonly continuation: (NodeJS.Immediate | undefined)[];
+  /** Per queue: draining stopped at the in-flight limits; completions resume it. */
+  private readonly throttled: boolean[];
+  /** Read/write data and guest buffers of the requests in flight (BLOCK_INFLIGHT_BYTES, BLOCK_INFLIGHT_BUFFERS). */
+  private inFlightBytes = 0;
+  private inFlightBuffers = 0;
   /** Scratch for the request header (copied out of guest RAM once, then parsed). */
   private readonly header = new Uint8Array(REQUEST_HEADER_SIZE);
   private readonly headerView = new DataView(this.header.buffer);
@@ -286,6 +313,8 @@ export class VirtioBlock implements VirtioBackend {
       configSize: BLOCK_CONFIG_SIZE,
     };
     this.interruptDue = new Array<boolean>(handle.queues).fill(false);
+    this.continuation = new Array<NodeJS.Immediate | undefined>(handle.queues).fill(undefined);
+    this.throttled = new Array<boolean>(handle.queues).fill(false);
   }
 
   /** struct virtio_blk_config (§5.2.4), little-endian. */
@@ -317,14 +346,37 @@ export class VirtioBlock implements VirtioBackend {
   }
 
   queueNotified(index: number): void {
+    // A continuation already pending, or completions of a throttled queue, will see the new chains; serving now
+    // would only break the turn's budget or the in-flight limits.
+    if (this.continuation[index] || this.throttled[index]) return;
+    this.drain(index);
+  }
+
+  /** Serves queue `index` until it is empty, this turn's budget is spent or the in-flight limits are reached. */
+  private drain(index: number): void {
     const ctx = this.ctx;
     const queue = ctx?.queues[index];
     if (!ctx || !queue) return;
     const generation = this.generation;
-    // Kicks are off while the ring is drained; re-enabling reports buffers added meanwhile (§2.7.10).
+    let chains = 0;
+    // Kicks are off while the ring is drained; re-enabling reports buffers added meanwhile (§2.7.10). They stay off
+    // while the drain waits for the next turn or for completions: the device will look at the ring anyway.
     for (;;) {
       queue.disableNotifications();
       for (;;) {
+        if (this.inFlightBytes >= BLOCK_INFLIGHT_BYTES || this.inFlightBuffers >= BLOCK_INFLIGHT_BUFFERS) {
+          this.sendBatch();
+          this.throttled[index] = true; // complete() resumes
+          return;
+        }
+        if (chains === BLOCK_TURN_CHAINS) {
+          this.sendBatch();
+          this.continuation[index] = setImmediate(() => {
+            this.continuation[index] = undefined;
+            if (this.generation === generation) this.drain(index);
+          });
+          return;
+        }
         const chain = queue.popAvailable();
         if (chain === undefined) break;
         if (chain instanceof VirtqueueError) {
@@ -339,6 +391,7 @@ export class VirtioBlock implements VirtioBackend {
           return;
         }
         if (this.generation !== generation) return; // the request made us need a reset
+        chains++;
       }
       this.sendBatch();
       if (!queue.enableNotifications()) return;
@@ -370,6 +423,12 @@ export class VirtioBlock implements VirtioBackend {
     this.interruptDue.fill(false);
     if (this.interruptTimer) clearImmediate(this.interruptTimer);
     this.interruptTimer = undefined;
+    for (const c of this.continuation) if (c) clearImmediate(c);
+    this.continuation.fill(undefined);
+    this.throttled.fill(false);
+    // Requests of the old generation complete as no-ops and are not counted out again.
+    this.inFlightBytes = 0;
+    this.inFlightBuffers = 0;
   }
 
   close(): void {
@@ -412,7 +471,7 @@ export class VirtioBlock implements VirtioBackend {
     }
     const status = statusByte(ctx, chain);
     chain.forEachSpan('readable', this.copyHeader, 0, REQUEST_HEADER_SIZE);
-    const request: Request = { generation: this.generation, queueIndex, queue, chain, status };
+    const request: Request = { generation: this.generation, queueIndex, queue, chain, status, bytes: 0, buffers: 0 };
     const type = this.headerView.getUint32(0, true);
     const sectorLo = this.headerView.getUint32(8, true);
     const sectorHi = this.headerView.getUint32(12, true);
@@ -461,6 +520,10 @@ export class VirtioBlock implements VirtioBackend {
     const position = this.range(sectorLo, sectorHi, length / SECTOR_SIZE);
     if (position < 0) return this.complete(request, VIRTIO_BLK_S_IOERR);
     if (length === 0) return this.complete(request, VIRTIO_BLK_S_OK);
+    request.bytes = length;
+    request.buffers = chain.buffers.length;
+    this.inFlightBytes += length;
+    this.inFlightBuffers += request.buffers;
     const views: Uint8Array[] = [];
     if (write) chain.forEachSpan('readable', (view) => views.push(view), REQUEST_HEADER_SIZE, length);
     else chain.forEachSpan('writable', (view) => views.push(view), 0, length);
@@ -582,6 +645,7 @@ export class VirtioBlock implements VirtioBackend {
   /** Writes the status byte and returns the chain to the driver, unless the device was reset since the request began. */
   private complete(request: Request, status: number): void {
     if (request.generation !== this.generation) return;
+    if (request.bytes > 0 || request.buffers > 0) this.counted(request);
     request.status[0] = status;
     try {
       request.queue.pushUsed(request.chain, request.chain.writableLength); // the status byte ends the writable part
@@ -591,6 +655,24 @@ export class VirtioBlock implements VirtioBackend {
     }
     this.interruptDue[request.queueIndex] = true;
     this.interruptTimer ??= setImmediate(this.sendInterrupts);
+  }
+
+  /** Takes a finished request out of the in-flight totals and resumes queues that waited for room. */
+  private counted(request: Request): void {
+    this.inFlightBytes -= request.bytes;
+    this.inFlightBuffers -= request.buffers;
+    request.bytes = request.buffers = 0;
+    if (this.inFlightBytes >= BLOCK_INFLIGHT_BYTES || this.inFlightBuffers >= BLOCK_INFLIGHT_BUFFERS) return;
+    for (let i = 0; i < this.throttled.length; i++) {
+      if (!this.throttled[i] || this.continuation[i]) continue;
+      this.throttled[i] = false;
+      // On the next turn: completions may be running inside a drain (a request answered at once) or a transfer.
+      const generation = this.generation;
+      this.continuation[i] = setImmediate(() => {
+        this.continuation[i] = undefined;
+        if (this.generation === generation) this.drain(i);
+      });
+    }
   }
 
   /** Runs after the event-loop turn's I/O callbacks: one interrupt per queue for all of them. */

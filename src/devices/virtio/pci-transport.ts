@@ -126,6 +126,8 @@ export class VirtioPciDevice implements PciFunction {
   private readonly one = new BigUint64Array([1n]);
   private readonly offered: bigint;
   private pciCfgCap = 0;
+  /** A status write set DEVICE_NEEDS_RESET under the lock: the configuration interrupt follows outside it. */
+  private configInterruptDue = false;
 
   private constructor(
     readonly name: string,
@@ -435,7 +437,15 @@ export class VirtioPciDevice implements PciFunction {
       const wanted = this.driverFeatures;
       if ((wanted & ~this.offered) !== 0n || ((wanted >> VIRTIO_F_VERSION_1) & 1n) === 0n) next &= ~STATUS_FEATURES_OK;
     }
-    r[W_STATUS] = next | (r[W_STATUS] & STATUS_NEEDS_RESET);
+    // §3.1.1: the device runs only features it accepted with FEATURES_OK. DRIVER_OK without it (never set, or
+    // refused just now) would start the device with features nobody validated (a RING_PACKED it never offered):
+    // the device stays inactive and asks for a reset instead (the runner never activates a NEEDS_RESET device).
+    const refused = (next & STATUS_DRIVER_OK) !== 0 && (next & STATUS_FEATURES_OK) === 0;
+    r[W_STATUS] = next | (r[W_STATUS] & STATUS_NEEDS_RESET) | (refused ? STATUS_NEEDS_RESET : 0);
+    if (refused) {
+      Atomics.add(r, W_CONFIG_GENERATION, 1);
+      this.configInterruptDue = true; // sent by commonWrite's caller once the lock is released
+    }
     this.notifyBackend();
   }
 
@@ -553,6 +563,10 @@ export class VirtioPciDevice implements PciFunction {
     for (let i = Math.min(data.length, 4) - 1; i >= 0; i--) value = value * 256 + data[i];
     if (offset >= COMMON_OFFSET && offset < COMMON_OFFSET + 0x38) {
       this.lock.with(() => this.commonWrite(offset - COMMON_OFFSET, value >>> 0));
+      if (this.configInterruptDue) {
+        this.configInterruptDue = false;
+        this.interruptConfig(); // takes the lock itself
+      }
     } else if (offset >= NOTIFY_OFFSET && offset < NOTIFY_OFFSET + this.info.queueSizes.length * NOTIFY_MULTIPLIER) {
       // A notification that was not caught by the ioeventfd (e.g. while the BAR was being moved).
       const queue = Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER);

@@ -6,6 +6,15 @@
 // sets DEVICE_NEEDS_RESET, §2.1.2); nothing the guest writes can make this code touch memory outside guest RAM,
 // throw, or loop without bound (a walk visits at most queue size + 65536 descriptors).
 //
+// Nor can a driver make the device hold more than `size` chains at once. A chain is in flight from the pop that
+// returned it until its used element is published, and its head descriptor belongs to the device meanwhile
+// (§2.7.13: the driver may reuse a buffer only once the device has used it). A head made available again while
+// it is still in flight is a driver error ('head-in-flight' → DEVICE_NEEDS_RESET), as is more than `size` chains
+// in flight, QEMU's "Virtqueue size exceeded". Without this check a driver re-posting the same head as soon as
+// the device popped it kept hundreds of thousands of requests outstanding on a 64-entry queue. QEMU counts only
+// (inuse ≥ size); tracking the heads is stricter, catches the re-post at once, and no correct driver reuses a
+// descriptor before it is used. Distinct heads below `size` bound the in-flight chains by `size` on their own.
+//
 // Ring layout (§2.7, table "Virtqueue Part Alignment and Size"):
 //   descriptor table  16 × size bytes, 16-aligned: { addr u64, len u32, flags u16, next u16 }
 //   available ring    6 + 2 × size, 2-aligned:      { flags u16, idx u16, ring[size] u16, used_event u16 }
@@ -39,6 +48,8 @@ export type VirtqueueErrorKind =
   | 'avail-index'
   /** An available-ring entry names a descriptor ≥ queue size. */
   | 'head-index'
+  /** Split rings: an available-ring entry names a head the device popped and has not returned yet (§2.7.13). */
+  | 'head-in-flight'
   /** A NEXT field points outside the descriptor table (or outside the indirect table). */
   | 'next-index'
   /** A chain longer than the queue size (or the indirect table): a loop, or simply too long (§2.7.5.3.1). */
@@ -385,6 +396,11 @@ export class SplitQueue implements Virtqueue {
   private walked = 0;
   /** The backend asked not to be kicked (disableNotifications) and has not asked again yet. */
   private kicksOff = false;
+  /** Per head descriptor: 1 while its chain is in flight (popped, its used element not yet published). */
+  private readonly headInFlight: Uint8Array;
+  private inFlightCount = 0;
+  /** The head the last popAvailable took (for undoPop), or -1. */
+  private lastPopHead = -1;
 
   /**
    * Builds a queue from what the driver configured, validating size, alignment and that every ring lies wholly
@@ -421,6 +437,7 @@ export class SplitQueue implements Virtqueue {
     this.desc = new GuestRange(memory, this.descTable, descTableSize(this.size));
     this.avail = new GuestRange(memory, this.availRing, availRingSize(this.size));
     this.used = new GuestRange(memory, this.usedRing, usedRingSize(this.size));
+    this.headInFlight = new Uint8Array(this.size);
   }
 
   /** The device's position in the available ring (free-running 16-bit, like avail->idx). */
@@ -436,6 +453,11 @@ export class SplitQueue implements Virtqueue {
   /** Descriptors visited by the last popAvailable (bounded by size + 65536): for tests and fuzzing. */
   get lastWalkLength(): number {
     return this.walked;
+  }
+
+  /** Chains popped and not yet returned with pushUsed (at most `size`). */
+  get inFlight(): number {
+    return this.inFlightCount;
   }
 
   /** How many chains the driver has made available and the device not yet popped, or an avail-index error. */
@@ -458,6 +480,7 @@ export class SplitQueue implements Virtqueue {
    */
   popAvailable(): DescriptorChain | VirtqueueError | undefined {
     this.walked = 0;
+    this.lastPopHead = -1;
     const n = this.pending();
     if (n === 0) {
       // With EVENT_IDX the driver kicks only when it passes avail_event (§2.7.10): a device that found the ring
@@ -481,17 +504,42 @@ export class SplitQueue implements Virtqueue {
         head,
       );
     }
-    try {
-      return this.walk(head);
-    } catch (e) {
-      if (e instanceof GuestMemoryError) return new VirtqueueError('guest-memory', `chain ${head}: ${e.message}`, head);
-      throw e;
+    // Heads are distinct and below `size`, so refusing one in flight also keeps inFlight ≤ size.
+    if (this.headInFlight[head]) {
+      return new VirtqueueError(
+        'head-in-flight',
+        `available ring entry ${slot} names descriptor ${head}, whose chain is still in flight (${this.inFlightCount} of ${this.size} in flight)`,
+        head,
+        head,
+      );
     }
+    let result: DescriptorChain | VirtqueueError;
+    try {
+      result = this.walk(head);
+    } catch (e) {
+      if (!(e instanceof GuestMemoryError)) throw e;
+      result = new VirtqueueError('guest-memory', `chain ${head}: ${e.message}`, head);
+    }
+    if (result instanceof DescriptorChain) {
+      this.headInFlight[head] = 1;
+      this.inFlightCount++;
+      this.lastPopHead = head;
+    }
+    return result;
   }
 
   /** Puts the last popped chain back (a device that popped a buffer it cannot fill yet, e.g. network receive). */
   undoPop(): void {
     this.nextAvail = (this.nextAvail - 1) & 0xffff;
+    if (this.lastPopHead >= 0) this.release(this.lastPopHead);
+    this.lastPopHead = -1;
+  }
+
+  /** The chain with this head is no longer in flight (a head that was not is left alone). */
+  private release(head: number): void {
+    if (!this.headInFlight[head]) return;
+    this.headInFlight[head] = 0;
+    this.inFlightCount--;
   }
 
   private walk(head: number): DescriptorChain | VirtqueueError {
@@ -647,6 +695,10 @@ export class SplitQueue implements Virtqueue {
     this.used.setU32(off, id);
     this.used.setU32(off + 4, len);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
+    // From here the driver may post the head again: it is not in flight any more. (A number that names no chain
+    // in flight is accepted as before, for devices and tests that build used entries themselves.)
+    this.release(id);
+    this.lastPopHead = -1;
     this.used.storeU16(2, this.nextUsed); // Atomics.store: after the element, as the driver must see it
   }
 

@@ -8,6 +8,7 @@ import type { JsonValue } from '../model.js';
 import {
   STATUS_DRIVER_OK,
   STATUS_FAILED,
+  STATUS_FEATURES_OK,
   STATUS_NEEDS_RESET,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
@@ -90,11 +91,16 @@ export class VirtioRunner {
       return;
     }
     const status = this.transport.status;
-    if (status === 0 || status & STATUS_FAILED) {
+    // A device that needs a reset serves nothing more (the transport sets NEEDS_RESET itself when the driver
+    // takes FEATURES_OK away from a running device).
+    if (status === 0 || status & (STATUS_FAILED | STATUS_NEEDS_RESET)) {
       this.stopBackend();
       return;
     }
-    if (!this.active && status & STATUS_DRIVER_OK && !(status & STATUS_NEEDS_RESET)) this.activate();
+    // Only features the transport accepted with FEATURES_OK are ever run (§3.1.1; the transport also sets
+    // NEEDS_RESET for DRIVER_OK without FEATURES_OK).
+    const ready = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+    if (!this.active && (status & ready) === ready && !(status & STATUS_NEEDS_RESET)) this.activate();
   }
 
   private activate(): void {
