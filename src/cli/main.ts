@@ -7,11 +7,10 @@ import { formatSize, parseSize } from '../base/units.js';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import { parseTopology } from '../arch/x86_64/topology.js';
 import {
+  checkMachineSpec,
   MACHINE_SPEC_VERSION,
   MAX_VCPUS,
-  parseMachineSpec,
   SpecError,
-  validateMachineSpec,
   type MachineSpec,
 } from '../spec/machine-spec.js';
 import type { DeviceOptions } from '../devices/model.js';
@@ -199,8 +198,12 @@ function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: s
   return { spec, flagOf };
 }
 
-/** A spec made from flags is checked like any other; its errors are said in the flags' words. */
-function checkedSpec(values: RunValues): MachineSpec {
+/**
+ * The VM the command line describes. A spec file is checked against the full JSON Schema (the validator is
+ * loaded only then); flags were checked by their own parsers, and what only the whole spec shows (two disks on
+ * one image) by checkMachineSpec. `full` validates flags against the schema too (`partita spec` does).
+ */
+async function checkedSpec(values: RunValues, full = false): Promise<MachineSpec> {
   if (values.spec !== undefined) {
     for (const flag of [
       'kernel',
@@ -226,6 +229,7 @@ function checkedSpec(values: RunValues): MachineSpec {
         `--spec: cannot read '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
       );
     }
+    const { parseMachineSpec } = await import('../spec/validate.js');
     try {
       return parseMachineSpec(text);
     } catch (e) {
@@ -235,6 +239,8 @@ function checkedSpec(values: RunValues): MachineSpec {
   }
   const { spec, flagOf } = specFromFlags(values);
   try {
+    if (!full) return checkMachineSpec(spec);
+    const { validateMachineSpec } = await import('../spec/validate.js');
     return validateMachineSpec(spec);
   } catch (e) {
     if (!(e instanceof SpecError)) throw e;
@@ -259,7 +265,7 @@ function serialOutput(serial: string): Pick<RunOptions, 'serialOutputFd' | 'seri
   throw new UsageError(`--serial '${serial}' is not stdio, none or file:PATH`);
 }
 
-function specCommand(args: string[]): number {
+async function specCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, RUN_OPTIONS);
   if (values.help) {
     process.stdout.write(
@@ -268,7 +274,7 @@ function specCommand(args: string[]): number {
     return 0;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita spec --help)`);
-  const spec = checkedSpec(values);
+  const spec = await checkedSpec(values, true);
   const serial = values.serial as string | undefined;
   const withSerial: MachineSpec =
     serial === undefined || serial === 'stdio'
@@ -278,14 +284,14 @@ function specCommand(args: string[]): number {
   return 0;
 }
 
-function runCommand(args: string[]): number {
+async function runCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, RUN_OPTIONS);
   if (values.help) {
     process.stdout.write(USAGE_RUN + '\n');
     return 0;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita run --help)`);
-  const spec = checkedSpec(values);
+  const spec = await checkedSpec(values);
   // --serial on the command line wins over the spec's: it is how this run is connected, not what the VM is.
   const specSerial = spec.serial;
   const serialFlag =
@@ -325,7 +331,7 @@ function version(): string {
   return 'unknown';
 }
 
-export function main(argv: string[]): number | Promise<number> {
+export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
     if (command === undefined || command === '-h' || command === '--help') {
@@ -336,13 +342,13 @@ export function main(argv: string[]): number | Promise<number> {
       process.stdout.write(`partita ${version()}\n`);
       return 0;
     }
-    if (command === 'run') return runCommand(rest);
-    if (command === 'spec') return specCommand(rest);
+    if (command === 'run') return await runCommand(rest);
+    if (command === 'spec') return await specCommand(rest);
     if (command === 'image') {
       const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
       if (positionals[0] !== 'demo' || positionals.length !== 1)
         throw new UsageError(`image: the only image is 'demo' (partita image demo [--refresh])`);
-      return imageDemoCommand({ refresh: values.refresh === true });
+      return await imageDemoCommand({ refresh: values.refresh === true });
     }
     throw new UsageError(`unknown command '${command}' (see partita --help)`);
   } catch (e) {

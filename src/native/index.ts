@@ -56,8 +56,12 @@ interface NativeBinding {
 const require = createRequire(import.meta.url);
 
 function loadBinding(): NativeBinding {
-  // Relative to dist/src/native/index.js (tsc output) or to a bundle in dist/.
-  const candidates = ['../../../build/partita_native.node', '../build/partita_native.node'];
+  // Relative to dist/src/native/index.js (tsc output), a bundle chunk in dist/chunks/, or a bundle in dist/.
+  const candidates = [
+    '../../../build/partita_native.node',
+    '../../build/partita_native.node',
+    '../build/partita_native.node',
+  ];
   let lastError: unknown;
   for (const c of candidates) {
     try {

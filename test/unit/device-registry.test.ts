@@ -11,7 +11,7 @@ import { deviceRegistry } from '../../src/devices/registry.js';
 import { devfn, type PciFunction } from '../../src/devices/pci/bus.js';
 import { PciConfigSpace } from '../../src/devices/pci/config-space.js';
 import { attachDevices, createDevices, describeDevices, PLATFORM_DEVICES } from '../../src/vmm/device-set.js';
-import { validateMachineSpec } from '../../src/spec/machine-spec.js';
+import { validateMachineSpec } from '../../src/spec/validate.js';
 
 /** A port device at `port` that reads back `value`, described in the DSDT as \_SB_.TSTD. */
 const testPort: DeviceModel<{ port: number; value: number }> = {

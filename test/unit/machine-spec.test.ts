@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseMachineSpec, validateMachineSpec, type MachineSpec } from '../../src/spec/machine-spec.js';
+import type { MachineSpec } from '../../src/spec/machine-spec.js';
+import { parseMachineSpec, validateMachineSpec } from '../../src/spec/validate.js';
 import { runPartita } from '../support/partita.js';
 
 const base: MachineSpec = {
