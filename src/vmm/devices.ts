@@ -104,7 +104,7 @@ export function createSharedDeviceState(vmFd: number, virtio: readonly OpenedVir
   return {
     com1: Uart16550.createState(),
     pci: {
-      address: new SharedArrayBuffer(4),
+      address: new SharedArrayBuffer(PciBus.SHARED_BYTES),
       hostBridge: new PciHostBridge().config.shared,
       router: router.buffer,
       virtio: functions,
@@ -160,8 +160,12 @@ export function buildDevices(state: SharedDeviceState, host: DeviceHost): Device
   });
   pio.register(PCI_CONFIG_ADDRESS_PORT, 8, pci.configPorts());
   mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, pci.ecam());
-  mmio.register(PCI_MMIO32_BASE, PCI_MMIO32_END - PCI_MMIO32_BASE, pci.memoryWindow(PCI_MMIO32_BASE));
-  pio.register(PCI_IO_BASE, PCI_IO_END - PCI_IO_BASE, pci.ioWindow(PCI_IO_BASE));
+  mmio.register(
+    PCI_MMIO32_BASE,
+    PCI_MMIO32_END - PCI_MMIO32_BASE,
+    pci.memoryWindow(PCI_MMIO32_BASE, PCI_MMIO32_END - PCI_MMIO32_BASE),
+  );
+  pio.register(PCI_IO_BASE, PCI_IO_END - PCI_IO_BASE, pci.ioWindow(PCI_IO_BASE, PCI_IO_END - PCI_IO_BASE));
   return { pio, mmio, com1, pci, virtio };
 }
 

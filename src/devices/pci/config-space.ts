@@ -134,32 +134,53 @@ export class PciConfigSpace {
     return this.bars[index];
   }
 
-  /** The BAR's current guest-programmed address (undefined when unprogrammed or decoding is off). */
-  barAddress(index: number): number | undefined {
+  /**
+   * The BAR's guest-programmed address, exact: a 64-bit BAR may be anywhere below 2^64, beyond what a number holds
+   * (2^53). Undefined when the BAR is not defined or its decoding is off in the command register.
+   */
+  barAddress(index: number): bigint | undefined {
+    const parts = this.barDwords(index);
+    return parts && (BigInt(parts.high) << 32n) | BigInt(parts.low);
+  }
+
+  /**
+   * barAddress() as a number, for decoding on the exit path: undefined also when the BAR lies at or above 2^53,
+   * where no guest-physical address is (x86-64 physical addresses have at most 52 bits), so it decodes nothing.
+   */
+  barBase(index: number): number | undefined {
+    const parts = this.barDwords(index);
+    if (!parts || parts.high >= 2 ** 21) return undefined;
+    return parts.high * 2 ** 32 + parts.low;
+  }
+
+  private barDwords(index: number): { low: number; high: number } | undefined {
     const bar = this.bars[index];
     if (!bar) return undefined;
     const command = this.view.getUint16(PCI_COMMAND, true);
     const at = PCI_BAR0 + 4 * index;
     if (bar.kind === 'io') {
       if (!(command & PCI_COMMAND_IO)) return undefined;
-      return this.view.getUint32(at, true) & 0xfffc;
+      return { low: this.view.getUint32(at, true) & 0xfffc, high: 0 };
     }
     if (!(command & PCI_COMMAND_MEMORY)) return undefined;
-    let address = (this.view.getUint32(at, true) & 0xfffffff0) >>> 0;
-    if (bar.kind === 'mem64') address += this.view.getUint32(at + 4, true) * 2 ** 32;
-    return address;
+    const low = (this.view.getUint32(at, true) & 0xfffffff0) >>> 0;
+    return { low, high: bar.kind === 'mem64' ? this.view.getUint32(at + 4, true) : 0 };
   }
 
   /** Places a BAR (the VMM's allocator does this before the guest runs, as firmware would). */
-  setBarAddress(index: number, address: number): void {
+  setBarAddress(index: number, address: number | bigint): void {
     const bar = this.bars[index];
     if (!bar) throw new RangeError(`BAR ${index} is not defined`);
-    if (address % bar.size !== 0)
-      throw new RangeError(`BAR ${index} address 0x${address.toString(16)} is not aligned to its size`);
-    const at = PCI_BAR0 + 4 * index;
-    const low = this.view.getUint32(at, true) & (bar.kind === 'io' ? 0x3 : 0xf);
-    this.view.setUint32(at, ((address >>> 0) & (bar.kind === 'io' ? 0xfffffffc : 0xfffffff0)) | low, true);
-    if (bar.kind === 'mem64') this.view.setUint32(at + 4, Math.floor(address / 2 ** 32), true);
+    const at = BigInt(address);
+    const limit = bar.kind === 'mem64' ? 1n << 64n : 1n << 32n;
+    if (at < 0n || at + BigInt(bar.size) > limit)
+      throw new RangeError(`BAR ${index} address 0x${at.toString(16)} does not fit a ${bar.kind} BAR`);
+    if (at % BigInt(bar.size) !== 0n)
+      throw new RangeError(`BAR ${index} address 0x${at.toString(16)} is not aligned to its size`);
+    const offset = PCI_BAR0 + 4 * index;
+    const low = this.view.getUint32(offset, true) & (bar.kind === 'io' ? 0x3 : 0xf);
+    this.view.setUint32(offset, Number(at & 0xffffffffn) | low, true);
+    if (bar.kind === 'mem64') this.view.setUint32(offset + 4, Number(at >> 32n), true);
   }
 
   /**
