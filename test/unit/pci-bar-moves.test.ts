@@ -6,29 +6,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readSync } from 'node:fs';
-import { BarAllocator, devfn, PciBus } from '../../src/devices/pci/bus.js';
-import { PciHostBridge } from '../../src/devices/pci/host-bridge.js';
 import { PCI_BAR0, PCI_COMMAND, PCI_COMMAND_MEMORY } from '../../src/devices/pci/config-space.js';
 import {
   COMMON_OFFSET,
-  MSIX_BAR,
   NOTIFY_OFFSET,
   VIRTIO_BAR,
   VirtioPciDevice,
   type VirtioDeviceInfo,
 } from '../../src/devices/virtio/pci-transport.js';
-import { GsiRouter } from '../../src/base/gsi-routing.js';
 import { ioctls, kvm_ioeventfd, KVM_IOEVENTFD_FLAG_DEASSIGN } from '../../src/kvm/abi.js';
 import { EFD_NONBLOCK, native } from '../../src/native/index.js';
-import {
-  LAPIC_ADDRESS,
-  PCI_ECAM_BASE,
-  PCI_IO_BASE,
-  PCI_IO_END,
-  PCI_MMIO32_BASE,
-  PCI_MMIO32_END,
-} from '../../src/arch/x86_64/layout.js';
-import { testVm, type TestVm } from '../support/vm-fd.js';
+import { LAPIC_ADDRESS, PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_END } from '../../src/arch/x86_64/layout.js';
+import { pciMachine, type PciMachine } from '../support/pci-machine.js';
 
 /** Two queues, as virtio-net and multi-queue disks have: two notify addresses 4 bytes apart. */
 const info: VirtioDeviceInfo = {
@@ -39,42 +28,8 @@ const info: VirtioDeviceInfo = {
   configSize: 8,
 };
 
-interface Machine {
-  readonly vm: TestVm;
-  readonly bus: PciBus;
-  readonly devices: readonly VirtioPciDevice[];
-  readonly window: ReturnType<PciBus['memoryWindow']>;
-  /** A guest config write through ECAM to slot `slot` (bus 0, function 0). */
-  configWrite(slot: number, reg: number, size: 1 | 2 | 4, value: number): void;
-}
-
-/** Host bridge at 00:00.0 and `count` virtio functions at slots 1.., BARs placed as the builder places them. */
-function machine(count: number): Machine {
-  const vm = testVm();
-  const router = new GsiRouter(vm.fd);
-  const bus = new PciBus();
-  bus.add(devfn(0), new PciHostBridge());
-  const mem = { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END };
-  const bars = new BarAllocator(mem, mem, { base: PCI_IO_BASE, end: PCI_IO_END });
-  const devices = Array.from({ length: count }, (_, n) => {
-    const dev = VirtioPciDevice.create(`virtio-blk${n}`, info, vm.fd, router);
-    for (const bar of [MSIX_BAR, VIRTIO_BAR])
-      dev.config.setBarAddress(bar, bars.allocate('mem32', dev.config.bar(bar)!.size));
-    dev.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY);
-    dev.registerIoeventfds();
-    bus.add(devfn(n + 1), dev);
-    return dev;
-  });
-  const window = bus.memoryWindow(PCI_MMIO32_BASE, PCI_MMIO32_END - PCI_MMIO32_BASE);
-  bus.ioWindow(PCI_IO_BASE, PCI_IO_END - PCI_IO_BASE);
-  const ecam = bus.ecam();
-  const configWrite = (slot: number, reg: number, size: 1 | 2 | 4, value: number): void => {
-    const data = new Uint8Array(size);
-    for (let i = 0; i < size; i++) data[i] = (value >>> (8 * i)) & 0xff;
-    ecam.mmioWrite((slot << 15) | reg, data);
-  };
-  return { vm, bus, devices, window, configWrite };
-}
+type Machine = PciMachine;
+const machine = (count: number): Machine => pciMachine(Array.from({ length: count }, () => info));
 
 /** Programs BAR 4 (64-bit) of the device in `slot` to `address`, low dword first, as a driver does. */
 function moveVirtioBar(m: Machine, slot: number, address: bigint): void {
