@@ -139,32 +139,38 @@ export class PciConfigSpace {
    * (2^53). Undefined when the BAR is not defined or its decoding is off in the command register.
    */
   barAddress(index: number): bigint | undefined {
-    const parts = this.barDwords(index);
-    return parts && (BigInt(parts.high) << 32n) | BigInt(parts.low);
+    const bar = this.decodingBar(index);
+    if (!bar) return undefined;
+    const high = bar.kind === 'mem64' ? this.view.getUint32(PCI_BAR0 + 4 * index + 4, true) : 0;
+    return (BigInt(high) << 32n) | BigInt(this.barLow(index, bar));
   }
 
   /**
-   * barAddress() as a number, for decoding on the exit path: undefined also when the BAR lies at or above 2^53,
-   * where no guest-physical address is (x86-64 physical addresses have at most 52 bits), so it decodes nothing.
+   * barAddress() as a number, for decoding on the exit path (no allocation): undefined also when the BAR lies at
+   * or above 2^53, where no guest-physical address is (x86-64 physical addresses have at most 52 bits), so it
+   * decodes nothing.
    */
   barBase(index: number): number | undefined {
-    const parts = this.barDwords(index);
-    if (!parts || parts.high >= 2 ** 21) return undefined;
-    return parts.high * 2 ** 32 + parts.low;
+    const bar = this.decodingBar(index);
+    if (!bar) return undefined;
+    const low = this.barLow(index, bar);
+    if (bar.kind !== 'mem64') return low;
+    const high = this.view.getUint32(PCI_BAR0 + 4 * index + 4, true);
+    return high < 2 ** 21 ? high * 2 ** 32 + low : undefined;
   }
 
-  private barDwords(index: number): { low: number; high: number } | undefined {
+  /** The BAR's definition when it is defined and the command register enables decoding of its space. */
+  private decodingBar(index: number): BarDefinition | undefined {
     const bar = this.bars[index];
     if (!bar) return undefined;
     const command = this.view.getUint16(PCI_COMMAND, true);
-    const at = PCI_BAR0 + 4 * index;
-    if (bar.kind === 'io') {
-      if (!(command & PCI_COMMAND_IO)) return undefined;
-      return { low: this.view.getUint32(at, true) & 0xfffc, high: 0 };
-    }
-    if (!(command & PCI_COMMAND_MEMORY)) return undefined;
-    const low = (this.view.getUint32(at, true) & 0xfffffff0) >>> 0;
-    return { low, high: bar.kind === 'mem64' ? this.view.getUint32(at + 4, true) : 0 };
+    return command & (bar.kind === 'io' ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY) ? bar : undefined;
+  }
+
+  /** The address bits of the BAR's (low) dword. */
+  private barLow(index: number, bar: BarDefinition): number {
+    const dword = this.view.getUint32(PCI_BAR0 + 4 * index, true);
+    return bar.kind === 'io' ? dword & 0xfffc : (dword & 0xfffffff0) >>> 0;
   }
 
   /** Places a BAR (the VMM's allocator does this before the guest runs, as firmware would). */
