@@ -15,6 +15,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
+import { readSync } from 'node:fs';
 import { Rng } from '../support/rng.js';
 import { pciMachine, type PciMachine } from '../support/pci-machine.js';
 import {
@@ -168,6 +169,51 @@ function register(rng: Rng): number {
   }
 }
 
+const drain = (fd: number): number => {
+  const b = new BigUint64Array(1);
+  try {
+    readSync(fd, b);
+  } catch {
+    return 0; // EAGAIN: nothing signalled
+  }
+  return Number(b[0]);
+};
+
+/**
+ * A kick that reaches the bus as an MMIO exit (as when no ioeventfd caught it) at some device's notify address:
+ * it must signal exactly the queue of the function that decodes there, and nothing else.
+ */
+function notifyExit(rng: Rng, m: PciMachine): string | undefined {
+  const dev = rng.pick(m.devices);
+  const queue = rng.below(dev.info.queueSizes.length);
+  const base = dev.config.barBase(VIRTIO_BAR);
+  const address = (base ?? 0) + NOTIFY_OFFSET + 4 * queue;
+  if (base === undefined || !m.bus.routes('mem', address, 2)) return undefined;
+  for (const d of m.devices) d.shared.queueEventFds.forEach(drain);
+  m.window.mmioWrite(address - PCI_MMIO32_BASE, new Uint8Array([queue, 0]));
+  const hit = m.bus.resolve('mem', address, 2);
+  for (const d of m.devices)
+    for (let q = 0; q < d.info.queueSizes.length; q++) {
+      const want = hit?.fn === d && hit.bar === VIRTIO_BAR && hit.offset === NOTIFY_OFFSET + 4 * q ? 1 : 0;
+      const got = drain(d.shared.queueEventFds[q]);
+      if (got !== want) return `a notify exit at 0x${address.toString(16)} signalled ${d.name} queue ${q} ${got} times`;
+    }
+  return undefined;
+}
+
+/** A read or write in the memory window near a device's BARs (reaching whatever decodes there, or nothing). */
+function windowAccess(rng: Rng, m: PciMachine, write: boolean): string | undefined {
+  const dev = rng.pick(m.devices);
+  const base = Number(dev.config.barAddress(rng.pick([1, 4])) ?? BigInt(PCI_MMIO32_BASE));
+  const address = base + rng.below(0x5000) - 0x800;
+  const len = rng.pick([1, 2, 4, 8]);
+  if (address < PCI_MMIO32_BASE || address + len > PCI_MMIO32_END) return undefined;
+  const data = rng.bytes(len);
+  if (write) m.window.mmioWrite(address - PCI_MMIO32_BASE, data);
+  else m.window.mmioRead(address - PCI_MMIO32_BASE, data);
+  return undefined;
+}
+
 function step(rng: Rng, m: PciMachine): string | undefined {
   const slot = rng.chance(0.9) ? rng.below(m.devices.length + 1) : rng.below(32);
   const fn = rng.chance(0.95) ? 0 : rng.below(8);
@@ -208,18 +254,10 @@ function step(rng: Rng, m: PciMachine): string | undefined {
       }
       return undefined;
     }
-    default: {
-      // the memory window, near where BARs are
-      const dev = rng.pick(m.devices);
-      const base = Number(dev.config.barAddress(rng.pick([1, 4])) ?? BigInt(PCI_MMIO32_BASE));
-      const address = base + rng.below(0x5000) - 0x800;
-      const len = rng.pick([1, 2, 4, 8]);
-      if (address < PCI_MMIO32_BASE || address + len > PCI_MMIO32_END) return undefined;
-      const data = rng.bytes(len);
-      if (write) m.window.mmioWrite(address - PCI_MMIO32_BASE, data);
-      else m.window.mmioRead(address - PCI_MMIO32_BASE, data);
-      return undefined;
-    }
+    case 4:
+      return rng.chance(0.3) ? notifyExit(rng, m) : windowAccess(rng, m, write);
+    default:
+      return windowAccess(rng, m, write);
   }
 }
 
