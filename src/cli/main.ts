@@ -6,13 +6,8 @@ import { ConfigError, runMachine, type RunOptions } from '../vmm/machine.js';
 import { formatSize, parseSize } from '../base/units.js';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import { parseTopology } from '../arch/x86_64/topology.js';
-import {
-  checkMachineSpec,
-  MACHINE_SPEC_VERSION,
-  MAX_VCPUS,
-  SpecError,
-  type MachineSpec,
-} from '../spec/machine-spec.js';
+import { MACHINE_SPEC_VERSION, MAX_VCPUS, SpecError, type MachineSpec } from '../spec/machine-spec.js';
+import { parseMachineSpec, validateMachineSpec } from '../spec/validate.js';
 import type { DeviceOptions } from '../devices/model.js';
 import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
@@ -198,12 +193,8 @@ function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: s
   return { spec, flagOf };
 }
 
-/**
- * The VM the command line describes. A spec file is checked against the full JSON Schema (the validator is
- * loaded only then); flags were checked by their own parsers, and what only the whole spec shows (two disks on
- * one image) by checkMachineSpec. `full` validates flags against the schema too (`partita spec` does).
- */
-async function checkedSpec(values: RunValues, full = false): Promise<MachineSpec> {
+/** The VM the command line describes: a spec file, or the flags' spec; either way checked against the schema. */
+function checkedSpec(values: RunValues): MachineSpec {
   if (values.spec !== undefined) {
     for (const flag of [
       'kernel',
@@ -229,7 +220,6 @@ async function checkedSpec(values: RunValues, full = false): Promise<MachineSpec
         `--spec: cannot read '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
       );
     }
-    const { parseMachineSpec } = await import('../spec/validate.js');
     try {
       return parseMachineSpec(text);
     } catch (e) {
@@ -239,8 +229,6 @@ async function checkedSpec(values: RunValues, full = false): Promise<MachineSpec
   }
   const { spec, flagOf } = specFromFlags(values);
   try {
-    if (!full) return checkMachineSpec(spec);
-    const { validateMachineSpec } = await import('../spec/validate.js');
     return validateMachineSpec(spec);
   } catch (e) {
     if (!(e instanceof SpecError)) throw e;
@@ -265,7 +253,7 @@ function serialOutput(serial: string): Pick<RunOptions, 'serialOutputFd' | 'seri
   throw new UsageError(`--serial '${serial}' is not stdio, none or file:PATH`);
 }
 
-async function specCommand(args: string[]): Promise<number> {
+function specCommand(args: string[]): number {
   const { values, positionals } = parse(args, RUN_OPTIONS);
   if (values.help) {
     process.stdout.write(
@@ -274,7 +262,7 @@ async function specCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita spec --help)`);
-  const spec = await checkedSpec(values, true);
+  const spec = checkedSpec(values);
   const serial = values.serial as string | undefined;
   const withSerial: MachineSpec =
     serial === undefined || serial === 'stdio'
@@ -284,14 +272,14 @@ async function specCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-async function runCommand(args: string[]): Promise<number> {
+function runCommand(args: string[]): number {
   const { values, positionals } = parse(args, RUN_OPTIONS);
   if (values.help) {
     process.stdout.write(USAGE_RUN + '\n');
     return 0;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}' (see partita run --help)`);
-  const spec = await checkedSpec(values);
+  const spec = checkedSpec(values);
   // --serial on the command line wins over the spec's: it is how this run is connected, not what the VM is.
   const specSerial = spec.serial;
   const serialFlag =
@@ -342,8 +330,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`partita ${version()}\n`);
       return 0;
     }
-    if (command === 'run') return await runCommand(rest);
-    if (command === 'spec') return await specCommand(rest);
+    if (command === 'run') return runCommand(rest);
+    if (command === 'spec') return specCommand(rest);
     if (command === 'image') {
       const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
       if (positionals[0] !== 'demo' || positionals.length !== 1)

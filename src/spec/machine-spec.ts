@@ -1,9 +1,7 @@
 // The machine spec: one plain JSON description of a VM — CPUs, memory, how it boots, its devices — that the
 // CLI, the daemon and snapshot restore all produce, and the builder alone consumes. No CLI syntax, no file
 // descriptors, nothing host-specific but paths. Validated by a JSON Schema (TypeBox); every error names the
-// JSON path of the value at fault ("/devices/1/queues: …"). The schema check itself lives in validate.ts, loaded
-// only when a spec comes from outside (a file, the daemon): the CLI's own flags are checked by their parsers,
-// and keeping the validator off that path keeps `partita run` starting as fast as before.
+// JSON path of the value at fault ("/devices/1/queues: …"); the check itself is validate.ts.
 import { Type, type Static } from '@sinclair/typebox';
 import { statSync } from 'node:fs';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';

@@ -115,7 +115,11 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
     for (const c of created) c.model.close?.(c.device.state);
     throw e;
   }
-  return { pciAddress: new SharedArrayBuffer(4), router: router.buffer, devices: created.map((c) => c.device) };
+  return {
+    pciAddress: new SharedArrayBuffer(PciBus.SHARED_BYTES),
+    router: router.buffer,
+    devices: created.map((c) => c.device),
+  };
 }
 
 /** Gathers what each device says about itself for ACPI, the MP table and the memory map. */

@@ -94,13 +94,13 @@ test('BAR sizing, placement, 64-bit BARs and decode enables', () => {
   assert.deepEqual(bus.resolve('mem', 0xc0000010, 4), { fn: dev, bar: 0, offset: 0x10 });
   assert.deepEqual(bus.resolve('mem', 2 ** 40 + 0x3ffc, 4), { fn: dev, bar: 2, offset: 0x3ffc });
   assert.equal(bus.resolve('mem', 2 ** 40 + 0x3ffe, 4), undefined, 'straddles the end of the BAR');
-  const win = bus.memoryWindow(0xc0000000);
+  const win = bus.memoryWindow(0xc0000000, 0x20000000);
   const data = new Uint8Array(4);
   win.mmioRead(0x20, data);
   win.mmioWrite(0x24, new Uint8Array([1, 2]));
   win.mmioRead(0x5000, data);
   assert.deepEqual([...data], [0xff, 0xff, 0xff, 0xff]);
-  const io = bus.ioWindow(0xc000);
+  const io = bus.ioWindow(0xc000, 0x4000);
   assert.equal(io.pioRead(4, 2), 0x5a5a);
   assert.deepEqual(dev.log, ['r0+32/4', 'w0+36=1,2', 'r4+4/2']);
   assert.throws(() => dev.config.setBarAddress(0, 0xc0000800), RangeError);
@@ -147,5 +147,40 @@ test('a second thread view of the same config space sees the guest writes', () =
   other.defineBar({ index: 0, kind: 'mem32', size: 0x1000 }, false);
   dev.config.write(PCI_BAR0, 4, 0xd0000000);
   dev.config.write(PCI_COMMAND, 2, 0x2);
-  assert.equal(other.barAddress(0), 0xd0000000);
+  assert.equal(other.barAddress(0), 0xd0000000n);
+});
+
+test('64-bit BAR addresses are exact up to 2^64; a BAR at or above 2^53 decodes nothing', () => {
+  const bus = new PciBus();
+  const dev = testDevice();
+  bus.add(devfn(3), dev);
+  dev.config.write(PCI_COMMAND, 2, 0x2);
+  dev.config.setBarAddress(2, 2n ** 64n - 0x4000n);
+  assert.equal(dev.config.barAddress(2), 0xffffffffffffc000n);
+  assert.equal(dev.config.read(PCI_BAR0 + 8, 4), 0xffffc00c);
+  assert.equal(dev.config.read(PCI_BAR0 + 12, 4), 0xffffffff);
+  assert.equal(dev.config.barBase(2), undefined, 'no guest-physical address is up there');
+  assert.equal(bus.resolve('mem', Number.MAX_SAFE_INTEGER - 1, 1), undefined);
+  dev.config.setBarAddress(2, 2 ** 52);
+  assert.equal(dev.config.barBase(2), 2 ** 52);
+  assert.deepEqual(bus.resolve('mem', 2 ** 52 + 0x10, 4), { fn: dev, bar: 2, offset: 0x10 });
+  assert.throws(() => dev.config.setBarAddress(0, 2 ** 32), RangeError, 'a 32-bit BAR cannot hold it');
+  assert.throws(() => dev.config.setBarAddress(2, 2n ** 64n), RangeError);
+});
+
+test('overlapping BARs: the lowest devfn decodes, then the lowest BAR index, whatever the order of add()', () => {
+  const bus = new PciBus();
+  const high = testDevice();
+  const low = testDevice();
+  bus.add(devfn(5), high);
+  bus.add(devfn(2), low);
+  for (const d of [high, low]) {
+    d.config.write(PCI_COMMAND, 2, 0x2);
+    d.config.setBarAddress(0, 0xc0000000);
+    d.config.setBarAddress(2, 0xc0000000);
+  }
+  assert.deepEqual(bus.resolve('mem', 0xc0000004, 4), { fn: low, bar: 0, offset: 4 });
+  assert.deepEqual(bus.resolve('mem', 0xc0001004, 4), { fn: low, bar: 2, offset: 0x1004 }, 'past BAR 0: BAR 2');
+  low.config.write(PCI_COMMAND, 2, 0);
+  assert.deepEqual(bus.resolve('mem', 0xc0000004, 4), { fn: high, bar: 0, offset: 4 });
 });

@@ -147,9 +147,12 @@ test(
     assert.equal(read(dev, COMMON_OFFSET + 0x10, 2), 0xffff, 'config vector back to NO_VECTOR');
     // Moving the BAR moves the ioeventfd registration (a second registration at the same address would fail).
     dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0100000);
-    dev.barsChanged();
+    dev.registerIoeventfds();
+    assert.equal(dev.ioeventfdAddress(0), 0xd0103000);
     dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0000000);
-    dev.barsChanged();
+    dev.registerIoeventfds();
+    assert.equal(dev.ioeventfdAddress(0), 0xd0003000);
+    assert.equal(dev.ioeventfdsRefused, 0);
   },
 );
 

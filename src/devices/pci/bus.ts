@@ -1,9 +1,23 @@
 // PCI bus 0 behind a host bridge: configuration mechanism #1 (ports 0xCF8/0xCFC, PCI Local Bus 3.0 §3.2.2.3.2),
 // PCIe ECAM (MMCONFIG, PCI Express Base §7.2.2), and the windows through which BAR accesses reach devices.
-// BAR placement is read from each function's shared config space on every lookup miss, so a BAR the guest
-// moves on one thread is seen by all.
+// BAR placement is read from each function's shared config space on every access, so a BAR the guest moves on
+// one thread is seen by all.
+//
+// A guest may program BARs anywhere, as on real hardware: on top of each other (Linux passes through such states
+// while it reassigns resources), over RAM, over other devices, beyond the windows. The bus therefore decodes the
+// way a PCI bus does, totally: only accesses inside its windows reach it; of the BARs covering an access, the one
+// of the lowest device/function wins (then the lowest BAR index); a BAR outside every window decodes nothing.
+// What the host registers at BAR addresses (virtio notify ioeventfds) follows the same rule, through barsChanged().
 import type { MmioDevice, PortIoDevice } from '../bus.js';
+import { SharedLock } from '../../base/shared-lock.js';
 import { PciConfigSpace } from './config-space.js';
+
+/**
+ * Where an access of `length` bytes at `offset` into BAR `bar` of one function reaches that function: the address
+ * (memory or port), or undefined when no access can reach it there (decoding off, outside the bus's windows, past
+ * the BAR's end, or covered by a BAR that wins the decode).
+ */
+export type BarLocator = (bar: number, offset: number, length: number) => number | undefined;
 
 /** A function on the bus: its config space, and handlers for accesses to its BARs. */
 export interface PciFunction {
@@ -15,8 +29,13 @@ export interface PciFunction {
   beforeConfigRead?(offset: number, size: number): void;
   /** Config writes beyond the generic handling (e.g. MSI-X enable); called after the bytes were stored. */
   configWritten?(offset: number, size: number): void;
-  /** A BAR moved or decoding was switched (for ioeventfd re-registration). */
-  barsChanged?(): void;
+  /**
+   * A BAR moved or decoding was switched somewhere on the bus (this function's own BARs, or another's that now
+   * covers or uncovers them): move what the host registered at BAR addresses (ioeventfds). The bus calls every
+   * function with 'release' (drop registrations that are no longer where `locate` says) before any with 'place'
+   * (make the missing ones), so an address one function leaves is free before another takes it.
+   */
+  barsChanged?(locate: BarLocator, phase: 'release' | 'place'): void;
 }
 
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
@@ -26,13 +45,29 @@ export const PCI_CONFIG_DATA_PORT = 0xcfc;
 export type Devfn = number;
 export const devfn = (device: number, fn = 0): Devfn => (device << 3) | fn;
 
+interface Window {
+  readonly base: number;
+  readonly end: number;
+}
+
 export class PciBus {
+  /** Bytes of the state every thread's view of the bus shares (see the constructor). */
+  static readonly SHARED_BYTES = 8;
   private readonly functions = new Map<Devfn, PciFunction>();
+  /** The functions by ascending devfn: the order in which overlapping BARs win the decode. */
+  private ordered: PciFunction[] = [];
   /** CONFIG_ADDRESS is per-machine state; shared so every exit-handling thread sees the same latch. */
   private readonly address: Int32Array;
+  /** Serializes BAR re-placement (ioeventfds) across threads, so each pass sees one set of BAR addresses. */
+  private readonly placementLock: SharedLock;
+  private readonly windows: Record<'io' | 'mem', Window[]> = { io: [], mem: [] };
 
-  constructor(sharedAddress: SharedArrayBuffer = new SharedArrayBuffer(4)) {
-    this.address = new Int32Array(sharedAddress, 0, 1);
+  /** `shared`: word 0 CONFIG_ADDRESS, word 1 the placement lock (SHARED_BYTES bytes). */
+  constructor(shared: SharedArrayBuffer = new SharedArrayBuffer(PciBus.SHARED_BYTES)) {
+    if (shared.byteLength < PciBus.SHARED_BYTES)
+      throw new RangeError(`PCI bus state needs ${PciBus.SHARED_BYTES} bytes, not ${shared.byteLength}`);
+    this.address = new Int32Array(shared, 0, 1);
+    this.placementLock = new SharedLock(shared, 4);
   }
 
   /** The CONFIG_ADDRESS latch (port 0xCF8), for save/restore. */
@@ -52,6 +87,7 @@ export class PciBus {
     if (this.functions.has(slot))
       throw new Error(`PCI slot ${slot >> 3}.${slot & 7} is taken by ${this.functions.get(slot)!.name}`);
     this.functions.set(slot, fn);
+    this.ordered = [...this.functions.entries()].sort(([a], [b]) => a - b).map(([, f]) => f);
   }
 
   get all(): ReadonlyMap<Devfn, PciFunction> {
@@ -70,20 +106,53 @@ export class PciBus {
     if (!fn) return;
     const barsMoved = fn.config.write(offset, size, value);
     fn.configWritten?.(offset, size);
-    if (barsMoved) fn.barsChanged?.();
+    if (barsMoved) this.barsMoved();
   }
 
-  /** Finds the function and BAR decoding `address` in the given space. */
+  /**
+   * Re-places every function's BAR-bound host registrations after a BAR moved or decoding changed. All
+   * functions, not only the one written: its BARs may have covered or uncovered another's.
+   */
+  barsMoved(): void {
+    this.placementLock.with(() => {
+      for (const phase of ['release', 'place'] as const)
+        for (const fn of this.ordered) fn.barsChanged?.(this.locator(fn), phase);
+    });
+  }
+
+  /** The BarLocator of one function on this bus. */
+  locator(fn: PciFunction): BarLocator {
+    return (bar, offset, length) => {
+      const def = fn.config.bar(bar);
+      const base = fn.config.barBase(bar);
+      if (!def || base === undefined || offset < 0 || offset + length > def.size) return undefined;
+      const space = def.kind === 'io' ? 'io' : 'mem';
+      const address = base + offset;
+      if (!this.routes(space, address, length)) return undefined;
+      const hit = this.resolve(space, address, length);
+      return hit && hit.fn === fn && hit.bar === bar ? address : undefined;
+    };
+  }
+
+  /** True when an access lies wholly inside one of the bus's windows (only those reach the bus at all). */
+  routes(space: 'io' | 'mem', address: number, length: number): boolean {
+    return this.windows[space].some((w) => address >= w.base && address + length <= w.end);
+  }
+
+  /**
+   * Finds the function and BAR decoding `address` in the given space. Overlapping BARs are legal (a guest
+   * reassigning resources passes through such states): the lowest devfn wins, then the lowest BAR index.
+   */
   resolve(
     space: 'io' | 'mem',
     address: number,
     length: number,
   ): { fn: PciFunction; bar: number; offset: number } | undefined {
-    for (const fn of this.functions.values()) {
+    for (const fn of this.ordered) {
       for (let bar = 0; bar < 6; bar++) {
         const def = fn.config.bar(bar);
         if (!def || (def.kind === 'io') !== (space === 'io')) continue;
-        const base = fn.config.barAddress(bar);
+        const base = fn.config.barBase(bar);
         if (base === undefined || base === 0) continue;
         if (address >= base && address + length <= base + def.size) return { fn, bar, offset: address - base };
       }
@@ -138,8 +207,9 @@ export class PciBus {
     };
   }
 
-  /** A window of the memory space where BARs live (registered on the MMIO bus). */
-  memoryWindow(base: number): MmioDevice {
+  /** A window of the memory space where BARs live (to register on the MMIO bus at [base, base + size)). */
+  memoryWindow(base: number, size: number): MmioDevice {
+    this.windows.mem.push({ base, end: base + size });
     return {
       name: 'pci-mmio-window',
       mmioRead: (offset, data) => {
@@ -154,8 +224,9 @@ export class PciBus {
     };
   }
 
-  /** The I/O port window for I/O BARs (registered on the port bus). */
-  ioWindow(base: number): PortIoDevice {
+  /** The I/O port window for I/O BARs (to register on the port bus at [base, base + size)). */
+  ioWindow(base: number, size: number): PortIoDevice {
+    this.windows.io.push({ base, end: base + size });
     const scratch = [new Uint8Array(1), new Uint8Array(2), new Uint8Array(3), new Uint8Array(4)];
     return {
       name: 'pci-io-window',

@@ -134,32 +134,59 @@ export class PciConfigSpace {
     return this.bars[index];
   }
 
-  /** The BAR's current guest-programmed address (undefined when unprogrammed or decoding is off). */
-  barAddress(index: number): number | undefined {
+  /**
+   * The BAR's guest-programmed address, exact: a 64-bit BAR may be anywhere below 2^64, beyond what a number holds
+   * (2^53). Undefined when the BAR is not defined or its decoding is off in the command register.
+   */
+  barAddress(index: number): bigint | undefined {
+    const bar = this.decodingBar(index);
+    if (!bar) return undefined;
+    const high = bar.kind === 'mem64' ? this.view.getUint32(PCI_BAR0 + 4 * index + 4, true) : 0;
+    return (BigInt(high) << 32n) | BigInt(this.barLow(index, bar));
+  }
+
+  /**
+   * barAddress() as a number, for decoding on the exit path (no allocation): undefined also when the BAR lies at
+   * or above 2^53, where no guest-physical address is (x86-64 physical addresses have at most 52 bits), so it
+   * decodes nothing.
+   */
+  barBase(index: number): number | undefined {
+    const bar = this.decodingBar(index);
+    if (!bar) return undefined;
+    const low = this.barLow(index, bar);
+    if (bar.kind !== 'mem64') return low;
+    const high = this.view.getUint32(PCI_BAR0 + 4 * index + 4, true);
+    return high < 2 ** 21 ? high * 2 ** 32 + low : undefined;
+  }
+
+  /** The BAR's definition when it is defined and the command register enables decoding of its space. */
+  private decodingBar(index: number): BarDefinition | undefined {
     const bar = this.bars[index];
     if (!bar) return undefined;
     const command = this.view.getUint16(PCI_COMMAND, true);
-    const at = PCI_BAR0 + 4 * index;
-    if (bar.kind === 'io') {
-      if (!(command & PCI_COMMAND_IO)) return undefined;
-      return this.view.getUint32(at, true) & 0xfffc;
-    }
-    if (!(command & PCI_COMMAND_MEMORY)) return undefined;
-    let address = (this.view.getUint32(at, true) & 0xfffffff0) >>> 0;
-    if (bar.kind === 'mem64') address += this.view.getUint32(at + 4, true) * 2 ** 32;
-    return address;
+    return command & (bar.kind === 'io' ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY) ? bar : undefined;
+  }
+
+  /** The address bits of the BAR's (low) dword. */
+  private barLow(index: number, bar: BarDefinition): number {
+    const dword = this.view.getUint32(PCI_BAR0 + 4 * index, true);
+    return bar.kind === 'io' ? dword & 0xfffc : (dword & 0xfffffff0) >>> 0;
   }
 
   /** Places a BAR (the VMM's allocator does this before the guest runs, as firmware would). */
-  setBarAddress(index: number, address: number): void {
+  setBarAddress(index: number, address: number | bigint): void {
     const bar = this.bars[index];
     if (!bar) throw new RangeError(`BAR ${index} is not defined`);
-    if (address % bar.size !== 0)
-      throw new RangeError(`BAR ${index} address 0x${address.toString(16)} is not aligned to its size`);
-    const at = PCI_BAR0 + 4 * index;
-    const low = this.view.getUint32(at, true) & (bar.kind === 'io' ? 0x3 : 0xf);
-    this.view.setUint32(at, ((address >>> 0) & (bar.kind === 'io' ? 0xfffffffc : 0xfffffff0)) | low, true);
-    if (bar.kind === 'mem64') this.view.setUint32(at + 4, Math.floor(address / 2 ** 32), true);
+    const at = BigInt(address);
+    const limit = bar.kind === 'mem64' ? 1n << 64n : 1n << 32n;
+    if (at < 0n || at + BigInt(bar.size) > limit)
+      throw new RangeError(`BAR ${index} address 0x${at.toString(16)} does not fit a ${bar.kind} BAR`);
+    if (at % BigInt(bar.size) !== 0n)
+      throw new RangeError(`BAR ${index} address 0x${at.toString(16)} is not aligned to its size`);
+    const offset = PCI_BAR0 + 4 * index;
+    const low = this.view.getUint32(offset, true) & (bar.kind === 'io' ? 0x3 : 0xf);
+    this.view.setUint32(offset, Number(at & 0xffffffffn) | low, true);
+    if (bar.kind === 'mem64') this.view.setUint32(offset + 4, Number(at >> 32n), true);
   }
 
   /**

@@ -105,8 +105,12 @@ export const pciRootModel: DeviceModel<PciRootState> = {
     ctx.pci.add(devfn(0), bridge);
     ctx.pio.register(PCI_CONFIG_ADDRESS_PORT, 8, ctx.pci.configPorts());
     ctx.mmio.register(w.ecam.base, w.ecam.size, ctx.pci.ecam());
-    ctx.mmio.register(w.mmio32.base, w.mmio32.end - w.mmio32.base, ctx.pci.memoryWindow(w.mmio32.base));
-    ctx.pio.register(w.io.base, w.io.end - w.io.base, ctx.pci.ioWindow(w.io.base));
+    ctx.mmio.register(
+      w.mmio32.base,
+      w.mmio32.end - w.mmio32.base,
+      ctx.pci.memoryWindow(w.mmio32.base, w.mmio32.end - w.mmio32.base),
+    );
+    ctx.pio.register(w.io.base, w.io.end - w.io.base, ctx.pci.ioWindow(w.io.base, w.io.end - w.io.base));
     const config = new Uint8Array(state.hostBridge);
     return {
       name: bridge.name,

@@ -3,7 +3,8 @@
 //
 // Register state is in shared memory so the vCPU thread that takes a config access and the I/O thread that
 // runs the device backend see one device. Queue notifications are ioeventfds (a guest kick never exits to
-// userspace); interrupts are MSI-X vectors on irqfds, or INTx through the ISR when MSI-X is off.
+// userspace) wherever the notify area decodes; where KVM refuses one, kicks arrive as MMIO exits instead and are
+// handled the same (barWrite). Interrupts are MSI-X vectors on irqfds, or INTx through the ISR when MSI-X is off.
 // The backend learns about status and queue changes through a "control" eventfd the vCPU thread writes.
 import { writeSync } from 'node:fs';
 import { check, EFD_NONBLOCK, native } from '../../native/index.js';
@@ -11,7 +12,7 @@ import { ioctls, kvm_ioeventfd } from '../../kvm/abi.js';
 import { SharedLock } from '../../base/shared-lock.js';
 import type { IrqLine } from '../../base/irq-line.js';
 import type { JsonValue } from '../model.js';
-import type { PciFunction } from '../pci/bus.js';
+import type { BarLocator, PciFunction } from '../pci/bus.js';
 import { PciConfigSpace, PCI_CAP_ID_VNDR } from '../pci/config-space.js';
 import { MsixVectors, type MsixShared } from '../pci/msix.js';
 import type { GsiRouter } from '../../base/gsi-routing.js';
@@ -76,8 +77,10 @@ const W_NOTIFY_EXITS = 12; // queue notifications that reached userspace instead
 const W_KICKS = 13; // ioeventfd wake-ups the backend's runner received (coalesced kicks)
 const W_RESET_PENDING = 14; // the driver wrote 0 to device_status; the backend is still draining
 const W_DEFERRED_RESET = 15; // a runner completes resets (set by VirtioRunner); otherwise they are immediate
-const W_QUEUES = 16;
-// Per queue: size, msix vector, enable, desc lo/hi, driver lo/hi, device lo/hi, ioeventfd address lo/hi
+const W_IOEVENTFD_REFUSED = 16; // notify ioeventfds KVM refused (those queues are notified through MMIO exits)
+const W_QUEUES = 17;
+// Per queue: size, msix vector, enable, desc lo/hi, driver lo/hi, device lo/hi, ioeventfd address lo/hi and
+// whether one is registered there
 const Q_SIZE = 0;
 const Q_VECTOR = 1;
 const Q_ENABLE = 2;
@@ -85,6 +88,7 @@ const Q_DESC = 3;
 const Q_DRIVER = 5;
 const Q_DEVICE = 7;
 const Q_NOTIFY_ADDR = 9;
+const Q_NOTIFY_REGISTERED = 11;
 const Q_WORDS = 12;
 
 /** Host-side words a device reset keeps: ioeventfd placement, interrupt line state, counters, runner mode. */
@@ -95,6 +99,7 @@ const PRESERVED_ON_RESET = new Set([
   W_NOTIFY_EXITS,
   W_KICKS,
   W_DEFERRED_RESET,
+  W_IOEVENTFD_REFUSED,
 ]);
 
 export interface VirtioPciShared {
@@ -636,42 +641,93 @@ export class VirtioPciDevice implements PciFunction {
     throw new Error(`${this.name}: restoreState is not implemented yet`);
   }
 
-  /** The guest moved BAR 4: move the queues' ioeventfds with it. */
-  barsChanged(): void {
-    this.lock.with(() => this.registerIoeventfdsLocked());
+  /**
+   * A BAR moved on the bus: move the queues' ioeventfds to where their notify addresses decode now (none where
+   * they do not decode: outside the windows, or under a BAR that wins the decode). See PciFunction.barsChanged.
+   */
+  barsChanged(locate: BarLocator, phase: 'release' | 'place'): void {
+    this.lock.with(() =>
+      phase === 'release' ? this.releaseIoeventfdsLocked(locate) : this.placeIoeventfdsLocked(locate),
+    );
   }
 
-  /** Registers one ioeventfd per queue notify address (KVM_IOEVENTFD), replacing any earlier registration. */
-  registerIoeventfds(): void {
-    this.lock.with(() => this.registerIoeventfdsLocked());
+  /**
+   * Registers one ioeventfd per queue notify address (KVM_IOEVENTFD), replacing any earlier registration. Without
+   * a bus's locator the BAR is taken where it is (the builder's own placement, inside the window, apart).
+   */
+  registerIoeventfds(locate: BarLocator = this.ownBar): void {
+    this.lock.with(() => {
+      this.releaseIoeventfdsLocked(locate);
+      this.placeIoeventfdsLocked(locate);
+    });
   }
 
-  private registerIoeventfdsLocked(): void {
-    const base = this.config.barAddress(VIRTIO_BAR);
+  private readonly ownBar: BarLocator = (bar, offset, length) => {
+    const def = this.config.bar(bar);
+    const base = this.config.barBase(bar);
+    return def && base && offset + length <= def.size ? base + offset : undefined;
+  };
+
+  /** Where queue `index` has its notify ioeventfd registered (undefined: its kicks arrive as MMIO exits). */
+  ioeventfdAddress(index: number): number | undefined {
+    return this.lock.with(() => this.registeredLocked(index));
+  }
+
+  /** How many notify ioeventfds KVM refused so far (their queues fell back to MMIO-exit notification). */
+  get ioeventfdsRefused(): number {
+    return Atomics.load(this.regs, W_IOEVENTFD_REFUSED);
+  }
+
+  private registeredLocked(index: number): number | undefined {
+    const w = this.q(index, Q_NOTIFY_ADDR);
+    if (!this.regs[this.q(index, Q_NOTIFY_REGISTERED)]) return undefined;
+    return (this.regs[w] >>> 0) + (this.regs[w + 1] >>> 0) * 2 ** 32;
+  }
+
+  private notifyAddress(index: number, locate: BarLocator): number | undefined {
+    return locate(VIRTIO_BAR, NOTIFY_OFFSET + index * NOTIFY_MULTIPLIER, 2);
+  }
+
+  /** Drops each registration that is no longer where the queue's notify address decodes. */
+  private releaseIoeventfdsLocked(locate: BarLocator): void {
     this.info.queueSizes.forEach((_, i) => {
+      const old = this.registeredLocked(i);
+      if (old === undefined || old === this.notifyAddress(i, locate)) return;
+      // A failed deassign (ENOENT) means KVM holds nothing there either: in both cases the queue has none now.
+      this.ioeventfd(old, this.shared.queueEventFds[i], true);
+      this.regs[this.q(i, Q_NOTIFY_REGISTERED)] = 0;
+    });
+  }
+
+  /**
+   * Registers each queue whose notify address decodes and has no ioeventfd yet. A refusal (EEXIST: something
+   * else is registered there; ENOSPC) is not an error: that queue's kicks arrive as MMIO exits, which barWrite
+   * turns into the same eventfd signal, and the next BAR change tries again.
+   */
+  private placeIoeventfdsLocked(locate: BarLocator): void {
+    this.info.queueSizes.forEach((_, i) => {
+      const next = this.notifyAddress(i, locate);
+      if (next === undefined || this.registeredLocked(i) !== undefined) return;
+      if (this.ioeventfd(next, this.shared.queueEventFds[i], false) < 0) {
+        Atomics.add(this.regs, W_IOEVENTFD_REFUSED, 1);
+        return;
+      }
       const w = this.q(i, Q_NOTIFY_ADDR);
-      const old = (this.regs[w] >>> 0) + (this.regs[w + 1] >>> 0) * 2 ** 32;
-      const next = base === undefined || base === 0 ? 0 : base + NOTIFY_OFFSET + i * NOTIFY_MULTIPLIER;
-      if (old === next) return;
-      if (old) this.ioeventfd(old, this.shared.queueEventFds[i], true);
-      if (next) this.ioeventfd(next, this.shared.queueEventFds[i], false);
       this.regs[w] = next >>> 0;
       this.regs[w + 1] = Math.floor(next / 2 ** 32);
+      this.regs[this.q(i, Q_NOTIFY_REGISTERED)] = 1;
     });
     Atomics.add(this.regs, W_NOTIFY_GENERATION, 1);
   }
 
-  private ioeventfd(address: number, fd: number, deassign: boolean): void {
+  /** KVM_IOEVENTFD for a 2-byte notify write at `address`: 0, or -errno. */
+  private ioeventfd(address: number, fd: number, deassign: boolean): number {
     const f = kvm_ioeventfd.fields;
     const buf = new DataView(new ArrayBuffer(kvm_ioeventfd.size));
     buf.setBigUint64(f.addr.offset, BigInt(address), true);
     buf.setUint32(f.len.offset, 2, true);
     buf.setInt32(f.fd.offset, fd, true);
     buf.setUint32(f.flags.offset, deassign ? 4 /* KVM_IOEVENTFD_FLAG_DEASSIGN */ : 0, true);
-    check(
-      native.ioctl(this.vmFd, ioctls.KVM_IOEVENTFD, buf),
-      'KVM_IOEVENTFD',
-      `${this.name} notify at 0x${address.toString(16)}`,
-    );
+    return native.ioctl(this.vmFd, ioctls.KVM_IOEVENTFD, buf);
   }
 }
