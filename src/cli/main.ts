@@ -117,8 +117,9 @@ function runCommand(args: string[]): number {
   const cpus = Number(cpusText);
 
   let memory: number;
+  const memoryText = values.memory as string | undefined;
   try {
-    memory = parseSize((values.memory as string | undefined) ?? '512M');
+    memory = parseSize(memoryText ?? '512M');
   } catch (e) {
     throw new UsageError(`--memory: ${(e as Error).message}`);
   }
@@ -163,6 +164,7 @@ function runCommand(args: string[]): number {
     cmdline: (values.cmdline as string | undefined) ?? '',
     cpus,
     memory,
+    memoryText,
     cpuProfile: cpu as MachineConfig['cpuProfile'],
     topology: values.topology as string | undefined,
     serialOutputFd,

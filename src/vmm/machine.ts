@@ -43,6 +43,8 @@ export interface MachineConfig {
   readonly cmdline: string;
   readonly cpus: number;
   readonly memory: number;
+  /** --memory as the user typed it, for messages (the byte count otherwise). */
+  readonly memoryText?: string;
   readonly cpuProfile?: CpuProfile;
   /** "sockets=S,cores=C,threads=T" (product = cpus); default: one socket of `cpus` cores. */
   readonly topology?: string;
@@ -87,13 +89,12 @@ export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
     throw new ConfigError(`--cpus ${config.cpus} is more than Partita's limit of ${MAX_VCPUS} vCPUs per VM`);
   if (kvm && config.cpus > kvm.maxVcpus)
     throw new ConfigError(`--cpus ${config.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
+  const memory = config.memoryText ?? formatSize(config.memory);
   if (config.memory > MAX_MEMORY)
-    throw new ConfigError(`--memory ${formatSize(config.memory)} is larger than the ${formatSize(MAX_MEMORY)} limit`);
+    throw new ConfigError(`--memory ${memory} is larger than the ${formatSize(MAX_MEMORY)} limit`);
   if (config.memory < MIN_MEMORY)
-    throw new ConfigError(
-      `--memory ${formatSize(config.memory)} is smaller than the ${formatSize(MIN_MEMORY)} minimum`,
-    );
-  if (config.memory % 4096 !== 0) throw new ConfigError(`--memory must be a whole number of 4 KiB pages`);
+    throw new ConfigError(`--memory ${memory} is smaller than the ${formatSize(MIN_MEMORY)} minimum`);
+  if (config.memory % 4096 !== 0) throw new ConfigError(`--memory ${memory} is not a whole number of 4 KiB pages`);
   machineTopology(config);
   if ((config.virtio?.length ?? 0) > MAX_PCI_DEVICES)
     throw new ConfigError(`${config.virtio?.length} devices: the PCI bus has room for ${MAX_PCI_DEVICES}`);
@@ -104,7 +105,8 @@ export function machineTopology(config: Pick<MachineConfig, 'cpus' | 'topology'>
   try {
     return parseTopology(config.topology, config.cpus);
   } catch (e) {
-    throw new ConfigError(`--topology '${config.topology}': ${(e as Error).message}`);
+    // parseTopology's messages already begin with "--topology '<spec>'".
+    throw new ConfigError((e as Error).message);
   }
 }
 
