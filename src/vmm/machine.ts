@@ -2,7 +2,7 @@
 // to the end and reports why it stopped. Threads: the calling thread runs vCPU 0 (the BSP) with exits handled
 // inline; an I/O worker thread (started only when needed) feeds host input to the UART and serves the
 // application processors, whose native threads hand it their exits.
-import { fdatasyncSync, readFileSync, statSync } from 'node:fs';
+import { fdatasyncSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
@@ -26,6 +26,7 @@ import { loadKernel } from '../boot/index.js';
 import type { BootEntry } from '../boot/index.js';
 import type { LinuxBootEntry } from '../boot/linux.js';
 import { formatSize } from '../base/units.js';
+import { MAX_INPUT_FILE_BYTES, readWholeFile } from '../host/input-file.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
@@ -65,7 +66,8 @@ export class ConfigError extends Error {
   }
 }
 
-function readInputFile(path: string, what: string): Uint8Array {
+/** A kernel or initrd, whole; refused with one line when it is larger than guest RAM or than a buffer holds. */
+function readInputFile(path: string, what: string, guestRam: number): Uint8Array {
   let size: number;
   try {
     const st = statSync(path);
@@ -73,13 +75,29 @@ function readInputFile(path: string, what: string): Uint8Array {
     size = st.size;
   } catch (e) {
     if (e instanceof ConfigError) throw e;
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(
-      `cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`,
-    );
+    throw readError(path, what, e);
   }
   if (size === 0) throw new ConfigError(`${what} '${path}' is empty`);
-  return readFileSync(path);
+  if (size > guestRam)
+    throw new ConfigError(
+      `${what} '${path}' is ${formatSize(size)}, larger than the guest's ${formatSize(guestRam)} of RAM (--memory): it cannot be loaded`,
+    );
+  if (size > MAX_INPUT_FILE_BYTES)
+    throw new ConfigError(
+      `${what} '${path}' is ${formatSize(size)}, more than the ${formatSize(MAX_INPUT_FILE_BYTES)} limit`,
+    );
+  try {
+    return readWholeFile(path, size);
+  } catch (e) {
+    throw readError(path, what, e); // e.g. readable by stat but not by open: permission denied
+  }
+}
+
+function readError(path: string, what: string, e: unknown): ConfigError {
+  const code = (e as NodeJS.ErrnoException).code;
+  return new ConfigError(
+    `cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`,
+  );
 }
 
 export function validateConfig(config: MachineConfig, kvm?: KvmSystem): void {
@@ -142,10 +160,10 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
 }
 
 function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker | undefined): RunResult {
-  const image = readInputFile(config.kernel, 'kernel');
+  const image = readInputFile(config.kernel, 'kernel', config.memory);
   const modules = config.initrd.map((path) => ({
     name: basename(path),
-    data: readInputFile(path, 'initrd'),
+    data: readInputFile(path, 'initrd', config.memory),
     cmdline: basename(path),
   }));
   const kvm = KvmSystem.open();
