@@ -1,5 +1,5 @@
 // The `partita` command line.
-import { fstatSync, openSync, readFileSync, statSync } from 'node:fs';
+import { fstatSync, readFileSync, statSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, runMachine, type MachineConfig } from '../vmm/machine.js';
@@ -9,6 +9,7 @@ import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
 import { DeviceOptionError, parseConsole, parseDisk, parseNet } from './device-options.js';
 import type { VirtioDeviceSpec } from '../vmm/virtio-devices.js';
+import { openOutputFile, OutputFileError } from '../host/output-file.js';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
 
@@ -21,7 +22,7 @@ Options:
   --cpus N             number of vCPUs (1-64, default 1)
   --topology T         sockets=S,cores=C,threads=T (product = --cpus; default: one socket of N cores)
   --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
-  --serial MODE        stdio (default) or file:PATH
+  --serial MODE        stdio (default) or file:PATH (appended to, never truncated; not a disk image)
   --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
   --disk PATH[,readonly][,serial=ID][,queues=N][,packed]
                        virtio-blk disk on a raw image (locked: one VM at a time); repeatable
@@ -29,7 +30,8 @@ Options:
                        virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket speaking
                        QEMU's stream protocol; repeatable. 'packed' offers packed virtqueues too
   --rng                virtio-rng fed from the host's getrandom
-  --console PATH       virtio-console port to a file (guest output) or a UNIX socket (both ways)
+  --console PATH       virtio-console port to a file (guest output, appended to, never truncated; not a
+                       disk image) or a UNIX socket (both ways)
   --stats              print the VM's exit counts when it stops
   -h, --help           this help
 
@@ -87,6 +89,19 @@ function serialInputMode(): MachineConfig['serialInput'] {
   }
 }
 
+/** --serial file:PATH: appended to, never truncated, and never a disk image (src/host/output-file.ts). */
+function openSerialFile(path: string, virtio: readonly VirtioDeviceSpec[]): number {
+  const disks = virtio.flatMap((s) => (s.kind === 'block' ? [s.options.path] : []));
+  try {
+    return openOutputFile(path, { disks });
+  } catch (e) {
+    if (e instanceof OutputFileError) throw new UsageError(`--serial: ${e.message}`);
+    throw new UsageError(
+      `--serial: cannot open '${path}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+}
+
 function runCommand(args: string[]): number {
   const { values, positionals } = parse(args, {
     kernel: { type: 'string' },
@@ -131,16 +146,11 @@ function runCommand(args: string[]): number {
   const serial = (values.serial as string | undefined) ?? 'stdio';
   let serialOutputFd = 1;
   let serialInput: MachineConfig['serialInput'] = 'none';
+  let serialFile: string | undefined; // opened below, once the disks it must not be are known
   if (serial === 'stdio') {
     serialInput = serialInputMode();
   } else if (serial.startsWith('file:') && serial.length > 5) {
-    try {
-      serialOutputFd = openSync(serial.slice(5), 'w');
-    } catch (e) {
-      throw new UsageError(
-        `--serial: cannot open '${serial.slice(5)}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
-      );
-    }
+    serialFile = serial.slice(5);
   } else {
     throw new UsageError(`--serial '${serial}' is not stdio or file:PATH`);
   }
@@ -155,6 +165,7 @@ function runCommand(args: string[]): number {
     if (e instanceof DeviceOptionError) throw new UsageError(e.message);
     throw e;
   }
+  if (serialFile !== undefined) serialOutputFd = openSerialFile(serialFile, virtio);
 
   const config: MachineConfig = {
     kernel,

@@ -48,6 +48,7 @@ function refuseRepeatedImages(specs: readonly VirtioDeviceSpec[]): void {
 /** Opens every device's host side; on failure closes what was already opened, then rethrows. */
 export function openVirtioDevices(specs: readonly VirtioDeviceSpec[]): OpenedVirtioDevice[] {
   refuseRepeatedImages(specs);
+  const disks = specs.flatMap((s) => (s.kind === 'block' ? [s.options.path] : []));
   const opened: OpenedVirtioDevice[] = [];
   const counts = new Map<string, number>();
   const nameFor = (kind: string): string => {
@@ -69,7 +70,12 @@ export function openVirtioDevices(specs: readonly VirtioDeviceSpec[]): OpenedVir
           opened.push({ kind: 'entropy', name: nameFor('rng'), packed, handle: openEntropy() });
           break;
         case 'console':
-          opened.push({ kind: 'console', name: nameFor('console'), packed, handle: openConsole(spec.options) });
+          opened.push({
+            kind: 'console',
+            name: nameFor('console'),
+            packed,
+            handle: openConsole({ ...spec.options, disks }),
+          });
           break;
       }
     }
