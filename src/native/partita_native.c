@@ -104,27 +104,18 @@ static bool throw_range(napi_env env, const char *fn, const char *arg, const cha
   return false;
 }
 
-#define ARG(check) \
-  do {             \
+#define ARG(check)           \
+  do {                       \
     if (!(check)) return NULL; \
   } while (0)
 
 #define MAX_SAFE_INTEGER 9007199254740991.0
 
-// A whole number in [min, max]: a JavaScript number, or a bigint when `bigint_ok`.
+// A whole JavaScript number in [min, max].
 static bool arg_int(napi_env env, napi_value v, const char *fn, const char *arg, int64_t min, int64_t max,
-                    bool bigint_ok, int64_t *out) {
+                    int64_t *out) {
   napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok) return throw_type(env, fn, arg, "a number");
-  if (t == napi_bigint && bigint_ok) {
-    bool lossless;
-    int64_t r;
-    if (napi_get_value_bigint_int64(env, v, &r, &lossless) != napi_ok || !lossless || r < min || r > max)
-      return throw_range(env, fn, arg, "is out of range");
-    *out = r;
-    return true;
-  }
-  if (t != napi_number) return throw_type(env, fn, arg, bigint_ok ? "a number or a bigint" : "a number");
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return throw_type(env, fn, arg, "a number");
   double d;
   napi_get_value_double(env, v, &d);
   if (d != d || d < -MAX_SAFE_INTEGER || d > MAX_SAFE_INTEGER || d != (double)(int64_t)d)
@@ -136,7 +127,7 @@ static bool arg_int(napi_env env, napi_value v, const char *fn, const char *arg,
 
 static bool arg_i32(napi_env env, napi_value v, const char *fn, const char *arg, int32_t *out) {
   int64_t r;
-  if (!arg_int(env, v, fn, arg, INT32_MIN, INT32_MAX, false, &r)) return false;
+  if (!arg_int(env, v, fn, arg, INT32_MIN, INT32_MAX, &r)) return false;
   *out = (int32_t)r;
   return true;
 }
@@ -153,7 +144,7 @@ static bool arg_u64(napi_env env, napi_value v, const char *fn, const char *arg,
   }
   int64_t r;
   if (t != napi_number) return throw_type(env, fn, arg, "a bigint or a number");
-  if (!arg_int(env, v, fn, arg, 0, INT64_MAX, false, &r)) return false;
+  if (!arg_int(env, v, fn, arg, 0, INT64_MAX, &r)) return false;
   *out = (uint64_t)r;
   return true;
 }
@@ -279,8 +270,8 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   int64_t offset, length;
   ARG(arg_i32(env, argv[0], "fallocate", "fd", &fd));
   ARG(arg_i32(env, argv[1], "fallocate", "mode", &mode));
-  ARG(arg_int(env, argv[2], "fallocate", "offset", 0, INT64_MAX, false, &offset));
-  ARG(arg_int(env, argv[3], "fallocate", "length", 0, INT64_MAX, false, &length));
+  ARG(arg_int(env, argv[2], "fallocate", "offset", 0, INT64_MAX, &offset));
+  ARG(arg_int(env, argv[3], "fallocate", "length", 0, INT64_MAX, &length));
   int r = fallocate(fd, mode, (off_t)offset, (off_t)length);
   return num(env, r < 0 ? -errno : r);
 }
@@ -317,7 +308,7 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
     r = ioctl(fd, req, (unsigned long)value);
   } else if (t == napi_number) {
     int64_t value;
-    ARG(arg_int(env, argv[2], "ioctl", "argument", INT64_MIN, INT64_MAX, false, &value));
+    ARG(arg_int(env, argv[2], "ioctl", "argument", INT64_MIN, INT64_MAX, &value));
     r = ioctl(fd, req, (unsigned long)value);
   } else {
     size_t len;
@@ -361,7 +352,7 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   ARG(arg_i32(env, argv[1], "mmap", "prot", &prot));
   ARG(arg_i32(env, argv[2], "mmap", "flags", &flags));
   ARG(arg_i32(env, argv[3], "mmap", "fd", &fd));
-  ARG(arg_int(env, argv[4], "mmap", "offset", 0, INT64_MAX, false, &off));
+  ARG(arg_int(env, argv[4], "mmap", "offset", 0, INT64_MAX, &off));
   void *p = mmap(NULL, (size_t)len, prot, flags, fd, (off_t)off);
   if (p == MAP_FAILED) return num(env, -errno);
   return big(env, (uint64_t)(uintptr_t)p);
@@ -424,7 +415,7 @@ static napi_value js_eventfd(napi_env env, napi_callback_info info) {
   get_args(env, info, 2, argv);
   int64_t initval;
   int32_t flags;
-  ARG(arg_int(env, argv[0], "eventfd", "initval", 0, UINT32_MAX, false, &initval));
+  ARG(arg_int(env, argv[0], "eventfd", "initval", 0, UINT32_MAX, &initval));
   ARG(arg_i32(env, argv[1], "eventfd", "flags", &flags));
   int fd = eventfd((unsigned)initval, flags | EFD_CLOEXEC);
   return num(env, fd < 0 ? -errno : fd);
@@ -511,7 +502,7 @@ static napi_value js_start_tick(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
   int64_t ms;
-  ARG(arg_int(env, argv[0], "startTick", "ms", 1, 3600 * 1000, false, &ms));  // 0 would disarm the timer
+  ARG(arg_int(env, argv[0], "startTick", "ms", 1, 3600 * 1000, &ms));  // 0 would disarm the timer
   struct sigevent sev;
   memset(&sev, 0, sizeof sev);
   sev.sigev_notify = SIGEV_THREAD_ID;
@@ -669,7 +660,7 @@ static napi_value js_stop_vcpu_threads(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
   int64_t ms;
-  ARG(arg_int(env, argv[0], "stopVcpuThreads", "timeoutMs", 0, INT32_MAX, false, &ms));
+  ARG(arg_int(env, argv[0], "stopVcpuThreads", "timeoutMs", 0, INT32_MAX, &ms));
   atomic_store(&stop_all, 1);
   int n = atomic_load(&thread_count);
   for (int i = 0; i < n && i < MAX_VCPU_THREADS; i++) {
@@ -1074,10 +1065,10 @@ static napi_value js_io_submit(napi_env env, napi_callback_info info) {
   int64_t id_value, offset;
   int32_t fd, op;
   ARG(arg_handle(env, argv[0], "ioSubmit", HANDLE_IO_THREAD, (void **)&t));
-  ARG(arg_int(env, argv[1], "ioSubmit", "id", 0, (int64_t)MAX_SAFE_INTEGER, false, &id_value));
+  ARG(arg_int(env, argv[1], "ioSubmit", "id", 0, (int64_t)MAX_SAFE_INTEGER, &id_value));
   ARG(arg_i32(env, argv[2], "ioSubmit", "fd", &fd));
   ARG(arg_i32(env, argv[3], "ioSubmit", "op", &op));
-  ARG(arg_int(env, argv[4], "ioSubmit", "offset", 0, INT64_MAX, false, &offset));
+  ARG(arg_int(env, argv[4], "ioSubmit", "offset", 0, INT64_MAX, &offset));
   double id = (double)id_value;
   uint32_t count = 0;
   bool is_array = false;
