@@ -46,7 +46,7 @@ export function openOutputFile(path: string, options: OutputFileOptions): number
       }
       if (native.flock(fd, LOCK_EX | LOCK_NB) === -EWOULDBLOCK) {
         throw new OutputFileError(
-          `'${path}' is locked by a running VM (a disk image, or another VM's output): guest output must not go into it`,
+          `'${path}' is locked by a running VM (as a disk image or an output file): guest output must not go into it`,
         );
       }
       // Any other flock result (a file system without locks) leaves the file unlocked: appending is still safe.
