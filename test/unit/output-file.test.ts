@@ -9,6 +9,7 @@ import { openOutputFile, OutputFileError } from '../../src/host/output-file.js';
 import { openConsole } from '../../src/devices/virtio/console.js';
 import { DeviceOpenError } from '../../src/devices/virtio/device.js';
 import { holdFileLock } from '../support/file-lock.js';
+import { openVirtioDevices } from '../../src/vmm/virtio-devices.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'partita-output-file-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -111,4 +112,20 @@ test('openConsole: appends, and refuses a disk of this VM or one a VM holds', as
     await holder.release();
   }
   assert.deepEqual(readFileSync(disk.path), disk.bytes);
+});
+
+test("--disk A --console A: the VM's device set refuses the console (A is its disk), A untouched", () => {
+  const disk = image('vm-disk.img');
+  assert.throws(
+    () =>
+      openVirtioDevices([
+        { kind: 'block', options: { path: disk.path } },
+        { kind: 'console', options: { path: disk.path } },
+      ]),
+    (e: unknown) =>
+      e instanceof DeviceOpenError && /^console: '.*vm-disk\.img' is a disk image of this VM/.test(e.message),
+  );
+  assert.deepEqual(readFileSync(disk.path), disk.bytes);
+  // The disk opened first was closed again: its lock is gone.
+  assert.doesNotThrow(() => closeSync(openOutputFile(disk.path, { disks: [] })), 'the image is no longer locked');
 });
