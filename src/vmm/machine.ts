@@ -160,6 +160,7 @@ export function runMachine(config: MachineConfig, control: VmControl = new VmCon
 }
 
 function buildAndRun(config: MachineConfig, control: VmControl, worker: Worker | undefined): RunResult {
+  validateConfig(config); // first: the file checks below measure against a valid --memory
   const image = readInputFile(config.kernel, 'kernel', config.memory);
   const modules = config.initrd.map((path) => ({
     name: basename(path),

@@ -37,6 +37,11 @@ test('a 3 GiB kernel or initrd: one line, status 2, no stack trace', { timeout: 
       await runPartita(['run', '--kernel', guest('hello'), '--initrd', big]),
       /^partita: initrd '.*big\.img' is 3G, larger than the guest's 512M of RAM/,
     );
+    // A bad --memory is named as such, not measured against.
+    assertOneLine(
+      await runPartita(['run', '--kernel', big, '--memory', '1K']),
+      /^partita: --memory 1K is smaller than the 2M minimum$/,
+    );
     // More RAM than a buffer can hold: the named limit, still before anything is read.
     const huge = sparse(dir, 'huge.img', 5 * GIB);
     assertOneLine(
