@@ -2,10 +2,9 @@
 // input to the guest, transmitq0 (queue 1) carries guest output to the host (§5.3.2, §5.3.6).
 //
 // The port is connected to a host file (output only: created, or appended to and never truncated, and never a
-// disk image: src/host/output-file.ts) or to an
-// existing UNIX socket (both ways). Connecting is asynchronous and the handle must stay a plain object, so the
-// socket is connected when the driver first activates the device, and kept across driver resets: a guest
-// reboot does not hang up on the host's peer. No feature is offered: F_SIZE needs a window size, which a file or
+// disk image: src/host/output-file.ts) or to an existing UNIX socket (both ways). Connecting is asynchronous and
+// the handle must stay a plain object, so the socket is connected when the driver first activates the device,
+// and kept across driver resets: a guest reboot does not hang up on the host's peer. No feature is offered: F_SIZE needs a window size, which a file or
 // a socket does not have, and F_EMERG_WRITE needs config-space writes, which reach the transport on the vCPU
 // thread (VirtioPciDevice.deviceConfigWritten) but not this backend on the I/O thread.
 //
