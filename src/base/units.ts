@@ -13,7 +13,12 @@ export function parseSize(text: string): number {
   const value = Number(m[1]) * suffixes[m[2].toUpperCase()];
   if (!Number.isFinite(value) || !Number.isSafeInteger(Math.round(value)))
     throw new RangeError(`"${text}" is too large`);
-  return Math.round(value);
+  // Rounding would silently turn "1.5" (bytes) into 2: a fraction of a byte is refused, naming the unit.
+  if (!Number.isInteger(value)) {
+    const hint = m[2] === '' ? ' (without a suffix a size counts bytes: e.g. 1.5G)' : '';
+    throw new RangeError(`"${text}" is ${value} bytes, not a whole number of bytes${hint}`);
+  }
+  return value;
 }
 
 export function formatSize(bytes: number): string {

@@ -9,6 +9,8 @@ import { parseTopology } from '../arch/x86_64/topology.js';
 import { MACHINE_SPEC_VERSION, MAX_VCPUS, SpecError, type MachineSpec } from '../spec/machine-spec.js';
 import { parseMachineSpec, validateMachineSpec } from '../spec/validate.js';
 import type { DeviceOptions } from '../devices/model.js';
+import { machineDiskImages } from '../vmm/device-set.js';
+import { openOutputFile, OutputFileError } from '../host/output-file.js';
 import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
@@ -28,7 +30,7 @@ Options:
   --cpus N             number of vCPUs (1-64, default 1)
   --topology T         sockets=S,cores=C,threads=T (product = --cpus; default: one socket of N cores)
   --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
-  --serial MODE        stdio (default) or file:PATH
+  --serial MODE        stdio (default), none, or file:PATH (appended to, never truncated; not a disk image)
   --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
   --disk PATH[,readonly][,serial=ID][,queues=N][,packed]
                        virtio-blk disk on a raw image (locked: one VM at a time); repeatable
@@ -36,7 +38,8 @@ Options:
                        virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket speaking
                        QEMU's stream protocol; repeatable. 'packed' offers packed virtqueues too
   --rng                virtio-rng fed from the host's getrandom
-  --console PATH       virtio-console port to a file (guest output) or a UNIX socket (both ways)
+  --console PATH       virtio-console port to a file (guest output, appended to, never truncated; not a
+                       disk image) or a UNIX socket (both ways)
   --stats              print the VM's exit counts when it stops
   -h, --help           this help
 
@@ -238,15 +241,18 @@ function checkedSpec(values: RunValues): MachineSpec {
 }
 
 /** Where the guest's serial console goes: this terminal (with input), a file, or nowhere. */
-function serialOutput(serial: string): Pick<RunOptions, 'serialOutputFd' | 'serialInput'> {
+function serialOutput(serial: string, spec: MachineSpec): Pick<RunOptions, 'serialOutputFd' | 'serialInput'> {
   if (serial === 'stdio') return { serialOutputFd: 1, serialInput: serialInputMode() };
   if (serial === 'none') return { serialOutputFd: openSync('/dev/null', 'w'), serialInput: 'none' };
   if (serial.startsWith('file:') && serial.length > 5) {
+    // Appended to, never truncated, and never a disk image of this or another VM (src/host/output-file.ts).
+    const path = serial.slice(5);
     try {
-      return { serialOutputFd: openSync(serial.slice(5), 'w'), serialInput: 'none' };
+      return { serialOutputFd: openOutputFile(path, { disks: machineDiskImages(spec.devices) }), serialInput: 'none' };
     } catch (e) {
+      if (e instanceof OutputFileError) throw new UsageError(`--serial: ${e.message}`);
       throw new UsageError(
-        `--serial: cannot open '${serial.slice(5)}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+        `--serial: cannot open '${path}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
       );
     }
   }
@@ -289,7 +295,7 @@ function runCommand(args: string[]): number {
       : specSerial.output === 'none'
         ? 'none'
         : `file:${specSerial.path}`);
-  const run: RunOptions = { ...serialOutput(serialFlag), stats: values.stats === true };
+  const run: RunOptions = { ...serialOutput(serialFlag, spec), stats: values.stats === true };
 
   const raw = run.serialInput === 'tty';
   if (raw) {

@@ -36,6 +36,11 @@ export interface DeviceModel<State = unknown> {
   readonly bus: 'platform' | 'pci';
   /** Builder thread, before any vCPU runs. Throws DeviceOpenError for host problems the user can fix. */
   create(options: DeviceOptions, ctx: DeviceCreateContext): State;
+  /**
+   * The host files this device uses as disk images (it locks them). The machine refuses two devices on one
+   * image, and output files (serial log, console) that are one.
+   */
+  diskImages?(options: DeviceOptions): readonly string[];
   /** What the guest's platform tables say about the device. */
   describe?(state: State, platform: PlatformFacts): DeviceDescription;
   /** On each exit-handling thread: this thread's view of the device, registered on the buses. */
@@ -53,6 +58,8 @@ export interface DeviceCreateContext {
   readonly router: GsiRouter;
   /** The platform's interrupt lines (ISA IRQs and GSIs of the in-kernel PIC/IOAPIC). */
   irqLine(gsi: number): IrqLine;
+  /** Every disk image of this VM (DeviceModel.diskImages of all its devices). */
+  readonly diskImages: readonly string[];
   /** Unique per VM: "virtio-blk0", "virtio-blk1", … for a prefix. */
   name(prefix: string): string;
   /** PCI devices: the slot on bus 0 and the GSI its INTA# drives. */

@@ -1,5 +1,7 @@
 // Typed face of the native layer (src/native/partita_native.c). Every call that can fail returns -errno there;
-// the wrappers here turn that into a SystemCallError naming the call and the errno.
+// the wrappers here turn that into a SystemCallError naming the call and the errno. Arguments are checked
+// natively: a wrong type throws a TypeError, a value out of range (a buffer shorter than its ioctl's _IOC_SIZE,
+// a path with a NUL byte, a handle that is not live) a RangeError or TypeError, before any system call.
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 
@@ -32,6 +34,7 @@ interface NativeBinding {
   addressOf(buffer: ArrayBufferView | ArrayBuffer): bigint;
   eventfd(initval: number, flags: number): number;
   threadSelf(): bigint;
+  /** 0, or -errno; -ESRCH (no signal, no immediate_exit write) for an application-processor thread that ended. */
   kick(thread: bigint, immediateExitAddress: bigint): number;
   startTick(ms: number): bigint | number;
   stopTick(timer: bigint): number;
@@ -46,6 +49,7 @@ interface NativeBinding {
   ): VcpuThreadHandle | number;
   stopVcpuThreads(timeoutMs: number): number;
   completeVcpuExit(handle: bigint, keepRunning: boolean): void;
+  /** At most 64 calls wait for the calling thread; beyond that the watcher thread waits (kicks add up meanwhile). */
   watchFds(onReady: (fd: number) => void): bigint | number;
   /** An eventfd (the watcher reads it), or with `readinessOnly` any fd, reported edge-triggered when readable. */
   watchFdAdd(watcher: bigint, fd: number, readinessOnly?: boolean): number;

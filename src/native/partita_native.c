@@ -23,6 +23,8 @@
 #include <sys/file.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/ioctl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -83,32 +85,105 @@ static int get_args(napi_env env, napi_callback_info info, size_t want, napi_val
   return (int)argc;
 }
 
-static int64_t get_i64(napi_env env, napi_value v) {
-  int64_t r = 0;
-  napi_valuetype t;
-  napi_typeof(env, v, &t);
-  if (t == napi_bigint) {
-    bool lossless;
-    napi_get_value_bigint_int64(env, v, &r, &lossless);
-  } else {
-    napi_get_value_int64(env, v, &r);
-  }
-  return r;
+// ---- Argument checks ---------------------------------------------------------------------------------------
+// Every argument is checked before it reaches a system call or a pointer: a wrong type throws a TypeError, a
+// value out of range a RangeError (naming the function and the argument), so a JavaScript mistake is an exception
+// and never a crash, a write past a buffer or a call on fd 0. Each reader returns false with the error thrown.
+
+static bool throw_type(napi_env env, const char *fn, const char *arg, const char *expected) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s must be %s", fn, arg, expected);
+  napi_throw_type_error(env, NULL, msg);
+  return false;
 }
 
-static uint64_t get_u64(napi_env env, napi_value v) {
-  uint64_t r = 0;
+static bool throw_range(napi_env env, const char *fn, const char *arg, const char *what) {
+  char msg[200];
+  snprintf(msg, sizeof msg, "%s: %s %s", fn, arg, what);
+  napi_throw_range_error(env, NULL, msg);
+  return false;
+}
+
+#define ARG(check)           \
+  do {                       \
+    if (!(check)) return NULL; \
+  } while (0)
+
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+// A whole JavaScript number in [min, max].
+static bool arg_int(napi_env env, napi_value v, const char *fn, const char *arg, int64_t min, int64_t max,
+                    int64_t *out) {
   napi_valuetype t;
-  napi_typeof(env, v, &t);
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return throw_type(env, fn, arg, "a number");
+  double d;
+  napi_get_value_double(env, v, &d);
+  if (d != d || d < -MAX_SAFE_INTEGER || d > MAX_SAFE_INTEGER || d != (double)(int64_t)d)
+    return throw_range(env, fn, arg, "must be a whole number");
+  if (d < (double)min || d > (double)max) return throw_range(env, fn, arg, "is out of range");
+  *out = (int64_t)d;
+  return true;
+}
+
+static bool arg_i32(napi_env env, napi_value v, const char *fn, const char *arg, int32_t *out) {
+  int64_t r;
+  if (!arg_int(env, v, fn, arg, INT32_MIN, INT32_MAX, &r)) return false;
+  *out = (int32_t)r;
+  return true;
+}
+
+// A non-negative 64-bit quantity (an address, a length, a pthread_t): a bigint, or a safe-integer number.
+static bool arg_u64(napi_env env, napi_value v, const char *fn, const char *arg, uint64_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return throw_type(env, fn, arg, "a bigint or a number");
   if (t == napi_bigint) {
     bool lossless;
-    napi_get_value_bigint_uint64(env, v, &r, &lossless);
-  } else {
-    int64_t s = 0;
-    napi_get_value_int64(env, v, &s);
-    r = (uint64_t)s;
+    if (napi_get_value_bigint_uint64(env, v, out, &lossless) != napi_ok || !lossless)
+      return throw_range(env, fn, arg, "must be a non-negative 64-bit value");
+    return true;
   }
-  return r;
+  int64_t r;
+  if (t != napi_number) return throw_type(env, fn, arg, "a bigint or a number");
+  if (!arg_int(env, v, fn, arg, 0, INT64_MAX, &r)) return false;
+  *out = (uint64_t)r;
+  return true;
+}
+
+// An optional address: undefined, null and 0 mean none.
+static bool arg_opt_address(napi_env env, napi_value v, const char *fn, const char *arg, uint64_t *out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_undefined || t == napi_null) {
+    *out = 0;
+    return true;
+  }
+  return arg_u64(env, v, fn, arg, out);
+}
+
+static bool arg_bool(napi_env env, napi_value v, const char *fn, const char *arg, bool *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean) return throw_type(env, fn, arg, "a boolean");
+  napi_get_value_bool(env, v, out);
+  return true;
+}
+
+static bool arg_function(napi_env env, napi_value v, const char *fn, const char *arg) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_function) return throw_type(env, fn, arg, "a function");
+  return true;
+}
+
+// A path for open(2): a string of fewer than PATH_MAX bytes with no NUL byte (a NUL would cut it short, so
+// "/dev/null\0anything" would open /dev/null).
+static bool arg_path(napi_env env, napi_value v, const char *fn, const char *arg, char *out, size_t cap) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) return throw_type(env, fn, arg, "a string");
+  size_t len;
+  napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  if (len >= cap) return throw_range(env, fn, arg, "is too long");
+  napi_get_value_string_utf8(env, v, out, cap, &len);
+  if (memchr(out, 0, len)) return throw_type(env, fn, arg, "a string without NUL bytes");
+  return true;
 }
 
 // Pointer to the bytes behind a TypedArray, DataView or ArrayBuffer (NULL for anything else).
@@ -145,14 +220,21 @@ static void *bytes_of(napi_env env, napi_value v, size_t *len) {
   return NULL;
 }
 
+static bool is_bytes(napi_env env, napi_value v) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) return true;
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) return true;
+  return napi_is_arraybuffer(env, v, &is) == napi_ok && is;
+}
+
 // open(path: string, flags: number): fd | -errno
 static napi_value js_open(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  char path[4096];
-  size_t n;
-  CHECK(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n));
-  int flags = (int)get_i64(env, argv[1]);
+  char path[PATH_MAX];
+  int32_t flags;
+  ARG(arg_path(env, argv[0], "open", "path", path, sizeof path));
+  ARG(arg_i32(env, argv[1], "open", "flags", &flags));
   int fd = open(path, flags | O_CLOEXEC);
   return num(env, fd < 0 ? -errno : fd);
 }
@@ -161,7 +243,9 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
 static napi_value js_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
-  int r = close((int)get_i64(env, argv[0]));
+  int32_t fd;
+  ARG(arg_i32(env, argv[0], "close", "fd", &fd));
+  int r = close(fd);
   return num(env, r < 0 ? -errno : r);
 }
 
@@ -170,7 +254,10 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 static napi_value js_flock(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  int r = flock((int)get_i64(env, argv[0]), (int)get_i64(env, argv[1]));
+  int32_t fd, op;
+  ARG(arg_i32(env, argv[0], "flock", "fd", &fd));
+  ARG(arg_i32(env, argv[1], "flock", "operation", &op));
+  int r = flock(fd, op);
   return num(env, r < 0 ? -errno : r);
 }
 
@@ -179,31 +266,60 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
 static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   get_args(env, info, 4, argv);
-  int r = fallocate((int)get_i64(env, argv[0]), (int)get_i64(env, argv[1]), (off_t)get_i64(env, argv[2]),
-                    (off_t)get_i64(env, argv[3]));
+  int32_t fd, mode;
+  int64_t offset, length;
+  ARG(arg_i32(env, argv[0], "fallocate", "fd", &fd));
+  ARG(arg_i32(env, argv[1], "fallocate", "mode", &mode));
+  ARG(arg_int(env, argv[2], "fallocate", "offset", 0, INT64_MAX, &offset));
+  ARG(arg_int(env, argv[3], "fallocate", "length", 0, INT64_MAX, &length));
+  int r = fallocate(fd, mode, (off_t)offset, (off_t)length);
   return num(env, r < 0 ? -errno : r);
 }
 
 // ioctl(fd, request, arg?: number | bigint | ArrayBufferView | ArrayBuffer): result | -errno
-// A buffer argument is passed by pointer (the struct); a number is passed by value.
+// A buffer argument is passed by pointer (the struct); a number is passed by value. A request that encodes a
+// direction and size (_IOR/_IOW/_IOWR) gets a buffer of at least _IOC_SIZE bytes, or a RangeError: the kernel
+// would read or write that many bytes from the pointer. (Older encodings such as TUNSETIFF's understate the
+// size; for those this is a lower bound only.)
 static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   get_args(env, info, 3, argv);
-  int fd = (int)get_i64(env, argv[0]);
-  unsigned long req = (unsigned long)get_u64(env, argv[1]);
+  int32_t fd;
+  uint64_t request;
+  ARG(arg_i32(env, argv[0], "ioctl", "fd", &fd));
+  ARG(arg_u64(env, argv[1], "ioctl", "request", &request));
+  if (request > UINT32_MAX) return (throw_range(env, "ioctl", "request", "must fit in 32 bits"), NULL);
+  unsigned long req = (unsigned long)request;
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
   long r;
   if (t == napi_undefined) {
     r = ioctl(fd, req, 0);
-  } else if (t == napi_number || t == napi_bigint) {
-    r = ioctl(fd, req, (unsigned long)get_u64(env, argv[2]));
+  } else if (t == napi_bigint) {
+    uint64_t value;
+    bool lossless;
+    napi_get_value_bigint_uint64(env, argv[2], &value, &lossless);  // an address, or a negative value below
+    if (!lossless) {
+      int64_t negative;
+      napi_get_value_bigint_int64(env, argv[2], &negative, &lossless);
+      value = (uint64_t)negative;
+    }
+    if (!lossless) return (throw_range(env, "ioctl", "argument", "does not fit in 64 bits"), NULL);
+    r = ioctl(fd, req, (unsigned long)value);
+  } else if (t == napi_number) {
+    int64_t value;
+    ARG(arg_int(env, argv[2], "ioctl", "argument", INT64_MIN, INT64_MAX, &value));
+    r = ioctl(fd, req, (unsigned long)value);
   } else {
     size_t len;
-    void *p = bytes_of(env, argv[2], &len);
-    if (!p && len == 0) {
-      napi_throw_type_error(env, NULL, "ioctl: argument must be a number, bigint, TypedArray, DataView or ArrayBuffer");
-      return NULL;
+    void *p;
+    if (!is_bytes(env, argv[2]))
+      return (throw_type(env, "ioctl", "argument", "a number, bigint, TypedArray, DataView or ArrayBuffer"), NULL);
+    p = bytes_of(env, argv[2], &len);
+    if (_IOC_DIR(req) != _IOC_NONE && len < _IOC_SIZE(req)) {
+      char what[96];
+      snprintf(what, sizeof what, "is %zu bytes; request 0x%lx needs %u", len, req, (unsigned)_IOC_SIZE(req));
+      return (throw_range(env, "ioctl", "buffer", what), NULL);
     }
     r = ioctl(fd, req, p);
   }
@@ -216,7 +332,9 @@ static napi_value js_run(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
-  napi_get_value_int32(env, argv[0], &fd);
+  // One status check, no typeof: napi_number_expected is the only failure for a value that is there.
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok)
+    return (throw_type(env, "run", "fd", "a number"), NULL);
   int r = ioctl(fd, KVM_RUN_IOCTL, 0);
   napi_value out;
   napi_create_int32(env, r < 0 ? -errno : r, &out);
@@ -227,12 +345,15 @@ static napi_value js_run(napi_env env, napi_callback_info info) {
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   get_args(env, info, 5, argv);
-  size_t len = (size_t)get_u64(env, argv[0]);
-  int prot = (int)get_i64(env, argv[1]);
-  int flags = (int)get_i64(env, argv[2]);
-  int fd = (int)get_i64(env, argv[3]);
-  off_t off = (off_t)get_i64(env, argv[4]);
-  void *p = mmap(NULL, len, prot, flags, fd, off);
+  uint64_t len;
+  int32_t prot, flags, fd;
+  int64_t off;
+  ARG(arg_u64(env, argv[0], "mmap", "length", &len));
+  ARG(arg_i32(env, argv[1], "mmap", "prot", &prot));
+  ARG(arg_i32(env, argv[2], "mmap", "flags", &flags));
+  ARG(arg_i32(env, argv[3], "mmap", "fd", &fd));
+  ARG(arg_int(env, argv[4], "mmap", "offset", 0, INT64_MAX, &off));
+  void *p = mmap(NULL, (size_t)len, prot, flags, fd, (off_t)off);
   if (p == MAP_FAILED) return num(env, -errno);
   return big(env, (uint64_t)(uintptr_t)p);
 }
@@ -241,7 +362,10 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
 static napi_value js_munmap(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  int r = munmap((void *)(uintptr_t)get_u64(env, argv[0]), (size_t)get_u64(env, argv[1]));
+  uint64_t addr, len;
+  ARG(arg_u64(env, argv[0], "munmap", "address", &addr));
+  ARG(arg_u64(env, argv[1], "munmap", "length", &len));
+  int r = munmap((void *)(uintptr_t)addr, (size_t)len);
   return num(env, r < 0 ? -errno : r);
 }
 
@@ -249,19 +373,28 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
 static napi_value js_madvise(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   get_args(env, info, 3, argv);
-  int r = madvise((void *)(uintptr_t)get_u64(env, argv[0]), (size_t)get_u64(env, argv[1]), (int)get_i64(env, argv[2]));
+  uint64_t addr, len;
+  int32_t advice;
+  ARG(arg_u64(env, argv[0], "madvise", "address", &addr));
+  ARG(arg_u64(env, argv[1], "madvise", "length", &len));
+  ARG(arg_i32(env, argv[2], "madvise", "advice", &advice));
+  int r = madvise((void *)(uintptr_t)addr, (size_t)len, advice);
   return num(env, r < 0 ? -errno : r);
 }
 
 // view(address, length): ArrayBuffer over memory this process mapped. The mapping outlives the view: guest
-// RAM and kvm_run pages are unmapped only when the VM is torn down, after every view is dropped.
+// RAM and kvm_run pages are unmapped only when the VM is torn down, after every view is dropped. The address
+// itself cannot be checked here (the caller got it from mmap); a null one can.
 static napi_value js_view(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  void *p = (void *)(uintptr_t)get_u64(env, argv[0]);
-  size_t len = (size_t)get_u64(env, argv[1]);
+  uint64_t addr, len;
+  ARG(arg_u64(env, argv[0], "view", "address", &addr));
+  ARG(arg_u64(env, argv[1], "view", "length", &len));
+  if (addr == 0 && len != 0) return (throw_range(env, "view", "address", "is null"), NULL);
+  if (addr + len < addr) return (throw_range(env, "view", "length", "runs past the end of the address space"), NULL);
   napi_value ab;
-  CHECK(napi_create_external_arraybuffer(env, p, len, NULL, NULL, &ab));
+  CHECK(napi_create_external_arraybuffer(env, (void *)(uintptr_t)addr, (size_t)len, NULL, NULL, &ab));
   return ab;
 }
 
@@ -269,6 +402,8 @@ static napi_value js_view(napi_env env, napi_callback_info info) {
 static napi_value js_address_of(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
+  if (!is_bytes(env, argv[0]))
+    return (throw_type(env, "addressOf", "buffer", "a TypedArray, DataView or ArrayBuffer"), NULL);
   size_t len;
   void *p = bytes_of(env, argv[0], &len);
   return big(env, (uint64_t)(uintptr_t)p);
@@ -278,7 +413,11 @@ static napi_value js_address_of(napi_env env, napi_callback_info info) {
 static napi_value js_eventfd(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  int fd = eventfd((unsigned)get_i64(env, argv[0]), (int)get_i64(env, argv[1]) | EFD_CLOEXEC);
+  int64_t initval;
+  int32_t flags;
+  ARG(arg_int(env, argv[0], "eventfd", "initval", 0, UINT32_MAX, &initval));
+  ARG(arg_i32(env, argv[1], "eventfd", "flags", &flags));
+  int fd = eventfd((unsigned)initval, flags | EFD_CLOEXEC);
   return num(env, fd < 0 ? -errno : fd);
 }
 
@@ -288,15 +427,72 @@ static napi_value js_thread_self(napi_env env, napi_callback_info info) {
   return big(env, (uint64_t)pthread_self());
 }
 
+static int kick_thread(pthread_t thread, uint64_t immediate_exit);
+
 // kick(thread, immediateExitAddress?): set kvm_run.immediate_exit (if given) then signal the thread, so a
-// vCPU inside KVM_RUN returns EINTR and one about to enter it returns at once. 0 | -errno
+// vCPU inside KVM_RUN returns EINTR and one about to enter it returns at once. 0 | -errno; -ESRCH (and no
+// signal, no immediate_exit write) for an application-processor thread that has already ended.
 static napi_value js_kick(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  uint64_t ie = get_u64(env, argv[1]);
-  if (ie) __atomic_store_n((uint8_t *)(uintptr_t)ie, 1, __ATOMIC_SEQ_CST);
-  int r = pthread_kill((pthread_t)get_u64(env, argv[0]), sig_kick());
-  return num(env, -r);
+  uint64_t thread, ie;
+  ARG(arg_u64(env, argv[0], "kick", "thread", &thread));
+  ARG(arg_opt_address(env, argv[1], "kick", "immediateExitAddress", &ie));
+  if (thread == 0) return (throw_range(env, "kick", "thread", "is 0, not a thread"), NULL);
+  return num(env, kick_thread((pthread_t)thread, ie));
+}
+
+// ---- Handles -------------------------------------------------------------------------------------------------
+// What JavaScript holds as a bigint handle (a tick timer, an fd watcher, a block I/O thread) is used only while
+// registered here, so a stale or made-up bigint is a RangeError instead of a wild pointer. Few exist at a time.
+enum handle_kind { HANDLE_TIMER = 1, HANDLE_WATCHER, HANDLE_IO_THREAD };
+#define MAX_HANDLES 4096
+static struct { void *ptr; int kind; } handles[MAX_HANDLES];
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool handle_add(void *ptr, int kind) {
+  pthread_mutex_lock(&handles_lock);
+  for (int i = 0; i < MAX_HANDLES; i++) {
+    if (!handles[i].kind) {
+      handles[i].ptr = ptr;
+      handles[i].kind = kind;
+      pthread_mutex_unlock(&handles_lock);
+      return true;
+    }
+  }
+  pthread_mutex_unlock(&handles_lock);
+  return false;
+}
+
+// Removes the handle; false when it was not registered.
+static bool handle_remove(void *ptr, int kind) {
+  bool found = false;
+  pthread_mutex_lock(&handles_lock);
+  for (int i = 0; i < MAX_HANDLES && !found; i++) {
+    if (handles[i].kind == kind && handles[i].ptr == ptr) {
+      handles[i].kind = 0;
+      found = true;
+    }
+  }
+  pthread_mutex_unlock(&handles_lock);
+  return found;
+}
+
+static bool handle_known(void *ptr, int kind) {
+  bool found = false;
+  pthread_mutex_lock(&handles_lock);
+  for (int i = 0; i < MAX_HANDLES && !found; i++) found = handles[i].kind == kind && handles[i].ptr == ptr;
+  pthread_mutex_unlock(&handles_lock);
+  return found;
+}
+
+// Reads a registered handle of `kind` into *out, or throws.
+static bool arg_handle(napi_env env, napi_value v, const char *fn, int kind, void **out) {
+  uint64_t h;
+  if (!arg_u64(env, v, fn, "handle", &h)) return false;
+  if (!handle_known((void *)(uintptr_t)h, kind)) return throw_range(env, fn, "handle", "is not a live handle");
+  *out = (void *)(uintptr_t)h;
+  return true;
 }
 
 // Per-thread periodic tick: a POSIX timer that sends SIG_KICK to the calling thread every `ms`, so a vCPU
@@ -305,7 +501,8 @@ static napi_value js_kick(napi_env env, napi_callback_info info) {
 static napi_value js_start_tick(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
-  int64_t ms = get_i64(env, argv[0]);
+  int64_t ms;
+  ARG(arg_int(env, argv[0], "startTick", "ms", 1, 3600 * 1000, &ms));  // 0 would disarm the timer
   struct sigevent sev;
   memset(&sev, 0, sizeof sev);
   sev.sigev_notify = SIGEV_THREAD_ID;
@@ -322,13 +519,22 @@ static napi_value js_start_tick(napi_env env, napi_callback_info info) {
     timer_delete(t);
     return num(env, -e);
   }
+  if (!handle_add((void *)t, HANDLE_TIMER)) {
+    timer_delete(t);
+    return num(env, -EAGAIN);
+  }
   return big(env, (uint64_t)(uintptr_t)t);
 }
 
 static napi_value js_stop_tick(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
-  int r = timer_delete((timer_t)(uintptr_t)get_u64(env, argv[0]));
+  uint64_t id;
+  ARG(arg_u64(env, argv[0], "stopTick", "timer", &id));
+  // timer_delete on an id that is not a live timer is undefined behaviour in glibc: only ours are deleted.
+  if (!handle_remove((void *)(uintptr_t)id, HANDLE_TIMER))
+    return (throw_range(env, "stopTick", "timer", "is not a live timer"), NULL);
+  int r = timer_delete((timer_t)(uintptr_t)id);
   return num(env, r < 0 ? -errno : 0);
 }
 
@@ -337,8 +543,10 @@ static napi_value js_stop_tick(napi_env env, napi_callback_info info) {
 static napi_value js_watch_signals(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
+  uint64_t ie;
+  ARG(arg_opt_address(env, argv[0], "watchTerminationSignals", "immediateExitAddress", &ie));
   signal_target = pthread_self();
-  atomic_store(&signal_target_immediate_exit, (uint8_t *)(uintptr_t)get_u64(env, argv[0]));
+  atomic_store(&signal_target_immediate_exit, (uint8_t *)(uintptr_t)ie);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = term_handler;
@@ -381,14 +589,43 @@ typedef struct vcpu_thread {
 } vcpu_thread;
 
 // Every AP thread, so the VM can stop them all natively before the process exits: a thread must release its
-// thread-safe function while the I/O thread that owns it is still alive.
+// thread-safe function while the I/O thread that owns it is still alive. Entries stay valid for the life of the
+// process, and the threads are never detached or joined: a pthread_t of an ended AP thread is therefore never
+// reused by another thread, and kick() can look it up here and see (under its lock) that it has exited instead
+// of signalling a thread that is gone (undefined behaviour; a crash once its stack is unmapped).
 #define MAX_VCPU_THREADS 1024
-static vcpu_thread *all_threads[MAX_VCPU_THREADS];
-static atomic_int thread_count;
+static vcpu_thread *all_threads[MAX_VCPU_THREADS];  // published with __atomic release stores, NULL until then
+static atomic_int thread_count;                     // slots reserved
 static atomic_int stop_all;
 static atomic_int live_threads;
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t live_cond = PTHREAD_COND_INITIALIZER;
+
+static vcpu_thread *registered_vcpu(bool (*match)(vcpu_thread *, const void *), const void *key) {
+  int n = atomic_load(&thread_count);
+  for (int i = 0; i < n && i < MAX_VCPU_THREADS; i++) {
+    vcpu_thread *v = __atomic_load_n(&all_threads[i], __ATOMIC_ACQUIRE);
+    if (v && match(v, key)) return v;
+  }
+  return NULL;
+}
+
+static bool same_thread(vcpu_thread *v, const void *key) { return pthread_equal(v->thread, *(const pthread_t *)key); }
+static bool same_handle(vcpu_thread *v, const void *key) { return v == key; }
+
+// An AP thread is signalled only while it has not exited (checked under its lock, which it takes to exit);
+// any other thread (the BSP's, on which the caller vouches) directly. 0 | -errno.
+static int kick_thread(pthread_t thread, uint64_t immediate_exit) {
+  vcpu_thread *v = registered_vcpu(same_thread, &thread);
+  int r = ESRCH;
+  if (v) pthread_mutex_lock(&v->lock);
+  if (!v || !v->exited) {
+    if (immediate_exit) __atomic_store_n((uint8_t *)(uintptr_t)immediate_exit, 1, __ATOMIC_SEQ_CST);
+    r = pthread_kill(thread, sig_kick());
+  }
+  if (v) pthread_mutex_unlock(&v->lock);
+  return -r;
+}
 
 static void *vcpu_thread_main(void *arg) {
   vcpu_thread *v = arg;
@@ -422,11 +659,12 @@ static void *vcpu_thread_main(void *arg) {
 static napi_value js_stop_vcpu_threads(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
-  int64_t ms = get_i64(env, argv[0]);
+  int64_t ms;
+  ARG(arg_int(env, argv[0], "stopVcpuThreads", "timeoutMs", 0, INT32_MAX, &ms));
   atomic_store(&stop_all, 1);
   int n = atomic_load(&thread_count);
   for (int i = 0; i < n && i < MAX_VCPU_THREADS; i++) {
-    vcpu_thread *v = all_threads[i];
+    vcpu_thread *v = __atomic_load_n(&all_threads[i], __ATOMIC_ACQUIRE);
     if (!v) continue;
     pthread_mutex_lock(&v->lock);
     if (!v->exited) {
@@ -470,15 +708,28 @@ static void vcpu_finalize(napi_env env, void *data, void *hint) {
 }
 
 // startVcpuThread(fd, id, onExit(id, result), immediateExitAddress): { handle, thread } | -errno
+// The thread-safe function's queue holds one call (max_queue_size 1), which is all there can be: the thread
+// calls it in blocking mode once per exit and then waits for completeVcpuExit before it runs again.
 static napi_value js_start_vcpu_thread(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   get_args(env, info, 4, argv);
-  if (atomic_load(&thread_count) >= MAX_VCPU_THREADS) return num(env, -EAGAIN);
+  int32_t fd, id;
+  uint64_t ie;
+  ARG(arg_i32(env, argv[0], "startVcpuThread", "fd", &fd));
+  ARG(arg_i32(env, argv[1], "startVcpuThread", "id", &id));
+  ARG(arg_function(env, argv[2], "startVcpuThread", "onExit"));
+  ARG(arg_u64(env, argv[3], "startVcpuThread", "immediateExitAddress", &ie));
+  if (ie == 0) return (throw_range(env, "startVcpuThread", "immediateExitAddress", "is null"), NULL);
+  int slot = atomic_fetch_add(&thread_count, 1);
+  if (slot >= MAX_VCPU_THREADS) {
+    atomic_fetch_sub(&thread_count, 1);
+    return num(env, -EAGAIN);
+  }
   vcpu_thread *v = calloc(1, sizeof *v);
-  if (!v) return num(env, -ENOMEM);
-  v->fd = (int)get_i64(env, argv[0]);
-  v->id = (int)get_i64(env, argv[1]);
-  v->immediate_exit = (uint8_t *)(uintptr_t)get_u64(env, argv[3]);
+  if (!v) return num(env, -ENOMEM);  // the slot stays empty
+  v->fd = fd;
+  v->id = id;
+  v->immediate_exit = (uint8_t *)(uintptr_t)ie;
   pthread_mutex_init(&v->lock, NULL);
   pthread_cond_init(&v->cond, NULL);
   napi_value name;
@@ -499,8 +750,7 @@ static napi_value js_start_vcpu_thread(napi_env env, napi_callback_info info) {
     napi_release_threadsafe_function(v->tsfn, napi_tsfn_abort);
     return num(env, -e);
   }
-  all_threads[atomic_fetch_add(&thread_count, 1)] = v;
-  pthread_detach(v->thread);
+  __atomic_store_n(&all_threads[slot], v, __ATOMIC_RELEASE);  // not detached: see all_threads
   napi_value out;
   napi_create_object(env, &out);
   napi_set_named_property(env, out, "handle", big(env, (uint64_t)(uintptr_t)v));
@@ -512,9 +762,12 @@ static napi_value js_start_vcpu_thread(napi_env env, napi_callback_info info) {
 static napi_value js_complete_vcpu_exit(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  vcpu_thread *v = (vcpu_thread *)(uintptr_t)get_u64(env, argv[0]);
+  uint64_t handle;
   bool keep;
-  napi_get_value_bool(env, argv[1], &keep);
+  ARG(arg_u64(env, argv[0], "completeVcpuExit", "handle", &handle));
+  ARG(arg_bool(env, argv[1], "completeVcpuExit", "keepRunning", &keep));
+  vcpu_thread *v = registered_vcpu(same_handle, (const void *)(uintptr_t)handle);
+  if (!v) return (throw_range(env, "completeVcpuExit", "handle", "is not a vCPU thread"), NULL);
   pthread_mutex_lock(&v->lock);
   v->keep_running = keep;
   v->completed = 1;
@@ -527,6 +780,9 @@ static napi_value js_complete_vcpu_exit(napi_env env, napi_callback_info info) {
 // A native thread epoll-waits on eventfds (ioeventfds of virtio queues) and tells JavaScript which fired,
 // through a thread-safe function on the thread that created the watcher. Each eventfd's counter is read
 // (reset) before the call, so one call covers any number of guest kicks since the previous one.
+// The watcher's calls waiting for its JavaScript thread at most (napi max_queue_size).
+#define WATCHER_QUEUE_MAX 64
+
 typedef struct fd_watcher {
   int epfd;
   int stopfd;
@@ -562,7 +818,9 @@ static void *watcher_main(void *arg) {
       // reported ready, edge-triggered, and JavaScript reads it until EAGAIN.
       if (!readiness_only && read(fd, &count, sizeof count) != sizeof count) continue;
       if (atomic_load(&w->finalizing)) goto done;
-      if (napi_call_threadsafe_function(w->tsfn, (void *)(intptr_t)fd, napi_tsfn_nonblocking) == napi_closing) goto done;
+      // Blocking: with WATCHER_QUEUE_MAX calls waiting for JavaScript this thread waits too, and kicks arriving
+      // meanwhile add up in their eventfd counters (nothing is lost). napi_closing ends the wait at teardown.
+      if (napi_call_threadsafe_function(w->tsfn, (void *)(intptr_t)fd, napi_tsfn_blocking) != napi_ok) goto done;
     }
   }
 done:
@@ -576,6 +834,7 @@ static void watcher_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   fd_watcher *w = data;
+  handle_remove(w, HANDLE_WATCHER);
   atomic_store(&w->finalizing, 1);
   uint64_t one = 1;
   if (write(w->stopfd, &one, sizeof one) < 0) { /* the thread also checks `finalizing` */ }
@@ -589,6 +848,7 @@ static void watcher_finalize(napi_env env, void *data, void *hint) {
 static napi_value js_watch_fds(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
+  ARG(arg_function(env, argv[0], "watchFds", "onReady"));
   fd_watcher *w = calloc(1, sizeof *w);
   if (!w) return num(env, -ENOMEM);
   w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -610,10 +870,12 @@ static napi_value js_watch_fds(napi_env env, napi_callback_info info) {
     free(w);
     return num(env, -EAGAIN);
   }
-  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, w, watcher_finalize, NULL, watcher_call_js, &w->tsfn) != napi_ok) {
+  if (napi_create_threadsafe_function(env, argv[0], NULL, name, WATCHER_QUEUE_MAX, 1, w, watcher_finalize, NULL,
+                                      watcher_call_js, &w->tsfn) != napi_ok) {
     watcher_finalize(env, w, NULL);  // stops and joins the thread, closes the fds, frees
     return throw_last(env);
   }
+  handle_add(w, HANDLE_WATCHER);
   napi_unref_threadsafe_function(env, w->tsfn);  // watching does not keep the event loop alive by itself
   return big(env, (uint64_t)(uintptr_t)w);
 }
@@ -623,10 +885,14 @@ static napi_value js_watch_fds(napi_env env, napi_callback_info info) {
 static napi_value js_watch_fd_add(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   get_args(env, info, 3, argv);
-  fd_watcher *w = (fd_watcher *)(uintptr_t)get_u64(env, argv[0]);
-  int fd = (int)get_i64(env, argv[1]);
+  fd_watcher *w;
+  int32_t fd;
   bool readiness_only = false;
-  napi_get_value_bool(env, argv[2], &readiness_only);  // undefined: stays false
+  ARG(arg_handle(env, argv[0], "watchFdAdd", HANDLE_WATCHER, (void **)&w));
+  ARG(arg_i32(env, argv[1], "watchFdAdd", "fd", &fd));
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  if (t != napi_undefined) ARG(arg_bool(env, argv[2], "watchFdAdd", "readinessOnly", &readiness_only));
   struct epoll_event ev = {.events = EPOLLIN | (readiness_only ? EPOLLET : 0),
                            .data.u64 = (uint32_t)fd | ((uint64_t)readiness_only << 32)};
   int r = epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev);
@@ -636,8 +902,11 @@ static napi_value js_watch_fd_add(napi_env env, napi_callback_info info) {
 static napi_value js_watch_fd_remove(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  fd_watcher *w = (fd_watcher *)(uintptr_t)get_u64(env, argv[0]);
-  int r = epoll_ctl(w->epfd, EPOLL_CTL_DEL, (int)get_i64(env, argv[1]), NULL);
+  fd_watcher *w;
+  int32_t fd;
+  ARG(arg_handle(env, argv[0], "watchFdRemove", HANDLE_WATCHER, (void **)&w));
+  ARG(arg_i32(env, argv[1], "watchFdRemove", "fd", &fd));
+  int r = epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
   return num(env, r < 0 ? -errno : 0);
 }
 
@@ -715,6 +984,8 @@ static void *io_thread_main(void *arg) {
     else t->done_head = r;
     t->done_tail = r;
     if (!t->call_pending && !t->stopping) {
+      // The queue holds one call (max_queue_size 1). napi_queue_full means one is queued and not yet run: it
+      // reaps until the list is empty, this completion included, so nothing waits for a call that never comes.
       t->call_pending = 1;
       napi_call_threadsafe_function(t->tsfn, NULL, napi_tsfn_nonblocking);
     }
@@ -745,6 +1016,7 @@ static void io_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   io_thread *t = data;
+  handle_remove(t, HANDLE_IO_THREAD);
   pthread_mutex_lock(&t->lock);
   t->stopping = 1;
   pthread_cond_signal(&t->wake);
@@ -762,6 +1034,7 @@ static void io_finalize(napi_env env, void *data, void *hint) {
 static napi_value js_io_thread_start(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
+  ARG(arg_function(env, argv[0], "ioThreadStart", "onCompletions"));
   io_thread *t = calloc(1, sizeof *t);
   if (!t) return num(env, -ENOMEM);
   pthread_mutex_init(&t->lock, NULL);
@@ -772,10 +1045,12 @@ static napi_value js_io_thread_start(napi_env env, napi_callback_info info) {
     free(t);
     return num(env, -EAGAIN);
   }
-  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, t, io_finalize, NULL, io_call_js, &t->tsfn) != napi_ok) {
+  if (napi_create_threadsafe_function(env, argv[0], NULL, name, 1, 1, t, io_finalize, NULL, io_call_js, &t->tsfn) !=
+      napi_ok) {
     io_finalize(env, t, NULL);  // stops and joins the thread, frees
     return throw_last(env);
   }
+  handle_add(t, HANDLE_IO_THREAD);
   napi_unref_threadsafe_function(env, t->tsfn);
   return big(env, (uint64_t)(uintptr_t)t);
 }
@@ -786,21 +1061,24 @@ static napi_value js_io_thread_start(napi_env env, napi_callback_info info) {
 static napi_value js_io_submit(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   get_args(env, info, 6, argv);
-  io_thread *t = (io_thread *)(uintptr_t)get_u64(env, argv[0]);
-  double id;
-  napi_get_value_double(env, argv[1], &id);
-  int fd = (int)get_i64(env, argv[2]);
-  int op = (int)get_i64(env, argv[3]);
-  int64_t offset = get_i64(env, argv[4]);
+  io_thread *t;
+  int64_t id_value, offset;
+  int32_t fd, op;
+  ARG(arg_handle(env, argv[0], "ioSubmit", HANDLE_IO_THREAD, (void **)&t));
+  ARG(arg_int(env, argv[1], "ioSubmit", "id", 0, (int64_t)MAX_SAFE_INTEGER, &id_value));
+  ARG(arg_i32(env, argv[2], "ioSubmit", "fd", &fd));
+  ARG(arg_i32(env, argv[3], "ioSubmit", "op", &op));
+  ARG(arg_int(env, argv[4], "ioSubmit", "offset", 0, INT64_MAX, &offset));
+  double id = (double)id_value;
   uint32_t count = 0;
   bool is_array = false;
   if (op != 2) {
     napi_is_array(env, argv[5], &is_array);
-    if (!is_array) return num(env, -EINVAL);
+    if (!is_array) return (throw_type(env, "ioSubmit", "views", "an array of Uint8Array"), NULL);
     napi_get_array_length(env, argv[5], &count);
     if (count > IOV_MAX) return num(env, -EINVAL);
   }
-  if ((op != 1 && op != 2) || offset < 0) return num(env, -EINVAL);
+  if (op != 1 && op != 2) return (throw_range(env, "ioSubmit", "op", "must be 1 (write) or 2 (fdatasync)"), NULL);
   io_request *r = calloc(1, sizeof *r + count * sizeof(struct iovec));
   if (!r) return num(env, -ENOMEM);
   r->id = id;
@@ -818,7 +1096,7 @@ static napi_value js_io_submit(napi_env env, napi_callback_info info) {
     if (napi_get_element(env, argv[5], i, &v) != napi_ok ||
         napi_get_typedarray_info(env, v, &type, &length, &data, &ab, &byte_offset) != napi_ok || type != napi_uint8_array) {
       free(r);
-      return num(env, -EINVAL);
+      return (throw_type(env, "ioSubmit", "views", "an array of Uint8Array"), NULL);
     }
     r->iov[i].iov_base = data;  // already advanced by byte_offset
     r->iov[i].iov_len = length;
@@ -836,9 +1114,10 @@ static napi_value js_io_submit(napi_env env, napi_callback_info info) {
 static napi_value js_io_keep_alive(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  io_thread *t = (io_thread *)(uintptr_t)get_u64(env, argv[0]);
-  bool keep = false;
-  napi_get_value_bool(env, argv[1], &keep);
+  io_thread *t;
+  bool keep;
+  ARG(arg_handle(env, argv[0], "ioKeepAlive", HANDLE_IO_THREAD, (void **)&t));
+  ARG(arg_bool(env, argv[1], "ioKeepAlive", "keep", &keep));
   napi_status st = keep ? napi_ref_threadsafe_function(env, t->tsfn) : napi_unref_threadsafe_function(env, t->tsfn);
   return num(env, st == napi_ok ? 0 : -EINVAL);
 }
@@ -848,15 +1127,18 @@ static napi_value js_io_keep_alive(napi_env env, napi_callback_info info) {
 static napi_value js_io_reap(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   get_args(env, info, 2, argv);
-  io_thread *t = (io_thread *)(uintptr_t)get_u64(env, argv[0]);
+  io_thread *t;
+  ARG(arg_handle(env, argv[0], "ioReap", HANDLE_IO_THREAD, (void **)&t));
   napi_typedarray_type type;
   size_t length;
   void *data;
   napi_value ab;
   size_t byte_offset;
-  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, &ab, &byte_offset) != napi_ok ||
+  bool is_typed = false;
+  if (napi_is_typedarray(env, argv[1], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[1], &type, &length, &data, &ab, &byte_offset) != napi_ok ||
       type != napi_float64_array)
-    return num(env, -EINVAL);
+    return (throw_type(env, "ioReap", "out", "a Float64Array"), NULL);
   double *out = data;
   size_t n = 0;
   pthread_mutex_lock(&t->lock);

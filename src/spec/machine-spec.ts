@@ -3,7 +3,6 @@
 // descriptors, nothing host-specific but paths. Validated by a JSON Schema (TypeBox); every error names the
 // JSON path of the value at fault ("/devices/1/queues: …"); the check itself is validate.ts.
 import { Type, type Static } from '@sinclair/typebox';
-import { statSync } from 'node:fs';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import type { DeviceOptions } from '../devices/model.js';
 
@@ -74,36 +73,7 @@ export class SpecError extends Error {
   }
 }
 
-/** Two disks on one image would lock against each other (or corrupt it): named by both JSON paths. */
-function refuseSharedImages(spec: MachineSpec): void {
-  const seen = new Map<string, number>();
-  spec.devices.forEach((d, i) => {
-    if (typeof d.path !== 'string' || d.kind !== 'virtio-blk') return;
-    let key = `path:${d.path}`;
-    try {
-      const st = statSync(d.path);
-      key = `${st.dev}:${st.ino}`;
-    } catch {
-      // missing files are named when the device opens
-    }
-    const first = seen.get(key);
-    if (first !== undefined) {
-      const same = spec.devices[first].path === d.path;
-      throw new SpecError(
-        `/devices/${i}/path`,
-        same
-          ? `disk image '${d.path}' is already used by /devices/${first}`
-          : `'${d.path}' is the same file as /devices/${first}/path ('${String(spec.devices[first].path)}')`,
-      );
-    }
-    seen.set(key, i);
-  });
-}
-
-/**
- * The checks beyond the schema's reach, for every spec however it was made: the topology multiplies out to the
- * vCPU count, and no image backs two disks (they would lock against each other, or corrupt it).
- */
+/** The checks beyond the schema's reach: the topology multiplies out to the vCPU count. */
 export function checkMachineSpec(spec: MachineSpec): MachineSpec {
   if (spec.topology) {
     const { sockets, cores, threads } = spec.topology;
@@ -113,6 +83,5 @@ export function checkMachineSpec(spec: MachineSpec): MachineSpec {
         `sockets=${sockets},cores=${cores},threads=${threads} gives ${sockets * cores * threads} vCPUs, not cpus ${spec.cpus}`,
       );
   }
-  refuseSharedImages(spec);
   return spec;
 }

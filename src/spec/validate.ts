@@ -2,6 +2,7 @@
 // entry against its kind's schema in the registry. Every error names the JSON path of the value at fault.
 import { Type, type TObject, type TSchema } from '@sinclair/typebox';
 import { Value, type ValueError } from '@sinclair/typebox/value';
+import { statSync } from 'node:fs';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import { formatSize } from '../base/units.js';
 import { deviceRegistry, type DeviceRegistry } from '../devices/registry.js';
@@ -53,7 +54,8 @@ export function validateMachineSpec(json: unknown, registry: DeviceRegistry = de
     const bad = unknownKey(schema, d, `/devices/${i}`) ?? firstError(schema, d, `/devices/${i}`);
     if (bad) throw bad;
   });
-  return checkMachineSpec(spec);
+  refuseSharedImages(checkMachineSpec(spec), registry);
+  return spec;
 }
 
 /** An object key the schema does not allow, at any depth the schema describes as an object. */
@@ -77,6 +79,32 @@ function unknownKey(schema: TSchema, value: unknown, path: string): SpecError | 
     if (sub) return sub;
   }
   return undefined;
+}
+
+/** Two disks on one image would lock against each other (or corrupt it): named by both JSON paths. */
+function refuseSharedImages(spec: MachineSpec, registry: DeviceRegistry): void {
+  const seen = new Map<string, { at: string; image: string }>();
+  spec.devices.forEach((d, i) => {
+    for (const image of registry.get(d.kind)?.diskImages?.(d) ?? []) {
+      const at = d.path === image ? `/devices/${i}/path` : `/devices/${i}`;
+      let key = `path:${image}`;
+      try {
+        const st = statSync(image);
+        key = `${st.dev}:${st.ino}`;
+      } catch {
+        // missing files are named when the device opens
+      }
+      const first = seen.get(key);
+      if (first !== undefined)
+        throw new SpecError(
+          at,
+          first.image === image
+            ? `disk image '${image}' is already used by ${first.at.replace(/\/path$/, '')}`
+            : `'${image}' is the same file as ${first.at} ('${first.image}')`,
+        );
+      seen.set(key, { at, image });
+    }
+  });
 }
 
 /** Reads and validates a spec file: JSON errors and schema errors alike come back as one SpecError line. */

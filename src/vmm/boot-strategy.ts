@@ -2,7 +2,6 @@
 // writes ACPI and MP tables, hands over a memory map) and enters the kernel in the state its boot protocol
 // names. Firmware boot maps a firmware image where a PC's flash sits and lets vCPU 0 start at the reset vector
 // (Intel SDM vol. 3A §9.1.4: CS.base 0xFFFF0000, IP 0xFFF0), leaving BARs, tables and the boot device to it.
-import { readFileSync } from 'node:fs';
 import { BOOT_GDT_ADDRESS, FOUR_GIB, guestMemoryMap, IOAPIC_ADDRESS, LAPIC_ADDRESS } from '../arch/x86_64/layout.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi/index.js';
 import { defaultIoapicId, MP_MAX_APIC_ID, writeMpTable } from '../arch/x86_64/mptable.js';
@@ -114,9 +113,8 @@ export const MAX_FIRMWARE_SIZE = 16 * MIB;
 const LOW_BIOS_END = 0x10_0000;
 const LOW_BIOS_SIZE = 128 * KIB;
 
-/** Reads a firmware image and checks it is one: whole pages, not empty, not larger than the flash window. */
-export function readFirmware(path: string): Uint8Array {
-  const bytes = readFileSync(path);
+/** Checks a firmware image's shape: whole pages, not empty, not larger than the flash window. */
+export function checkFirmware(path: string, bytes: Uint8Array): Uint8Array {
   if (bytes.length === 0 || bytes.length % (4 * KIB) !== 0 || bytes.length > MAX_FIRMWARE_SIZE)
     throw new RangeError(
       `firmware '${path}' is ${formatSize(bytes.length)}: a firmware image is whole 4 KiB pages, at most ${formatSize(MAX_FIRMWARE_SIZE)}`,

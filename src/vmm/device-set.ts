@@ -95,6 +95,7 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
     counts.set(prefix, n + 1);
     return `${prefix}${n}`;
   };
+  const diskImages = machineDiskImages(all, registry);
   const created: { model: DeviceModel; device: CreatedDevice }[] = [];
   let pciIndex = 0;
   try {
@@ -108,6 +109,7 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
         name,
         pci,
         bars,
+        diskImages,
       });
       created.push({ model, device: { kind: model.kind, state } });
     }
@@ -120,6 +122,14 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
     router: router.buffer,
     devices: created.map((c) => c.device),
   };
+}
+
+/** Every host file the machine's devices use as a disk image. */
+export function machineDiskImages(
+  devices: readonly DeviceOptions[],
+  registry: DeviceRegistry = deviceRegistry,
+): string[] {
+  return devices.flatMap((d) => registry.get(d.kind)?.diskImages?.(d) ?? []);
 }
 
 /** Gathers what each device says about itself for ACPI, the MP table and the memory map. */

@@ -7,7 +7,7 @@
 // One VM per process: the native layer keeps per-process state (signal handlers, the AP thread registry, the
 // kick target), and the daemon runs one VMM process per VM so a crash loses one VM. A second runMachine() in the
 // same process is refused with a clear error rather than half-working.
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
@@ -24,8 +24,17 @@ import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
 import { attachDevices, createDevices, describeDevices, settleDevices, type DeviceSet } from './device-set.js';
-import { directKernelBoot, firmwareBoot, readFirmware, type BootResult, type BootStrategy } from './boot-strategy.js';
+import {
+  directKernelBoot,
+  firmwareBoot,
+  MAX_FIRMWARE_SIZE,
+  checkFirmware,
+  type BootResult,
+  type BootStrategy,
+} from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
+import { formatSize } from '../base/units.js';
+import { MAX_INPUT_FILE_BYTES, readWholeFile } from '../host/input-file.js';
 
 /** How this run connects to the host: not part of the VM's description (the spec), but of this process. */
 export interface RunOptions {
@@ -46,7 +55,15 @@ export class ConfigError extends Error {
   }
 }
 
-function readInputFile(path: string, what: string): Uint8Array {
+/**
+ * A kernel, initrd or firmware image, whole; refused with one line when it is larger than `limit` (guest RAM
+ * for what is loaded into it) or than a buffer holds.
+ */
+function readInputFile(
+  path: string,
+  what: string,
+  limit: { readonly bytes: number; readonly why: string },
+): Uint8Array {
   let size: number;
   try {
     const st = statSync(path);
@@ -54,13 +71,26 @@ function readInputFile(path: string, what: string): Uint8Array {
     size = st.size;
   } catch (e) {
     if (e instanceof ConfigError) throw e;
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(
-      `cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`,
-    );
+    throw readError(path, what, e);
   }
   if (size === 0) throw new ConfigError(`${what} '${path}' is empty`);
-  return readFileSync(path);
+  if (size > limit.bytes) throw new ConfigError(`${what} '${path}' is ${formatSize(size)}, ${limit.why}`);
+  if (size > MAX_INPUT_FILE_BYTES)
+    throw new ConfigError(
+      `${what} '${path}' is ${formatSize(size)}, more than the ${formatSize(MAX_INPUT_FILE_BYTES)} limit`,
+    );
+  try {
+    return readWholeFile(path, size);
+  } catch (e) {
+    throw readError(path, what, e); // e.g. readable by stat but not by open: permission denied
+  }
+}
+
+function readError(path: string, what: string, e: unknown): ConfigError {
+  const code = (e as NodeJS.ErrnoException).code;
+  return new ConfigError(
+    `cannot read ${what} '${path}': ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message}`,
+  );
 }
 
 /** The vCPU topology the spec asks for (default: one socket of `cpus` cores); validateMachineSpec checked it. */
@@ -109,17 +139,24 @@ export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
 function bootStrategy(spec: MachineSpec): BootStrategy {
   const boot = spec.boot;
   if (boot.kind === 'firmware') {
-    readInputFile(boot.firmware, 'firmware');
+    const image = readInputFile(boot.firmware, 'firmware', {
+      bytes: MAX_FIRMWARE_SIZE,
+      why: `larger than the ${formatSize(MAX_FIRMWARE_SIZE)} flash window below 4 GiB`,
+    });
     try {
-      return firmwareBoot(boot, readFirmware(boot.firmware));
+      return firmwareBoot(boot, checkFirmware(boot.firmware, image));
     } catch (e) {
       throw new ConfigError((e as Error).message);
     }
   }
-  const kernel = readInputFile(boot.kernel, 'kernel');
+  const ram = {
+    bytes: spec.memory,
+    why: `larger than the guest's ${formatSize(spec.memory)} of RAM (memory): it cannot be loaded`,
+  };
+  const kernel = readInputFile(boot.kernel, 'kernel', ram);
   const modules = (boot.initrd ?? []).map((path) => ({
     name: basename(path),
-    data: readInputFile(path, 'initrd'),
+    data: readInputFile(path, 'initrd', ram),
     cmdline: basename(path),
   }));
   return directKernelBoot(boot, { kernel, modules });

@@ -157,11 +157,11 @@ test('device identity: type 3, two queues, no features; config is struct virtio_
   device.close();
 });
 
-test('openConsole: a file is created, or truncated; a UNIX socket is recorded, not connected', async (t) => {
-  const path = join(dir, 'truncate.log');
+test('openConsole: a file is created, or appended to (never truncated); a UNIX socket is recorded, not connected', async (t) => {
+  const path = join(dir, 'append.log');
   writeFileSync(path, 'old contents');
   const handle = openConsole({ path });
-  assert.equal(readFileSync(path).length, 0, 'truncated');
+  assert.equal(readFileSync(path, 'utf8'), 'old contents', 'not truncated: output is appended');
   assert.equal(handle.sink, 'file');
   if (handle.sink === 'file') assert.ok(fstatSync(handle.fd).isFile());
   new VirtioConsole(handle).close();

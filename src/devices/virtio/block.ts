@@ -783,6 +783,7 @@ export const virtioBlockModel = virtioPciModel<BlockHandle>({
       queues: o.queues as number | undefined,
       queueSize: o.queueSize as number | undefined,
     }),
+  diskImages: (o) => [o.path as string],
   backend: (handle) => new VirtioBlock(handle),
   settle(handle) {
     if (handle.readOnly) return;

@@ -1,10 +1,10 @@
 // virtio 1.2 §5.3 Console Device, one port without VIRTIO_CONSOLE_F_MULTIPORT: receiveq0 (queue 0) carries host
 // input to the guest, transmitq0 (queue 1) carries guest output to the host (§5.3.2, §5.3.6).
 //
-// The port is connected to a host file (output only: created or truncated, guest output appended) or to an
-// existing UNIX socket (both ways). Connecting is asynchronous and the handle must stay a plain object, so the
-// socket is connected when the driver first activates the device, and kept across driver resets: a guest
-// reboot does not hang up on the host's peer. No feature is offered: F_SIZE needs a window size, which a file or
+// The port is connected to a host file (output only: created, or appended to and never truncated, and never a
+// disk image: src/host/output-file.ts) or to an existing UNIX socket (both ways). Connecting is asynchronous and
+// the handle must stay a plain object, so the socket is connected when the driver first activates the device,
+// and kept across driver resets: a guest reboot does not hang up on the host's peer. No feature is offered: F_SIZE needs a window size, which a file or
 // a socket does not have, and F_EMERG_WRITE needs config-space writes, which reach the transport on the vCPU
 // thread (VirtioPciDevice.deviceConfigWritten) but not this backend on the I/O thread.
 //
@@ -14,9 +14,10 @@
 // RX_BUFFER_LIMIT bytes (plus the read that crossed it): the socket is paused while it is full (the peer then
 // blocks on its full socket buffer), and guest output waits while the socket's write buffer is over its
 // high-water mark. Output order is the order of the transmit ring.
-import { accessSync, closeSync, constants, fstatSync, openSync, statSync, writeSync, type Stats } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, statSync, writeSync, type Stats } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { dirname } from 'node:path';
+import { openOutputFile, OutputFileError } from '../../host/output-file.js';
 import type { VirtioBackend, VirtioQueueContext } from './device.js';
 import { DeviceOpenError } from '../model.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
@@ -41,8 +42,10 @@ export const CONSOLE_TURN_BYTES = 1024 * 1024;
 const CLOSE_GRACE_MS = 1000;
 
 export interface ConsoleOptions {
-  /** An existing UNIX socket to connect to, or a file to create (or truncate) for the guest's output. */
+  /** An existing UNIX socket to connect to, or a file to create (or append to) for the guest's output. */
   readonly path: string;
+  /** This VM's disk images: the output file may not be one of them. */
+  readonly disks?: readonly string[];
 }
 
 export type ConsoleHandle =
@@ -79,11 +82,9 @@ export function openConsole(options: ConsoleOptions): ConsoleHandle {
   let fd: number;
   try {
     // O_NONBLOCK: were a FIFO put there since the stat, open would wait for a reader; fstat below refuses it.
-    // O_APPEND: output goes to the end even if something else writes the file too.
-    const flags =
-      constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND | constants.O_NONBLOCK;
-    fd = openSync(path, flags, 0o644);
+    fd = openOutputFile(path, { disks: options.disks ?? [], flags: constants.O_NONBLOCK });
   } catch (e) {
+    if (e instanceof OutputFileError) throw new DeviceOpenError(`console: ${e.message}`);
     throw openError(path, e, 'cannot create');
   }
   const opened = fstatSync(fd);
@@ -381,6 +382,6 @@ export const virtioConsoleModel = virtioPciModel<ConsoleHandle>({
   kind: 'virtio-console',
   summary: 'virtio-console port to a file (guest output) or a UNIX socket (both ways)',
   options: { path: Type.String({ minLength: 1 }) },
-  open: (o) => openConsole({ path: o.path as string }),
+  open: (o, ctx) => openConsole({ path: o.path as string, disks: ctx.diskImages }),
   backend: (handle, log) => new VirtioConsole(handle, log),
 });

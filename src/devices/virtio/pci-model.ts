@@ -23,7 +23,9 @@ export interface VirtioDeviceDefinition<Handle> {
   /** Its spec options (besides kind and the common `packed`). */
   readonly options: TProperties;
   /** Builder thread: open files/sockets; throws DeviceOpenError. */
-  open(options: DeviceOptions): Handle;
+  open(options: DeviceOptions, ctx: { readonly diskImages: readonly string[] }): Handle;
+  /** The host files it uses as disk images (they are locked, and no output may go into them). */
+  diskImages?(options: DeviceOptions): readonly string[];
   /** A backend over an opened handle (cheap: work starts at activate()); `log` gets host-side problems. */
   backend(handle: Handle, log?: (message: string) => void): VirtioBackend;
   /** After the run, on the builder thread: make the guest's writes durable. */
@@ -87,10 +89,11 @@ export function virtioPciModel<Handle>(def: VirtioDeviceDefinition<Handle>): Dev
     summary: def.summary,
     options: { ...def.options, ...COMMON_OPTIONS },
     bus: 'pci',
+    diskImages: def.diskImages,
     create(options, ctx) {
       if (!ctx.pci) throw new Error(`${def.kind} is a PCI device: the builder must give it a slot`);
       const { slot, gsi } = ctx.pci;
-      const handle = def.open(options);
+      const handle = def.open(options, ctx);
       try {
         const backend = def.backend(handle);
         const info: VirtioDeviceInfo = { ...backend.info, packedRing: options.packed === true };
