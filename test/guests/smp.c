@@ -11,6 +11,7 @@ extern char ap_trampoline[], ap_trampoline_end[];
 struct report { volatile u32 seen, apic, x2apic, smt_shift, core_shift, smt_count, core_count, logical; };
 static struct report reports[MAX_CPUS];
 static volatile u32 online;
+static volatile u32 in_main; /* CPUs that entered main(): only the BSP may, APs start in the trampoline */
 
 static void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d) {
   __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
@@ -107,6 +108,7 @@ static void icr(u32 dest, u32 low) {
 
 int main(struct boot_info *bi) {
   (void)bi;
+  __atomic_fetch_add(&in_main, 1, __ATOMIC_SEQ_CST);
   static u32 madt[MAX_CPUS], mp[MAX_CPUS];
   u32 mp_bsp = ~0u;
   int nm = madt_cpus(madt);
@@ -129,6 +131,11 @@ int main(struct boot_info *bi) {
   u8 *dst = (u8 *)TRAMPOLINE_BASE;
   for (char *p = ap_trampoline; p < ap_trampoline_end; p++) *dst++ = (u8)*p;
   mmio_write32(LAPIC + 0xf0, 0x1ff);
+  /* The APs must wait for INIT/SIPI: none has entered the kernel or the trampoline yet. An AP the VMM let run
+   * would have had the time of this loop (and of the table parsing above) to show up in these counters. */
+  for (u32 spin = 0; spin < 100000; spin++) __asm__ volatile("pause");
+  printf("smp: before INIT/SIPI: %u CPU in the kernel, %u application processors online\n", in_main, online);
+  if (in_main != 1 || online != 0) ok = 0;
   int aps = 0;
   for (int i = 0; i < nm; i++) {
     if (madt[i] == bsp.x2apic) continue;

@@ -1,5 +1,6 @@
-// The smp guest on Partita (and on QEMU for comparison): it reads the MADT and the MP table, starts every AP
-// with INIT/SIPI, and checks each CPU's APIC ID and CPUID topology view against the tables.
+// The smp guest on Partita (and on QEMU for comparison): it reads the MADT and the MP table, checks that no AP
+// has run before it sends INIT/SIPI, starts every AP with INIT/SIPI, and checks each CPU's APIC ID and CPUID
+// topology view against the tables.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { guest, haveKvm, runPartita } from '../support/partita.js';
@@ -32,6 +33,9 @@ for (const c of cases) {
       const r = await runPartita(args);
       assert.equal(r.status, 1, `stderr: ${r.stderr}\n${r.stdout}`);
       assert.match(r.stdout, new RegExp(`smp: MADT lists ${c.cpus} CPUs, MP table ${c.cpus}, BSP APIC ID 0\\n`));
+      assert.equal(r.stdout.split('smp: MADT lists').length - 1, 1, 'only the BSP ran the kernel');
+      // The APs wait in the in-kernel LAPIC until the guest sends INIT/SIPI, then all of them come up.
+      assert.match(r.stdout, /smp: before INIT\/SIPI: 1 CPU in the kernel, 0 application processors online\n/);
       assert.match(r.stdout, new RegExp(`smp: ${c.cpus - 1} of ${c.cpus - 1} application processors online\\n`));
       assert.match(
         r.stdout,

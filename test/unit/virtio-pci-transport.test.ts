@@ -8,6 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KvmSystem } from '../../src/kvm/system.js';
 import { Vm } from '../../src/vmm/vm.js';
+import { Vcpu } from '../../src/vmm/vcpu.js';
+import { native } from '../../src/native/index.js';
+import { exitReasons, kvm_run } from '../../src/kvm/abi.js';
+import { bootGdt, protectedModeEntry } from '../../src/arch/x86_64/registers.js';
+import { BOOT_GDT_ADDRESS } from '../../src/arch/x86_64/layout.js';
 import { GsiRouter } from '../../src/base/gsi-routing.js';
 import { MIB } from '../../src/base/units.js';
 import {
@@ -108,7 +113,7 @@ test(
 );
 
 test(
-  'queue setup, enable, reset; notify reaches the queue eventfd through KVM ioeventfd registration',
+  'queue setup, enable, reset; a notify write on the MMIO exit path reaches the queue eventfd; the ioeventfd follows the BAR',
   { skip },
   () => {
     const dev = setup();
@@ -149,6 +154,59 @@ test(
     dev.barsChanged();
     dev.config.write(0x10 + 4 * VIRTIO_BAR, 4, 0xd0000000);
     dev.barsChanged();
+  },
+);
+
+/**
+ * A guest that writes 0 (16 bits) to `address`, then leaves through `out 0x80` (32-bit protected mode, flat
+ * segments), run until its first exit to userspace. Returns that exit.
+ */
+function runNotifyGuest(vm: Vm, vcpu: Vcpu, address: number): { reason: number; port?: number; mmio?: number } {
+  const code = new Uint8Array([0x66, 0xc7, 0x05, 0, 0, 0, 0, 0, 0, 0xe6, 0x80, 0xf4]); // mov word [addr], 0; out; hlt
+  new DataView(code.buffer).setUint32(3, address, true);
+  vm.memory.write(GUEST_CODE, code);
+  vm.memory.write(BOOT_GDT_ADDRESS, new Uint8Array(bootGdt().buffer));
+  vcpu.setSregs(protectedModeEntry(vcpu.getSregs()));
+  vcpu.setRegs({ ...vcpu.getRegs(), rip: BigInt(GUEST_CODE), rflags: 2n });
+  const r = native.run(vcpu.fd);
+  assert.equal(r, 0, `KVM_RUN: ${r}`);
+  const reason = vcpu.run.getUint32(kvm_run.fields.exit_reason.offset, true);
+  if (reason === exitReasons.KVM_EXIT_IO)
+    return { reason, port: vcpu.run.getUint16(kvm_run.fields['io.port'].offset, true) };
+  if (reason === exitReasons.KVM_EXIT_MMIO)
+    return { reason, mmio: Number(vcpu.run.getBigUint64(kvm_run.fields['mmio.phys_addr'].offset, true)) };
+  return { reason };
+}
+const GUEST_CODE = 0x1000;
+
+test(
+  'a guest kick is caught by KVM as an ioeventfd: the queue eventfd fires and no MMIO exit reaches userspace',
+  { skip },
+  () => {
+    const kvm = KvmSystem.open();
+    const vm = Vm.create(kvm, 16 * MIB);
+    const vcpu = Vcpu.create(vm.fd, 0, kvm.vcpuMmapSize);
+    try {
+      const dev = VirtioPciDevice.create('virtio-rng', info, vm.fd, new GsiRouter(vm.fd));
+      dev.config.setBarAddress(VIRTIO_BAR, 0xd0000000);
+      dev.config.write(PCI_COMMAND, 2, 0x6);
+      const notify = 0xd0000000 + NOTIFY_OFFSET; // queue 0 (queue_notify_off 0)
+
+      // Without the ioeventfd the same write is an MMIO exit: the check below can tell the two paths apart.
+      assert.deepEqual(runNotifyGuest(vm, vcpu, notify), { reason: exitReasons.KVM_EXIT_MMIO, mmio: notify });
+      assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 0n, 'nothing signalled before the device handles it');
+
+      dev.registerIoeventfds();
+      assert.deepEqual(
+        runNotifyGuest(vm, vcpu, notify),
+        { reason: exitReasons.KVM_EXIT_IO, port: 0x80 },
+        'the first exit to userspace is the out after the kick',
+      );
+      assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1n, 'KVM signalled the queue eventfd');
+    } finally {
+      vcpu.close();
+      vm.close();
+    }
   },
 );
 
