@@ -74,11 +74,21 @@ export function lastLines(text: string, n: number): string {
 }
 
 export function runPartita(args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  return runProgram(process.execPath, [partitaBin, ...args], opts, `partita ${args.join(' ')}`);
+}
+
+/** runPartita's machinery for any program (`what` names it in a HangError). */
+export function runProgram(
+  command: string,
+  args: readonly string[],
+  opts: RunOptions = {},
+  what = command,
+): Promise<RunResult> {
   const started = Date.now();
   const guardMs = opts.timeoutMs ?? HANG_GUARD_MS;
   return new Promise((resolve, reject) => {
     const wantsStdin = opts.input !== undefined || opts.onStdout !== undefined || opts.keepStdinOpen;
-    const child = spawn(process.execPath, [partitaBin, ...args], {
+    const child = spawn(command, args, {
       stdio: [wantsStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -109,7 +119,7 @@ export function runPartita(args: readonly string[], opts: RunOptions = {}): Prom
     child.on('close', (status, signal) => {
       clearTimeout(timer);
       const ms = Date.now() - started;
-      if (timedOut && !stoppedEarly) reject(new HangError(`partita ${args.join(' ')}`, ms, stdout, stderr));
+      if (timedOut && !stoppedEarly) reject(new HangError(what, ms, stdout, stderr));
       else resolve({ stdout, stderr, status, signal, stoppedEarly, ms });
     });
   });
