@@ -166,7 +166,7 @@ function send(d: FakeDriver, type: number, sector: number | bigint, parts: Parts
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** Waits (bounded) until the device used `n` more chains; async I/O completes in later event-loop turns. */
-async function used(d: FakeDriver, n = 1, ms = 5000): Promise<UsedElement[]> {
+async function used(d: FakeDriver, n = 1, ms = 60_000): Promise<UsedElement[]> {
   const out: UsedElement[] = [];
   const deadline = Date.now() + ms;
   for (;;) {
@@ -712,7 +712,7 @@ test('packed ring (§2.8): a write then a read of it back, through the same back
   });
   const waitUsed = async (n: number): Promise<UsedElement[]> => {
     const got: UsedElement[] = [];
-    const end = Date.now() + 5000;
+    const end = Date.now() + 60_000;
     while (got.length < n && Date.now() < end) {
       got.push(...d.takeUsed());
       if (got.length < n) await new Promise((r) => setTimeout(r, 2));

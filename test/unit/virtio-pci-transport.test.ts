@@ -253,7 +253,7 @@ test(
     };
     new VirtioRunner(dev, backend, vm.memory, new EventFdDispatcher());
     const until = async (what: string, ok: () => boolean): Promise<void> => {
-      const end = Date.now() + 5000;
+      const end = Date.now() + 60_000;
       while (!ok()) {
         if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
         await new Promise((r) => setTimeout(r, 5));
@@ -318,7 +318,7 @@ test(
     const gpa = driver.alloc(64);
     driver.addChain([{ len: 64, writable: true, gpa }]);
     write(dev, NOTIFY_OFFSET, u16(0)); // the kick (no ioeventfd registered in this test: the exit path)
-    const end = Date.now() + 5000;
+    const end = Date.now() + 60_000;
     let used: { id: number; len: number }[] = [];
     while (used.length === 0 && Date.now() < end) {
       await new Promise((r) => setTimeout(r, 5));
@@ -361,7 +361,7 @@ test(
       write(dev, COMMON_OFFSET + 0x0c, u32(1));
       status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
       status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-      const end = Date.now() + 5000;
+      const end = Date.now() + 60_000;
       while (read(dev, DEVICE_OFFSET + 6, 2) !== 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
       assert.equal(read(dev, DEVICE_OFFSET + 6, 2), 0, 'VIRTIO_NET_S_LINK_UP cleared');
       assert.notEqual(read(dev, COMMON_OFFSET + 0x15, 1), generation, 'config_generation changed');
