@@ -100,6 +100,12 @@ static int mp_cpus(u32 *ids, u32 *bsp) {
   return count;
 }
 
+static u64 rdtsc(void) {
+  u32 lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((u64)hi << 32) | lo;
+}
+
 static void icr(u32 dest, u32 low) {
   mmio_write32(LAPIC + 0x310, dest << 24);
   mmio_write32(LAPIC + 0x300, low);
@@ -144,7 +150,9 @@ int main(struct boot_info *bi) {
     icr(madt[i], 0x00004600 | (TRAMPOLINE_BASE >> 12));    /* STARTUP */
     icr(madt[i], 0x00004600 | (TRAMPOLINE_BASE >> 12));    /* second STARTUP, as the MP spec recommends */
   }
-  for (u64 spin = 0; online < (u32)aps && spin < 200000000ULL; spin++) __asm__ volatile("pause");
+  /* A hang guard, not a speed limit: ~2 minutes of TSC at 2.5 GHz (64 AP threads may share a busy 2-core host). */
+  u64 deadline = rdtsc() + 300000000000ULL;
+  while (online < (u32)aps && rdtsc() < deadline) __asm__ volatile("pause");
   printf("smp: %u of %d application processors online\n", online, aps);
   if (online != (u32)aps) ok = 0;
   u32 smt = 0, cores = 0;
