@@ -2,8 +2,8 @@
 // by the Linux boot protocol with 16 vCPUs. Its log must show our command line, our memory map, our ACPI tables
 // and all 16 CPUs. The run ends as soon as those lines are there: on this workplace's emulated (PVM) KVM the kernel
 // would go on only to the INT3 of its alternatives self-test (reporting that stop is checked with a test guest in
-// run-guests.test.ts), on hardware KVM it would boot on. The time it takes is never checked: a hang guard only
-// ends a run that stopped printing, and reports which lines were missing.
+// run-guests.test.ts), on hardware KVM it would boot on. The time it takes is never checked: a generous hang
+// guard only bounds a run that would never get there, and then reports which lines were missing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildDemoImage, DemoImageError, type DemoImage } from '../../src/demo-guest/demo.js';
