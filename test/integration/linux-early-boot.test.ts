@@ -130,7 +130,7 @@ test('Linux to a shell prompt with all vCPUs (needs hardware KVM)', { timeout: 2
     {
       keepStdinOpen: true,
       timeoutMs: BOOT_HANG_GUARD_MS,
-      stopWhen: (out) => /NPROC=\d+/.test(out),
+      stopWhen: (out) => /NPROC=\d+\r?\n/.test(out),
       onStdout: (out, write) => {
         if (!sent && /Partita demo guest: Linux .*, 4 CPUs/.test(out)) {
           sent = true;
