@@ -25,6 +25,16 @@ export const haveKvm = existsSync('/dev/kvm');
  */
 export const HANG_GUARD_MS = 5 * 60_000;
 
+/**
+ * Partita checks some options only once it has opened /dev/kvm: on a machine without KVM such a case can only say
+ * SKIPPED (returns true after skipping `t`), not what it checks.
+ */
+export function skippedForKvm(t: { skip(message: string): void }, r: { stderr: string }): boolean {
+  if (haveKvm || !/\/dev\/kvm does not exist/.test(r.stderr)) return false;
+  t.skip('SKIPPED: partita checks this only after opening /dev/kvm, which this machine does not have');
+  return true;
+}
+
 export interface RunResult {
   readonly stdout: string;
   readonly stderr: string;
