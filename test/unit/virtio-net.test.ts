@@ -850,7 +850,7 @@ function tapSkipReason(): string | undefined {
   try {
     execFileSync('ip', ['-V'], { stdio: 'ignore' });
   } catch {
-    return 'iproute2 (ip) is not installed';
+    return 'iproute2 (ip) is not installed: sudo apt-get install iproute2';
   }
   return undefined;
 }
