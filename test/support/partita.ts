@@ -106,12 +106,19 @@ export function runProgram(
     let timedOut = false;
     let stoppedEarly = false;
     const write = (s: string): void => void child.stdin?.write(s);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, guardMs);
     child.stdout!.on('data', (d: Buffer) => {
       stdout += d.toString('latin1');
       opts.onStdout?.(stdout, write);
       if (!stoppedEarly && opts.stopWhen?.(stdout)) {
         stoppedEarly = true;
-        child.kill(opts.stopSignal ?? 'SIGKILL');
+        const signal = opts.stopSignal ?? 'SIGKILL';
+        child.kill(signal);
+        // SIGKILL cannot be ignored; a program given another signal stays under the hang guard until it ends.
+        if (signal === 'SIGKILL') clearTimeout(timer);
       }
     });
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
@@ -122,14 +129,10 @@ export function runProgram(
         if (!opts.keepStdinOpen) child.stdin?.end();
       }, opts.inputDelayMs ?? 0);
     }
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, guardMs);
     child.on('close', (status, signal) => {
       clearTimeout(timer);
       const ms = Date.now() - started;
-      if (timedOut && !stoppedEarly) reject(new HangError(what, ms, stdout, stderr));
+      if (timedOut) reject(new HangError(what, ms, stdout, stderr));
       else resolve({ stdout, stderr, status, signal, stoppedEarly, ms });
     });
   });

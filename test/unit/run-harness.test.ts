@@ -26,6 +26,15 @@ test('stopSignal chooses the signal that ends it', async () => {
   assert.equal(r.status, 9, 'the program handled SIGTERM');
 });
 
+test('a program that ignores the stop signal stays under the hang guard', async () => {
+  const run = runProgram(
+    process.execPath,
+    ['-e', "process.on('SIGTERM', () => {}); console.log('up'); setInterval(() => {}, 1000)"],
+    { stopWhen: (out) => out.includes('up\n'), stopSignal: 'SIGTERM', timeoutMs: 5000 },
+  );
+  await assert.rejects(run, HangError);
+});
+
 test('a program that ends by itself is not "stopped early"', async () => {
   const r = await runProgram(process.execPath, ['-e', "console.log('bye'); process.exit(3)"], {
     stopWhen: (out) => out.includes('never printed'),
