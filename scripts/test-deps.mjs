@@ -7,7 +7,9 @@ import { spawnSync } from 'node:child_process';
 const TOOLS = [
   { command: 'qemu-system-x86_64', args: ['--version'], pkg: 'qemu-system-x86', use: 'QEMU comparisons' },
   { command: 'iasl', args: ['-v'], pkg: 'acpica-tools', use: 'ACPI table checks' },
+  { command: 'acpiexec', args: ['-v'], pkg: 'acpica-tools', use: 'the ACPI namespace check' },
   { command: 'passt', args: ['--version'], pkg: 'passt', use: 'virtio-net user-mode networking tests' },
+  { command: 'cpio', args: ['--version'], pkg: 'cpio', use: 'the initramfs writer checked by GNU cpio' },
 ];
 
 const present = (t) => spawnSync(t.command, t.args, { stdio: 'ignore' }).error === undefined;

@@ -11,6 +11,7 @@ extern char ap_trampoline[], ap_trampoline_end[];
 struct report { volatile u32 seen, apic, x2apic, smt_shift, core_shift, smt_count, core_count, logical; };
 static struct report reports[MAX_CPUS];
 static volatile u32 online;
+static volatile u32 in_main; /* CPUs that entered main(): only the BSP may, APs start in the trampoline */
 
 static void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d) {
   __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
@@ -99,6 +100,12 @@ static int mp_cpus(u32 *ids, u32 *bsp) {
   return count;
 }
 
+static u64 rdtsc(void) {
+  u32 lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((u64)hi << 32) | lo;
+}
+
 static void icr(u32 dest, u32 low) {
   mmio_write32(LAPIC + 0x310, dest << 24);
   mmio_write32(LAPIC + 0x300, low);
@@ -107,6 +114,7 @@ static void icr(u32 dest, u32 low) {
 
 int main(struct boot_info *bi) {
   (void)bi;
+  __atomic_fetch_add(&in_main, 1, __ATOMIC_SEQ_CST);
   static u32 madt[MAX_CPUS], mp[MAX_CPUS];
   u32 mp_bsp = ~0u;
   int nm = madt_cpus(madt);
@@ -129,6 +137,11 @@ int main(struct boot_info *bi) {
   u8 *dst = (u8 *)TRAMPOLINE_BASE;
   for (char *p = ap_trampoline; p < ap_trampoline_end; p++) *dst++ = (u8)*p;
   mmio_write32(LAPIC + 0xf0, 0x1ff);
+  /* The APs must wait for INIT/SIPI: none has entered the kernel or the trampoline yet. An AP the VMM let run
+   * would have had the time of this loop (and of the table parsing above) to show up in these counters. */
+  for (u32 spin = 0; spin < 100000; spin++) __asm__ volatile("pause");
+  printf("smp: before INIT/SIPI: %u CPU in the kernel, %u application processors online\n", in_main, online);
+  if (in_main != 1 || online != 0) ok = 0;
   int aps = 0;
   for (int i = 0; i < nm; i++) {
     if (madt[i] == bsp.x2apic) continue;
@@ -137,7 +150,9 @@ int main(struct boot_info *bi) {
     icr(madt[i], 0x00004600 | (TRAMPOLINE_BASE >> 12));    /* STARTUP */
     icr(madt[i], 0x00004600 | (TRAMPOLINE_BASE >> 12));    /* second STARTUP, as the MP spec recommends */
   }
-  for (u64 spin = 0; online < (u32)aps && spin < 200000000ULL; spin++) __asm__ volatile("pause");
+  /* A hang guard, not a speed limit: ~2 minutes of TSC at 2.5 GHz (64 AP threads may share a busy 2-core host). */
+  u64 deadline = rdtsc() + 300000000000ULL;
+  while (online < (u32)aps && rdtsc() < deadline) __asm__ volatile("pause");
   printf("smp: %u of %d application processors online\n", online, aps);
   if (online != (u32)aps) ok = 0;
   u32 smt = 0, cores = 0;

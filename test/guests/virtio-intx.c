@@ -26,7 +26,7 @@
 #define SCAN_VECTOR 0x50 /* intx_gsi=scan: GSI g uses vector 0x50 + g */
 #define RTE_LEVEL (1u << 15)
 #define RTE_REMOTE_IRR (1u << 14)
-#define QUIET_TSC (WAIT_TSC / 50) /* ~0.2 s: how long an interrupt that should not come back is waited for */
+#define QUIET_TSC 500000000ULL /* ~0.2 s: how long an interrupt that should not come back is waited for */
 
 struct idt_entry { u16 off0, sel; u8 ist, attr; u16 off1; u32 off2, zero; } __attribute__((packed));
 static struct idt_entry idt[256] __attribute__((aligned(16)));
@@ -99,7 +99,12 @@ static void scan(u32 apic_id, u32 max_gsi) {
   for (u32 g = 5; g <= max_gsi && g < 24; g++)
     if (irr((u8)(SCAN_VECTOR + g))) printf("intx: scan: GSI %u pending before any request\n", g);
   request("scan request");
-  u64 deadline = rdtsc() + QUIET_TSC;
+  /* The line rises with the used buffer or just after it: wait (bounded) for the first GSI to show, then give any
+   * other line the quiet spell to show up too. */
+  u64 deadline = rdtsc() + WAIT_TSC;
+  for (int raised = 0; !raised && rdtsc() < deadline;)
+    for (u32 g = 5; g <= max_gsi && g < 24; g++) raised |= irr((u8)(SCAN_VECTOR + g));
+  deadline = rdtsc() + QUIET_TSC;
   while (rdtsc() < deadline) __asm__ volatile("pause");
   for (u32 g = 5; g <= max_gsi && g < 24; g++)
     if (irr((u8)(SCAN_VECTOR + g))) printf("intx: scan: GSI %u raised\n", g);

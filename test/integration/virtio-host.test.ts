@@ -23,16 +23,25 @@ test('two VMs on one image: the second gets a clear "in use" error and the first
   try {
     // VM 1 holds the image while it waits on its serial input (the echo guest runs until it reads 'q').
     let sendQuit: (() => void) | undefined;
+    let ready!: () => void;
+    const isReady = new Promise<void>((resolve) => (ready = resolve));
     const first = runPartita(['run', '--kernel', guest('serial-echo'), '--disk', s.image], {
       keepStdinOpen: true,
-      timeoutMs: 60_000,
       onStdout: (text, write) => {
-        if (!sendQuit && text.length > 0) sendQuit = () => write('q');
+        if (!sendQuit && text.includes('serial-echo: ready\n')) {
+          sendQuit = () => write('q');
+          ready();
+        }
       },
     });
-    const deadline = Date.now() + 30_000;
-    while (!sendQuit && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    assert.ok(sendQuit, 'the first VM started');
+    first.catch(() => undefined); // awaited below (a hang guard rejects there, with the output)
+    await Promise.race([
+      isReady,
+      first.then((r) => {
+        if (!sendQuit)
+          assert.fail(`the first VM ended before it was ready: status ${r.status}\n${r.stdout}${r.stderr}`);
+      }),
+    ]);
 
     const second = await runPartita(['run', '--kernel', guest('hello'), '--disk', s.image]);
     assert.equal(second.status, 2, `second VM: ${second.stderr}`);
@@ -45,7 +54,7 @@ test('two VMs on one image: the second gets a clear "in use" error and the first
 
     sendQuit!();
     const r1 = await first;
-    assert.equal(r1.timedOut, false);
+    assert.equal(r1.status, 1, `the first VM ends when it reads 'q': ${r1.stderr}`);
     assert.equal(readFileSync(s.image)[3], 9, 'the image is intact');
 
     // Once the first VM is gone the image is free again.

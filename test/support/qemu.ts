@@ -1,5 +1,6 @@
 // Runs a test guest on QEMU (microvm + KVM), for side-by-side checks against Partita.
 import { spawn, spawnSync } from 'node:child_process';
+import { HANG_GUARD_MS, HangError } from './partita.js';
 
 export const QEMU = 'qemu-system-x86_64';
 export const QEMU_MISSING = `${QEMU} not installed: sudo apt-get install qemu-system-x86 (QEMU comparison skipped)`;
@@ -11,9 +12,9 @@ export function qemuAvailable(): boolean {
 export interface QemuResult {
   readonly output: string;
   readonly status: number | null;
-  readonly timedOut: boolean;
 }
 
+/** Runs QEMU until the guest exits; `timeoutMs` (default HANG_GUARD_MS) is a hang guard that rejects (HangError). */
 export function runOnQemu(
   kernel: string,
   opts: {
@@ -44,9 +45,10 @@ export function runOnQemu(
   if (opts.memory) args.push('-m', opts.memory);
   if (opts.initrd) args.push('-initrd', opts.initrd);
   if (opts.extraArgs) args.push(...opts.extraArgs);
-  return new Promise((resolve) => {
-    const child = spawn(QEMU, args, { stdio: ['pipe', 'pipe', 'ignore'] });
+  return new Promise((resolve, reject) => {
+    const child = spawn(QEMU, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let output = '';
+    let stderr = '';
     let timedOut = false;
     let sent = false;
     child.stdout.on('data', (d: Buffer) => {
@@ -56,14 +58,17 @@ export function runOnQemu(
         child.stdin.write(opts.input);
       }
     });
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
     child.stdin.on('error', () => undefined);
+    const started = Date.now();
     const timer = setTimeout(() => {
       timedOut = true;
       child.kill('SIGKILL');
-    }, opts.timeoutMs ?? 30_000);
+    }, opts.timeoutMs ?? HANG_GUARD_MS);
     child.on('close', (status) => {
       clearTimeout(timer);
-      resolve({ output, status, timedOut });
+      if (timedOut) reject(new HangError(`${QEMU} ${args.join(' ')}`, Date.now() - started, output, stderr));
+      else resolve({ output, status });
     });
   });
 }

@@ -328,8 +328,9 @@ function checkWithIasl(dir: string, opts: AcpiOptions, result: AcpiTables): void
   });
   recompile(dir, 'dsdt'); // clean compile; the compiler shortens name paths, so the bytes may differ
 
-  // acpiexec: loads the tables and builds the namespace as an OS would
-  if (acpiexec) {
+  // acpiexec: loads the tables and builds the namespace as an OS would (acpica-tools has it next to iasl)
+  if (!acpiexec) console.warn('\n*** SKIPPED: acpiexec not installed: sudo apt-get install acpica-tools\n');
+  else {
     const r = spawnSync('acpiexec', ['-b', 'Namespace', 'facp.dat', 'apic.dat', 'dsdt.dat', 'xsdt.dat'], {
       cwd: dir,
       encoding: 'utf8',

@@ -114,7 +114,7 @@ function haveCpio(): boolean {
 
 test('GNU cpio lists and extracts what the writer wrote (gzip too)', (t) => {
   if (!haveCpio()) {
-    const why = 'SKIPPED: the system has no cpio (install Debian\'s "cpio" package) to check the archive against';
+    const why = 'SKIPPED: the system has no cpio to check the archive against: sudo apt-get install cpio';
     console.warn(`\n*** ${why}\n`);
     t.skip(why);
     return;

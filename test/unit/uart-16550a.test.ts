@@ -437,7 +437,7 @@ function defineTests(): void {
     h.w(LCR, 0x00);
 
     const seen = Atomics.load(h.uart.rxSpace, 0);
-    const wait = Atomics.waitAsync(h.uart.rxSpace, 0, seen, 5000);
+    const wait = Atomics.waitAsync(h.uart.rxSpace, 0, seen, 60_000);
     assert.equal(wait.async, true);
     setTimeout(() => h.r(RBR), 10);
     assert.equal(await wait.value, 'ok');
@@ -462,7 +462,7 @@ function defineTests(): void {
 
     const got = new Uint8Array(total);
     let n = 0;
-    const deadline = Date.now() + 30000;
+    const deadline = Date.now() + 300_000; // a hang guard: the bytes, not the time, decide
     while (n < total && Date.now() < deadline) {
       if (uart.pioRead(LSR, 1) & 0x01) {
         got[n++] = uart.pioRead(RBR, 1);

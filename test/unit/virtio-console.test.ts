@@ -101,7 +101,7 @@ function postReceive(d: FakeDriver, count: number, len: number): Map<number, num
   return out;
 }
 
-async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+async function waitFor(cond: () => boolean, what: string, ms = 60_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);

@@ -82,7 +82,7 @@ import { Rng } from '../support/rng.js';
 const DEFAULT_REQUESTS = 6000;
 const REQUESTS = Number(process.env.PARTITA_FUZZ_ITERATIONS ?? DEFAULT_REQUESTS);
 /** Long runs (PARTITA_FUZZ_ITERATIONS) get a proportionally longer deadline. */
-const TIMEOUT_MS = Math.max(60_000, Math.ceil((REQUESTS / DEFAULT_REQUESTS) * 60_000));
+const TIMEOUT_MS = Math.max(300_000, Math.ceil((REQUESTS / DEFAULT_REQUESTS) * 300_000));
 
 // ---- seeded runs (the generator of virtqueue-fuzz.test.ts, test/support/rng.ts: seeds mean the same thing) ----
 
@@ -451,7 +451,7 @@ const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve)
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Waits (bounded) for `cond`: event-loop turns first (thread-pool I/O completes meanwhile), then 1 ms sleeps. */
-async function until(cond: () => boolean, what: () => string, ms = 5000): Promise<void> {
+async function until(cond: () => boolean, what: () => string, ms = 60_000): Promise<void> {
   const deadline = Date.now() + ms;
   for (let i = 0; !cond(); i++) {
     if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what()}`);

@@ -715,7 +715,7 @@ function fuzz(
 
 test(
   'virtqueue fuzz (split): random and almost-valid rings never escape RAM, throw or loop',
-  { timeout: 120_000 },
+  { timeout: 600_000 },
   (t) => {
     const stats = fuzz(t, 'split', iterate, 20_000, 0);
     if (stats.iterations >= 10_000)
@@ -725,7 +725,7 @@ test(
 
 test(
   'virtqueue fuzz (packed): random and almost-valid rings never escape RAM, throw or loop',
-  { timeout: 120_000 },
+  { timeout: 600_000 },
   (t) => {
     const stats = fuzz(t, 'packed', iteratePacked, 10_000, 1);
     if (stats.iterations >= 5_000)
