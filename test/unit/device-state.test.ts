@@ -9,7 +9,7 @@
 // by a log of registrations (VirtioPciDevice's one host call that needs a VM).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -434,4 +434,458 @@ test('virtio-blk: registers, MSI-X routes, moved BAR 4 and queue position surviv
   assert.deepEqual(results[0].data, written, 'what was written before the snapshot');
   assert.equal(results[0].status, 0);
   assert.equal(results[0].msi, 1);
+});
+
+// ---- virtio-rng: packed ring, INTx ----------------------------------------------------------------------------
+
+/** An INTx-driven function with one queue the driver set up and started: virtio-rng on a packed ring. */
+function startRng(m: Machine, size = 5): { f: Fn; driver: FakePackedDriver } {
+  const f = virtioFunction('virtio-rng', new VirtioEntropy(openEntropy()), m, true);
+  negotiate(f.dev, (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_F_RING_PACKED));
+  const driver = FakePackedDriver.at(m.memory, size, 0x100000);
+  setupQueue(f.dev, 0, { size, desc: driver.desc, driver: driver.driverArea, device: driver.deviceArea });
+  setStatus(f.dev, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  return { f, driver };
+}
+
+test('virtio-rng on a packed ring of 5: wrap counters, a raised INTx line and the ISR survive; the next request is alike', async () => {
+  const { f: a, driver } = startRng(machine());
+  // Seven requests on a ring of five: both wrap counters have flipped.
+  for (let i = 0; i < 7; i++) {
+    driver.addChain([{ len: 16 + i, writable: true }]);
+    kick(a.dev, 0);
+    assert.deepEqual((await usedBy(driver, 1, `request ${i}`))[0].len, 16 + i);
+  }
+  assert.equal(a.intx.at(-1), true, 'INTx raised, the ISR not yet read');
+  const snapshot = await saveThroughJson(a.attached);
+
+  const { memory } = restoredMachine(a.m);
+  const b = virtioFunction(
+    'virtio-rng',
+    new VirtioEntropy(openEntropy()),
+    { memory, router: new RecordingRouter() },
+    true,
+  );
+  b.attached.restoreState(snapshot);
+  assert.deepEqual(b.intx, [true], 'the new line is driven to the restored level');
+  assert.deepEqual(guestView(b), guestView(a), 'every register reads the same');
+  assert.equal(a.intx.at(-1), false, 'reading the ISR lowered INTx');
+  a.attached.resume();
+
+  const driverB = driver.clone(b.m.memory);
+  const next = [];
+  for (const side of [
+    { f: a, d: driver },
+    { f: b, d: driverB },
+  ]) {
+    const gpa = side.d.alloc(32);
+    side.d.addChain([{ len: 32, writable: true, gpa }]);
+    kick(side.f.dev, 0);
+    const used = await usedBy(side.d, 1, 'the next request');
+    assert.ok(
+      side.f.m.memory.read(gpa, 32).some((x) => x !== 0),
+      'random bytes written',
+    );
+    next.push({ used, isr: barRead(side.f.dev, VIRTIO_BAR, ISR_OFFSET, 1), intx: side.f.intx.slice(-2) });
+  }
+  assert.deepEqual(next[1], next[0]);
+  assert.deepEqual(next[0].isr, 1);
+});
+
+// ---- virtio-net: stream socket backend -----------------------------------------------------------------------
+
+/** A UNIX stream server speaking QEMU's length-prefixed framing: the network of one side. */
+class Network {
+  readonly path: string;
+  readonly frames: Uint8Array[] = [];
+  peer: Socket | undefined;
+  private readonly server: Server;
+  private readonly decoder = new FrameDecoder();
+
+  constructor(name: string) {
+    this.path = join(tmp, `${name}.sock`);
+    this.server = createServer((socket) => {
+      this.peer = socket;
+      socket.on('data', (chunk) => this.decoder.push(chunk, (frame) => this.frames.push(frame)));
+      socket.on('error', () => undefined);
+    });
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve) => this.server.listen(this.path, resolve));
+  }
+
+  send(frame: Uint8Array): void {
+    this.peer!.write(encodeFrame(frame));
+  }
+
+  close(): void {
+    this.peer?.destroy();
+    this.server.close();
+  }
+}
+
+const framePattern = (length: number, seed: number): Uint8Array =>
+  Uint8Array.from({ length }, (_, i) => (seed + i * 3) & 0xff);
+
+test('virtio-net: a receive chain held for a big frame goes back to the ring at quiesce; both then receive and transmit alike', async () => {
+  const netA = new Network('net-a');
+  const netB = new Network('net-b');
+  await Promise.all([netA.listen(), netB.listen()]);
+  try {
+    const mac = '52:54:00:12:34:56';
+    const backendA = new VirtioNet(openNet({ backend: { kind: 'socket', path: netA.path }, mac }), () => undefined);
+    const a = virtioFunction('virtio-net', backendA, machine());
+    negotiate(
+      a.dev,
+      (1n << VIRTIO_F_VERSION_1) |
+        (1n << VIRTIO_NET_F_MRG_RXBUF) |
+        (1n << VIRTIO_NET_F_MAC) |
+        (1n << VIRTIO_NET_F_STATUS),
+    );
+    const rx = FakeDriver.at(a.m.memory, 16, 0x100000, 256 * 1024);
+    const tx = FakeDriver.at(a.m.memory, 16, 0x200000, 256 * 1024);
+    setupQueue(a.dev, 0, splitQueue(rx));
+    setupQueue(a.dev, 1, splitQueue(tx));
+    setStatus(a.dev, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    await until('the device to connect', () => netA.peer !== undefined);
+
+    // Before the snapshot: a frame each way, then a 150-byte frame for which one 100-byte buffer is not enough:
+    // the device holds that buffer and waits for more.
+    const out = framePattern(60, 1);
+    tx.addChain([
+      { len: 12, data: new Uint8Array(12) },
+      { len: 60, data: out },
+    ]);
+    kick(a.dev, 1);
+    await usedBy(tx, 1, 'the transmit');
+    await until('the frame on the network', () => netA.frames.length === 1);
+    rx.addChain([{ len: 100, writable: true }]);
+    kick(a.dev, 0);
+    netA.send(framePattern(40, 2));
+    await usedBy(rx, 1, 'a small frame');
+    const heldGpa = rx.alloc(100);
+    const held = rx.addChain([{ len: 100, writable: true, gpa: heldGpa }]);
+    kick(a.dev, 0);
+    netA.send(framePattern(150, 3));
+    await until('the big frame waiting', () => backendA.rxQueuedFrames === 1);
+    await sleep(20); // its delivery attempt (a microtask) has taken the buffer and stopped
+    const dropped = backendA.stats.rxDropped;
+    const snapshot = await saveThroughJson(a.attached);
+    assert.equal(backendA.stats.rxDropped, dropped + 1, 'the frame still waiting is dropped, as on a lossy link');
+
+    const m = restoredMachine(a.m);
+    const backendB = new VirtioNet(openNet({ backend: { kind: 'socket', path: netB.path }, mac }), () => undefined);
+    const b = virtioFunction('virtio-net', backendB, m);
+    b.attached.restoreState(snapshot);
+    await until('the restored device to connect', () => netB.peer !== undefined);
+    assert.deepEqual(guestView(b), guestView(a), 'every register (MAC and link status included) reads the same');
+    a.attached.resume();
+
+    // The same next frame from each network lands in the buffer the original held, on both.
+    const rxB = rx.clone(m.memory);
+    const txB = tx.clone(m.memory);
+    const sides = [
+      { f: a, net: netA, rx, tx },
+      { f: b, net: netB, rx: rxB, tx: txB },
+    ];
+    const results = [];
+    for (const side of sides) {
+      side.net.send(framePattern(70, 4));
+      const used = await usedBy(side.rx, 1, 'the next frame');
+      const isr = barRead(side.f.dev, VIRTIO_BAR, ISR_OFFSET, 1);
+      side.tx.addChain([
+        { len: 12, data: new Uint8Array(12) },
+        { len: 80, data: framePattern(80, 5) },
+      ]);
+      kick(side.f.dev, 1);
+      const sent = await usedBy(side.tx, 1, 'the next transmit');
+      await until('the frame on the network', () => side.net.frames.length > 0);
+      results.push({ used, frame: side.f.m.memory.read(heldGpa, 82), isr, sent, onWire: side.net.frames.at(-1) });
+    }
+    assert.deepEqual(results[1], results[0]);
+    assert.deepEqual(results[0].used, [{ id: held, len: 82 }], 'header + frame in the held buffer');
+    assert.deepEqual(results[0].frame.subarray(12), framePattern(70, 4));
+    assert.equal(results[0].frame[10], 1, 'num_buffers');
+    assert.deepEqual(results[0].onWire, framePattern(80, 5));
+    backendA.close();
+    backendB.close();
+  } finally {
+    netA.close();
+    netB.close();
+  }
+});
+
+// ---- virtio-console: file sink ---------------------------------------------------------------------------------
+
+test('virtio-console: receive buffers posted and transmit position survive; the next output goes out alike', async () => {
+  const fileA = join(tmp, 'console-a.out');
+  const fileB = join(tmp, 'console-b.out');
+  const a = virtioFunction('virtio-console', new VirtioConsole(openConsole({ path: fileA })), machine());
+  negotiate(a.dev, 1n << VIRTIO_F_VERSION_1);
+  const rx = FakeDriver.at(a.m.memory, 8, 0x100000);
+  const tx = FakeDriver.at(a.m.memory, 8, 0x200000);
+  setupQueue(a.dev, 0, splitQueue(rx));
+  setupQueue(a.dev, 1, splitQueue(tx));
+  setStatus(a.dev, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  rx.addChain([{ len: 64, writable: true }]);
+  rx.addChain([{ len: 64, writable: true }]);
+  kick(a.dev, 0);
+  for (const text of ['hello ', 'there ']) {
+    tx.addChain([{ len: text.length, data: new TextEncoder().encode(text) }]);
+    kick(a.dev, 1);
+    await usedBy(tx, 1, 'output before the snapshot');
+  }
+  assert.equal(readFileSync(fileA, 'utf8'), 'hello there ');
+  const snapshot = await saveThroughJson(a.attached);
+
+  const m = restoredMachine(a.m);
+  const b = virtioFunction('virtio-console', new VirtioConsole(openConsole({ path: fileB })), m);
+  b.attached.restoreState(snapshot);
+  assert.deepEqual(guestView(b), guestView(a), 'every register reads the same');
+  a.attached.resume();
+
+  const results = [];
+  for (const side of [
+    { f: a, tx },
+    { f: b, tx: tx.clone(m.memory) },
+  ]) {
+    side.tx.addChain([{ len: 5, data: new TextEncoder().encode('world') }]);
+    kick(side.f.dev, 1);
+    results.push({
+      used: await usedBy(side.tx, 1, 'the next output'),
+      isr: barRead(side.f.dev, VIRTIO_BAR, ISR_OFFSET, 1),
+    });
+  }
+  assert.deepEqual(results[1], results[0]);
+  assert.equal(readFileSync(fileA, 'utf8'), 'hello there world');
+  assert.equal(readFileSync(fileB, 'utf8'), 'world', 'the restored port writes on from where the guest is');
+});
+
+// ---- platform devices: COM1 and the PCI root ----------------------------------------------------------------
+
+interface Platform {
+  readonly pio: PortIoBus;
+  readonly irq: boolean[];
+  readonly ctx: DeviceAttachContext;
+  readonly output: string;
+}
+
+function platform(name: string): Platform {
+  const pio = new PortIoBus();
+  const irq: boolean[] = [];
+  const output = join(tmp, `${name}.out`);
+  const fd = openSync(output, 'w');
+  const ctx: DeviceAttachContext = {
+    vmFd: -1,
+    router: new RecordingRouter(),
+    pio,
+    mmio: new MmioBus(),
+    pci: new PciBus(),
+    irqLine: () => ({ set: (level) => void irq.push(level) }),
+    host: { serialOutputFd: fd, stop: () => undefined },
+  };
+  return { pio, irq, ctx, output };
+}
+
+type Uart = AttachedDevice & { receive(bytes: Uint8Array): number };
+const attachUart = (p: Platform): Uart =>
+  serialPortModel.attach(serialPortModel.create({ kind: 'uart-16550a' }, undefined as never), p.ctx) as Uart;
+
+/** Programs COM1 as a driver does and leaves three received bytes (below the FIFO trigger) and output behind. */
+function driveUart(p: Platform, uart: Uart): void {
+  const out = (reg: number, v: number): void => p.pio.write(COM1.base + reg, 1, v);
+  out(3, 0x80); // DLAB
+  out(0, 0x01); // 115200 baud
+  out(1, 0x00);
+  out(3, 0x03); // 8N1
+  out(2, 0x41); // FIFO on, trigger 4
+  out(4, 0x0b); // DTR, RTS, OUT2
+  out(7, 0x77); // scratch
+  out(1, 0x01); // received-data interrupt
+  out(0, 0x78); // 'x' out
+  assert.equal(uart.receive(new TextEncoder().encode('abc')), 3);
+}
+
+/** Reads COM1 the way a driver does (RBR and IIR reads have effects: same sequence on both sides). */
+function readUart(p: Platform): number[] {
+  const rd = (reg: number): number => p.pio.read(COM1.base + reg, 1);
+  const values = [rd(3), rd(4), rd(7), rd(1), rd(6), rd(5), rd(2), rd(0), rd(5), rd(2), rd(0), rd(0), rd(5), rd(2)];
+  p.pio.write(COM1.base + 3, 1, 0x83);
+  values.push(rd(0), rd(1));
+  p.pio.write(COM1.base + 3, 1, 0x03);
+  return [...values, Number(p.irq.at(-1) ?? false)];
+}
+
+test('COM1 (16550A): divisor, FIFO contents, interrupt state and the IRQ level survive; the next byte each way is alike', async () => {
+  const pa = platform('com1-a');
+  const a = attachUart(pa);
+  driveUart(pa, a);
+  assert.equal(pa.irq.at(-1), true, 'character timeout interrupt pending');
+  const snapshot = await saveThroughJson(a);
+  assert.equal(snapshot.kind, 'uart-16550a');
+
+  const pb = platform('com1-b');
+  const b = attachUart(pb);
+  b.restoreState(snapshot);
+  assert.deepEqual(pb.irq, [true], 'the new line is driven to the restored level');
+  assert.deepEqual(readUart(pb), readUart(pa), 'every register and the FIFO read the same');
+  for (const p of [pa, pb]) {
+    const uart = p === pa ? a : b;
+    uart.receive(new TextEncoder().encode('z'));
+    p.pio.write(COM1.base, 1, 0x79); // 'y'
+  }
+  assert.deepEqual(readUart(pb), readUart(pa), 'and after the next byte in and out');
+  assert.equal(readFileSync(pa.output, 'latin1'), 'xy');
+  assert.equal(readFileSync(pb.output, 'latin1'), 'y');
+});
+
+function attachRoot(p: Platform): { dev: AttachedDevice; bridge: Uint8Array } {
+  const state = pciRootModel.create({ kind: 'pci-root' }, undefined as never);
+  return { dev: pciRootModel.attach(state, p.ctx), bridge: new Uint8Array(state.hostBridge) };
+}
+
+/** The host bridge's 256-byte header through ports 0xCF8/0xCFC, then the CONFIG_ADDRESS latch as it was. */
+function readRoot(p: Platform): number[] {
+  const latch = p.pio.read(PCI_CONFIG_ADDRESS_PORT, 4);
+  const values = [latch];
+  for (let reg = 0; reg < 256; reg += 4) {
+    p.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, 0x80000000 | reg);
+    values.push(p.pio.read(PCI_CONFIG_ADDRESS_PORT + 4, 4));
+  }
+  p.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, latch);
+  return values;
+}
+
+test('PCI root: the host bridge config space and the CONFIG_ADDRESS latch survive', async () => {
+  const pa = platform('root-a');
+  const a = attachRoot(pa);
+  pa.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, 0x80000004);
+  pa.pio.write(PCI_CONFIG_ADDRESS_PORT + 4, 2, 0x0006); // command: memory, bus master
+  pa.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, 0x80000008); // the latch left pointing at the class code
+  const snapshot = await saveThroughJson(a.dev);
+  const pb = platform('root-b');
+  const b = attachRoot(pb);
+  assert.notDeepEqual(readRoot(pb), readRoot(pa), 'a fresh root differs');
+  b.dev.restoreState(snapshot);
+  assert.deepEqual(readRoot(pb), readRoot(pa));
+  assert.deepEqual(b.bridge, a.bridge, 'extended config space too');
+  // The next access through the latch as it was saved reads the same register.
+  assert.equal(pb.pio.read(PCI_CONFIG_ADDRESS_PORT + 4, 4), pa.pio.read(PCI_CONFIG_ADDRESS_PORT + 4, 4));
+});
+
+// ---- bad snapshots ---------------------------------------------------------------------------------------------
+
+/** A deep copy of `snapshot` with `change` applied to it (as plain JSON). */
+function altered(snapshot: DeviceSnapshot, change: (s: Record<string, JsonValue>) => void): DeviceSnapshot {
+  const copy = JSON.parse(JSON.stringify(snapshot)) as Record<string, JsonValue>;
+  change(copy);
+  return copy as unknown as DeviceSnapshot;
+}
+
+/** The object at `path` inside a JSON value, for changing it. */
+function at(value: JsonValue, ...path: (string | number)[]): Record<string | number, JsonValue> {
+  let v = value as Record<string | number, JsonValue>;
+  for (const key of path) v = v[key] as Record<string | number, JsonValue>;
+  return v;
+}
+
+const truncated = (text: JsonValue): string => (text as string).slice(0, -8);
+
+/** Each bad snapshot is refused with a DeviceStateError and the device's state stays what it was. */
+function assertRefused(device: AttachedDevice, bad: Record<string, DeviceSnapshot>, state: () => unknown): void {
+  const before = JSON.stringify(state());
+  for (const [what, snapshot] of Object.entries(bad)) {
+    assert.throws(() => device.restoreState(snapshot), DeviceStateError, what);
+    assert.equal(JSON.stringify(state()), before, `${what}: nothing changed`);
+  }
+}
+
+test('virtio: bad snapshots (kind, version 99, truncated base64, missing or impossible fields, another device) are refused and change nothing', async () => {
+  const { f: a, driver } = startRng(machine());
+  driver.addChain([{ len: 8, writable: true }]);
+  kick(a.dev, 0);
+  await usedBy(driver, 1, 'a request');
+  const good = await saveThroughJson(a.attached);
+
+  const b = virtioFunction('virtio-rng', new VirtioEntropy(openEntropy()), restoredMachine(a.m), true);
+  const transport = (s: Record<string, JsonValue>): Record<string | number, JsonValue> => at(s, 'data', 'transport');
+  const queue0 = (s: Record<string, JsonValue>): Record<string | number, JsonValue> =>
+    at(s, 'data', 'queues', 'queues', 0);
+  const otherDevice = Buffer.from(
+    transport(good as unknown as Record<string, JsonValue>).pciConfig as string,
+    'base64',
+  );
+  otherDevice[2] = 0x41; // device ID 0x1041: virtio-net
+  assertRefused(
+    b.attached,
+    {
+      'another kind': altered(good, (s) => (s.kind = 'virtio-blk')),
+      'layout version 99': altered(good, (s) => (s.version = 99)),
+      'truncated PCI config': altered(good, (s) => (transport(s).pciConfig = truncated(transport(s).pciConfig))),
+      'truncated MSI-X table': altered(good, (s) => (transport(s).msixTable = truncated(transport(s).msixTable))),
+      'no device config': altered(good, (s) => delete transport(s).deviceConfig),
+      'no transport': altered(good, (s) => delete at(s, 'data').transport),
+      'status not a number': altered(good, (s) => (transport(s).status = 'ok')),
+      'a queue size over the maximum': altered(good, (s) => (at(transport(s), 'queues', 0).size = 512)),
+      'features this device does not offer': altered(good, (s) => (transport(s).driverFeatures = '0x100000001')),
+      'another device ID in config space': altered(
+        good,
+        (s) => (transport(s).pciConfig = otherDevice.toString('base64')),
+      ),
+      // The transport part is fine; the queues are not: the transport is put back.
+      'no queues': altered(good, (s) => delete at(s, 'data').queues),
+      'a position outside the ring': altered(good, (s) => (queue0(s).nextAvail = 70000)),
+      'split positions for a packed ring': altered(good, (s) => (queue0(s).layout = 'split')),
+      'a disabled queue with a position': altered(good, (s) => (at(transport(s), 'queues', 0).enabled = false)),
+    },
+    () => ({ saved: b.attached.saveState(), view: guestView(b) }),
+  );
+  // The device is still fresh and takes the good snapshot; saving it again gives the same snapshot.
+  b.attached.restoreState(good);
+  assert.deepEqual(await saveThroughJson(b.attached), good);
+});
+
+test('COM1 and PCI root: bad snapshots are refused and change nothing', () => {
+  const pu = platform('com1-bad');
+  const uart = attachUart(pu);
+  driveUart(pu, uart);
+  const goodUart = uart.saveState();
+  const fresh = attachUart(platform('com1-bad-b'));
+  const registers = Buffer.from(goodUart.data.registers as string, 'base64');
+  registers[20 - 8] = 200; // receive FIFO count 200 of 16
+  assertRefused(
+    fresh,
+    {
+      'another kind': altered(goodUart, (s) => (s.kind = 'pci-root')),
+      'layout version 99': altered(goodUart, (s) => (s.version = 99)),
+      'truncated registers': altered(goodUart, (s) => (at(s, 'data').registers = truncated(at(s, 'data').registers))),
+      'no registers': altered(goodUart, (s) => delete at(s, 'data').registers),
+      'a FIFO count beyond the FIFO': altered(
+        goodUart,
+        (s) => (at(s, 'data').registers = registers.toString('base64')),
+      ),
+    },
+    () => fresh.saveState(),
+  );
+
+  const pr = platform('root-bad');
+  const root = attachRoot(pr);
+  pr.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, 0x80000004);
+  pr.pio.write(PCI_CONFIG_ADDRESS_PORT + 4, 2, 0x0006);
+  const goodRoot = root.dev.saveState();
+  const freshRoot = attachRoot(platform('root-bad-b'));
+  assertRefused(
+    freshRoot.dev,
+    {
+      'another kind': altered(goodRoot, (s) => (s.kind = 'uart-16550a')),
+      'layout version 99': altered(goodRoot, (s) => (s.version = 99)),
+      'truncated host bridge': altered(
+        goodRoot,
+        (s) => (at(s, 'data').hostBridge = truncated(at(s, 'data').hostBridge)),
+      ),
+      'CONFIG_ADDRESS not a number': altered(goodRoot, (s) => (at(s, 'data').configAddress = 'cf8')),
+    },
+    () => freshRoot.dev.saveState(),
+  );
 });
