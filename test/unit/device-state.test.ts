@@ -68,6 +68,7 @@ import {
   VIRTIO_NET_F_STATUS,
 } from '../../src/devices/virtio/net.js';
 import { encodeFrame, FrameDecoder } from '../../src/devices/net/stream-socket.js';
+import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import { FakeDriver, FakePackedDriver, type DriverBuffer, type UsedElement } from '../support/virtq-driver.js';
 
 const RAM = 16 * MIB;
@@ -888,4 +889,79 @@ test('COM1 and PCI root: bad snapshots are refused and change nothing', () => {
     },
     () => freshRoot.dev.saveState(),
   );
+});
+
+// ---- quiesce at the backend ------------------------------------------------------------------------------------
+
+/** A backend activated on split queues over fresh RAM, as the runner would; interrupts are recorded. */
+function activated(
+  backend: VirtioBackend,
+  size: number,
+): { drivers: FakeDriver[]; interrupts: number[]; memory: GuestMemory } {
+  const memory = GuestMemory.allocateRanges([{ gpa: 0, size: RAM }]);
+  const drivers = backend.info.queueSizes.map((_, i) => FakeDriver.at(memory, size, 0x100000 + i * 0x200000, MIB));
+  const interrupts: number[] = [];
+  backend.activate({
+    memory,
+    queues: drivers.map((d) => {
+      const q = SplitQueue.create(memory, d.config({ indirect: true }));
+      if (!(q instanceof SplitQueue)) throw q;
+      return q;
+    }),
+    features: 1n << VIRTIO_F_VERSION_1,
+    interrupt: (q) => void interrupts.push(q),
+    needsReset: (reason) => assert.fail(reason),
+  });
+  return { drivers, interrupts, memory };
+}
+
+test('virtio-blk quiesce settles only when the read in flight has completed and its interrupt is sent', async () => {
+  const image = join(tmp, 'quiesce.img');
+  writeFileSync(image, new Uint8Array(64 * 512).fill(0x33));
+  const block = new VirtioBlock(openBlock({ path: image, queueSize: 16 }));
+  const { drivers, interrupts, memory } = activated(block, 16);
+  const r = blkRequest(drivers[0], memory, VIRTIO_BLK_T_IN, 1, undefined, 4096);
+  block.queueNotified(0); // the read is now in libuv's thread pool: its callback cannot have run yet
+  const settled = block.quiesce();
+  assert.equal(drivers[0].usedIdx, 0, 'in flight');
+  await settled;
+  assert.equal(drivers[0].usedIdx, 1, 'completed before quiesce settled');
+  assert.deepEqual(interrupts, [0], 'and its interrupt sent');
+  assert.ok(memory.read(r.inGpa, 4096).every((x) => x === 0x33));
+  // Quiesced: a kick is not served (the runner holds kicks back; the backend refuses too), until resume().
+  blkRequest(drivers[0], memory, VIRTIO_BLK_T_IN, 2, undefined, 512);
+  block.queueNotified(0);
+  await sleep(50);
+  assert.equal(drivers[0].usedIdx, 1);
+  block.resume();
+  block.queueNotified(0);
+  await until('served after resume', () => drivers[0].usedIdx === 2);
+  block.close();
+});
+
+test('virtio-rng and virtio-console quiesce: a turn cut short takes no more chains until resume()', async () => {
+  const rng = new VirtioEntropy(openEntropy());
+  const r = activated(rng, 128);
+  for (let i = 0; i < 100; i++) r.drivers[0].addChain([{ len: 8, writable: true }]);
+  rng.queueNotified(0); // one turn: 64 chains, the rest on setImmediate
+  assert.equal(r.drivers[0].usedIdx, 64);
+  rng.quiesce();
+  await sleep(50);
+  assert.equal(r.drivers[0].usedIdx, 64, 'the continuation did not run');
+  rng.resume();
+  await until('the rest served after resume', () => r.drivers[0].usedIdx === 100);
+
+  const path = join(tmp, 'console-quiesce.out');
+  const console_ = new VirtioConsole(openConsole({ path }));
+  const c = activated(console_, 128);
+  for (let i = 0; i < 100; i++) c.drivers[1].addChain([{ len: 1, data: Uint8Array.of(0x61) }]);
+  console_.queueNotified(1);
+  assert.equal(c.drivers[1].usedIdx, 64);
+  console_.quiesce();
+  await sleep(50);
+  assert.equal(c.drivers[1].usedIdx, 64, 'the continuation did not run');
+  console_.resume();
+  await until('the rest written after resume', () => c.drivers[1].usedIdx === 100);
+  assert.equal(readFileSync(path, 'latin1'), 'a'.repeat(100));
+  console_.close();
 });
