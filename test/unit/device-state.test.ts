@@ -965,3 +965,43 @@ test('virtio-rng and virtio-console quiesce: a turn cut short takes no more chai
   assert.equal(readFileSync(path, 'latin1'), 'a'.repeat(100));
   console_.close();
 });
+
+test('virtio: DRIVER_OK written while quiesced waits for resume() on the original and is handled at once by a restored device', async () => {
+  const a = virtioFunction('virtio-rng', new VirtioEntropy(openEntropy()), machine());
+  negotiate(a.dev, 1n << VIRTIO_F_VERSION_1);
+  const driver = FakeDriver.at(a.m.memory, 8, 0x100000);
+  setupQueue(a.dev, 0, splitQueue(driver));
+  driver.addChain([{ len: 16, writable: true }]); // made available before DRIVER_OK (§3.1.1 allows it)
+  await a.attached.quiesce();
+  setStatus(a.dev, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  await sleep(50);
+  assert.equal(driver.usedIdx, 0, 'not activated while quiesced');
+  const snapshot = await saveThroughJson(a.attached);
+  assert.deepEqual(snapshot.data.queues, { active: false, queues: [] });
+
+  const b = virtioFunction('virtio-rng', new VirtioEntropy(openEntropy()), restoredMachine(a.m));
+  b.attached.restoreState(snapshot);
+  const driverB = driver.clone(b.m.memory);
+  a.attached.resume();
+  const usedA = await usedBy(driver, 1, 'the original activating on resume');
+  const usedB = await usedBy(driverB, 1, 'the restored device activating');
+  assert.deepEqual(usedB, usedA);
+  assert.deepEqual(usedA, [{ id: 0, len: 16 }]);
+});
+
+test('virtio: a reset the driver asked for while quiesced is saved as done; the restored device reads status 0 like the original after resume()', async () => {
+  const { f: a, driver } = startRng(machine());
+  driver.addChain([{ len: 8, writable: true }]);
+  kick(a.dev, 0);
+  await usedBy(driver, 1, 'a request');
+  await a.attached.quiesce();
+  setStatus(a.dev, 0);
+  const snapshot = await saveThroughJson(a.attached);
+  assert.deepEqual(snapshot.data.queues, { active: false, queues: [] });
+  const b = virtioFunction('virtio-rng', new VirtioEntropy(openEntropy()), restoredMachine(a.m), true);
+  b.attached.restoreState(snapshot);
+  assert.equal(common(b.dev, 0x14, 1), 0, 'the restored device has nothing to drain');
+  a.attached.resume();
+  await until('the original finishing its reset', () => common(a.dev, 0x14, 1) === 0);
+  assert.deepEqual(guestView(b), guestView(a));
+});

@@ -104,12 +104,21 @@ export class VirtioRunner {
   saveQueues(): JsonValue {
     if (this.active && !this.quiesced)
       throw new Error(`${this.transport.name}: quiesce the device before saving its queues`);
+    // A status change that came while quiesced (a reset, FAILED) ends the session once handled: the queues are
+    // saved as not serving, and the restored device handles the saved status as the original will on resume().
+    const status = this.transport.status;
+    const serving =
+      this.active &&
+      !this.transport.resetPending &&
+      (status & STATUS_DRIVER_OK) !== 0 &&
+      (status & (STATUS_NEEDS_RESET | STATUS_FAILED)) === 0;
+    if (!serving) return { active: false, queues: [] };
     const queues = this.queues.map((q): JsonValue => {
       if (q instanceof SplitQueue) return { layout: 'split', ...q.saveState() };
       if (q instanceof PackedQueue) return { layout: 'packed', ...q.saveState() };
       return null;
     });
-    return { active: this.active, queues };
+    return { active: true, queues };
   }
 
   /**
@@ -131,6 +140,9 @@ export class VirtioRunner {
     if (!s.active) {
       if (list.length !== 0) fail('lists queue positions for a device that was not serving');
       this.stopBackend();
+      // The saved status may ask for more (DRIVER_OK written while the original was quiesced): handle it as
+      // the original does when it resumes (now, or at resume() on a quiesced runner).
+      this.reconcile();
       return;
     }
     const status = this.transport.status;
