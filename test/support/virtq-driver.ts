@@ -98,6 +98,17 @@ export class FakeDriver {
     return { size: this.size, descTable: this.desc, availRing: this.avail, usedRing: this.used, ...extra };
   }
 
+  /** This driver with its state, over `memory`: the same guest in a VM restored from a copy of this one's RAM. */
+  clone(memory: GuestMemory): FakeDriver {
+    const twin = Object.create(FakeDriver.prototype) as FakeDriver;
+    return Object.assign(twin, this, {
+      memory,
+      free: [...this.free],
+      chains: new Map([...this.chains].map(([head, ids]) => [head, [...ids]])),
+      indirectTables: [...this.indirectTables],
+    });
+  }
+
   /** Bump allocation from the heap; `reset()` frees everything. */
   alloc(len: number, alignment = 16): number {
     const at = align(this.heap, alignment);
@@ -284,6 +295,17 @@ export class FakePackedDriver {
   resetHeap(): void {
     this.heap = this.heapStart;
     this.indirectTables.length = 0;
+  }
+
+  /** This driver with its state, over `memory`: the same guest in a VM restored from a copy of this one's RAM. */
+  clone(memory: GuestMemory): FakePackedDriver {
+    const twin = Object.create(FakePackedDriver.prototype) as FakePackedDriver;
+    return Object.assign(twin, this, {
+      memory,
+      freeIds: [...this.freeIds],
+      lengths: new Map(this.lengths),
+      indirectTables: [...this.indirectTables],
+    });
   }
 
   /** AVAIL/USED bits marking a descriptor available in a lap with wrap counter `wrap`. */

@@ -14,7 +14,14 @@ import { SharedLock } from '../../base/shared-lock.js';
 import type { IrqLine } from '../../base/irq-line.js';
 import { writeAll } from '../../base/write-all.js';
 import { device, eisaId, integer, ioPort, irqNoFlags, name, resourceTemplate } from '../../arch/x86_64/acpi/aml.js';
-import { bytesToJson, expectSnapshot, jsonToBytes, type DeviceModel, type DeviceSnapshot } from '../model.js';
+import {
+  bytesToJson,
+  DeviceStateError,
+  expectSnapshot,
+  jsonToBytes,
+  type DeviceModel,
+  type DeviceSnapshot,
+} from '../model.js';
 
 /** Standard PC serial port resources (I/O base, 8 ports; ISA IRQ). */
 export const COM1 = { base: 0x3f8, irq: 4 } as const;
@@ -549,6 +556,14 @@ export const serialPortModel: DeviceModel<SharedArrayBuffer> = {
         expectSnapshot('uart-16550a', snapshot, 'uart-16550a', 1);
         const bytes = new Uint8Array(STATE_BYTES - S_RX_SPACE - 4);
         jsonToBytes('uart-16550a', 'registers', snapshot.data.registers, bytes);
+        // The FIFO indices must stay inside the FIFO (the saved bytes start at S_RX_SPACE + 4).
+        const head = bytes[S_RX_HEAD - S_RX_SPACE - 4];
+        const count = bytes[S_RX_COUNT - S_RX_SPACE - 4];
+        if (head >= FIFO_SIZE || count > FIFO_SIZE)
+          throw new DeviceStateError(
+            'uart-16550a',
+            `has receive FIFO head ${head} and count ${count} (FIFO of ${FIFO_SIZE})`,
+          );
         uart.restoreRegisters(bytes);
       },
     });

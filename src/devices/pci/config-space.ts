@@ -235,6 +235,20 @@ export class PciConfigSpace {
     return barTouched;
   }
 
+  /**
+   * The first offset where `saved` (a whole config space) differs from this one in bits the guest can neither
+   * write nor clear — identity, BAR types and sizes, the capability list — or -1: a saved config space from
+   * another kind of function must not be loaded into this one.
+   */
+  fixedBitsDiffer(saved: Uint8Array): number {
+    if (saved.length !== CONFIG_SPACE_SIZE) return 0;
+    for (let at = 0; at < CONFIG_SPACE_SIZE; at++) {
+      const fixed = ~(this.writable[at] | this.clearOnWrite[at]) & 0xff;
+      if ((saved[at] & fixed) !== (this.bytes[at] & fixed)) return at;
+    }
+    return -1;
+  }
+
   u16(offset: number): number {
     return this.view.getUint16(offset, true);
   }

@@ -170,6 +170,41 @@ export class MsixVectors {
     this.lock.with(() => data.set(this.pba.subarray(offset, offset + data.length)));
   }
 
+  /** The vector table and pending bits as the guest sees them (for a snapshot; the control word is in config space). */
+  saveVectors(): { table: Uint8Array; pba: Uint8Array } {
+    return this.lock.with(() => ({
+      table: new Uint8Array(this.table.buffer, this.table.byteOffset, this.tableBytes).slice(),
+      pba: this.pba.slice(),
+    }));
+  }
+
+  /** Loads saveVectors()'s bytes (exactly tableBytes and pbaBytes long) and re-programs the routes. */
+  restoreVectors(table: Uint8Array, pba: Uint8Array): void {
+    if (table.length !== this.tableBytes || pba.length !== this.pbaBytes)
+      throw new RangeError(
+        `MSI-X state of ${table.length}+${pba.length} bytes for ${this.tableBytes}+${this.pbaBytes}`,
+      );
+    this.lock.with(() => {
+      new Uint8Array(this.table.buffer, this.table.byteOffset, this.tableBytes).set(table);
+      this.pba.set(pba);
+    });
+    this.restoreRoutes();
+  }
+
+  /**
+   * Points every programmed vector's GSI at its table entry's address and data (after a restore, the new VM's
+   * routing table knows nothing of them). Entries still all zero were never programmed and stay unrouted.
+   */
+  restoreRoutes(): void {
+    this.lock.with(() => {
+      for (let vector = 0; vector < this.count; vector++) {
+        const at = vector * ENTRY_BYTES;
+        const t = this.table;
+        if (t.getUint32(at, true) || t.getUint32(at + 4, true) || t.getUint32(at + 8, true)) this.routeLocked(vector);
+      }
+    });
+  }
+
   isPending(vector: number): boolean {
     return (this.pba[vector >> 3] & (1 << (vector & 7))) !== 0;
   }

@@ -27,7 +27,14 @@ import {
   type Aml,
 } from '../../arch/x86_64/acpi/aml.js';
 import { buildMcfg } from '../../arch/x86_64/acpi/mcfg.js';
-import { bytesToJson, expectSnapshot, jsonToBytes, type DeviceModel, type PciInterrupt } from '../model.js';
+import {
+  bytesToJson,
+  DeviceStateError,
+  expectSnapshot,
+  jsonToBytes,
+  type DeviceModel,
+  type PciInterrupt,
+} from '../model.js';
 import { devfn, PCI_CONFIG_ADDRESS_PORT } from './bus.js';
 import { PciHostBridge } from './host-bridge.js';
 
@@ -122,9 +129,13 @@ export const pciRootModel: DeviceModel<PciRootState> = {
       }),
       restoreState(snapshot) {
         expectSnapshot(bridge.name, snapshot, 'pci-root', 1);
-        jsonToBytes(bridge.name, 'hostBridge', snapshot.data.hostBridge, config);
+        // Both fields are checked before either is loaded: a refused snapshot changes nothing.
+        const bytes = new Uint8Array(config.length);
+        jsonToBytes(bridge.name, 'hostBridge', snapshot.data.hostBridge, bytes);
         const address = snapshot.data.configAddress;
-        if (typeof address !== 'number') throw new RangeError(`${bridge.name}: saved configAddress is not a number`);
+        if (typeof address !== 'number' || !Number.isInteger(address) || address < 0 || address > 0xffffffff)
+          throw new DeviceStateError(bridge.name, `'configAddress' is ${JSON.stringify(address)}, not a 32-bit value`);
+        config.set(bytes);
         ctx.pci.configAddress = address;
       },
     };

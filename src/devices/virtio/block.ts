@@ -279,6 +279,8 @@ export class VirtioBlock implements VirtioBackend {
   private drained: (() => void)[] = [];
   private closed = false;
   private fdClosed = false;
+  /** Between quiesce() and resume(): no new request is started. */
+  private quiesced = false;
   /** Queues owed an interrupt: one per queue per event-loop turn, however many requests completed in it. */
   private readonly interruptDue: boolean[];
   private interruptTimer: NodeJS.Immediate | undefined;
@@ -356,7 +358,7 @@ export class VirtioBlock implements VirtioBackend {
   private drain(index: number): void {
     const ctx = this.ctx;
     const queue = ctx?.queues[index];
-    if (!ctx || !queue) return;
+    if (!ctx || !queue || this.quiesced) return;
     const generation = this.generation;
     let chains = 0;
     // Kicks are off while the ring is drained; re-enabling reports buffers added meanwhile (§2.7.10). They stay off
@@ -409,6 +411,27 @@ export class VirtioBlock implements VirtioBackend {
     this.resetState();
     if (this.inFlight === 0) return undefined;
     return new Promise((resolve) => this.drained.push(resolve));
+  }
+
+  /**
+   * For a snapshot: no new request is taken, and the returned promise settles once every request in flight has
+   * completed (status byte, used element) and its interrupt has been sent. Writes are then in the image (or the
+   * host's cache: a snapshot that must survive a host crash flushes the image itself, as settle() does).
+   */
+  async quiesce(): Promise<void> {
+    this.quiesced = true;
+    // A completion may issue the next transfer of its request (short transfers, write-through syncs, zeroing):
+    // wait until nothing at all is out.
+    while (this.inFlight > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
+    if (this.interruptTimer) {
+      clearImmediate(this.interruptTimer);
+      this.sendInterrupts();
+    }
+  }
+
+  /** Takes requests again; the runner passes on the kicks that came meanwhile. */
+  resume(): void {
+    this.quiesced = false;
   }
 
   private ioReturned(): void {

@@ -141,6 +141,8 @@ export class VirtioConsole implements VirtioBackend {
   private txContinuation: NodeJS.Immediate | undefined;
   private closed = false;
   private fileFailed = false;
+  /** Between quiesce() and resume(): no chain is taken. */
+  private quiesced = false;
 
   private socket: Socket | undefined;
   /** The connection failed or ended: guest output is consumed and dropped, so the guest never stalls on it. */
@@ -193,6 +195,25 @@ export class VirtioConsole implements VirtioBackend {
   reset(): void {
     // Host input already buffered, and the connection, belong to the host side and survive a driver reset.
     this.stop();
+  }
+
+  /**
+   * For a snapshot: no chain is taken (host input keeps collecting in the bounded buffer, the socket is paused
+   * when it is full). Serving a chain is synchronous, so nothing is in flight. Buffered input is host-side
+   * state of this connection and not in the snapshot: a device restored elsewhere has its own connection.
+   */
+  quiesce(): void {
+    this.quiesced = true;
+    if (this.rxContinuation) clearImmediate(this.rxContinuation);
+    if (this.txContinuation) clearImmediate(this.txContinuation);
+    this.rxContinuation = this.txContinuation = undefined;
+  }
+
+  /** Serves both queues again: input that came meanwhile, chains a cut-short turn left. */
+  resume(): void {
+    this.quiesced = false;
+    this.serveRx();
+    this.serveTx();
   }
 
   close(): void {
@@ -254,7 +275,7 @@ export class VirtioConsole implements VirtioBackend {
   private serveRx(): void {
     const ctx = this.ctx;
     const queue = ctx?.queues[CONSOLE_RECEIVEQ];
-    if (!ctx || !queue) return;
+    if (!ctx || !queue || this.quiesced) return;
     let chains = 0;
     try {
       while (this.rxBytes > 0 && chains < CONSOLE_TURN_CHAINS) {
@@ -310,7 +331,7 @@ export class VirtioConsole implements VirtioBackend {
   private serveTx(): void {
     const ctx = this.ctx;
     const queue = ctx?.queues[CONSOLE_TRANSMITQ];
-    if (!ctx || !queue) return;
+    if (!ctx || !queue || this.quiesced) return;
     let chains = 0;
     let bytes = 0;
     try {

@@ -37,6 +37,16 @@ export interface VirtioBackend {
    * (virtio 1.2 §2.4.1). Returning nothing means the reset is complete.
    */
   reset(): Promise<void> | void;
+  /**
+   * The VM is being paused for a snapshot: take no new chain from the guest (kicks are held back by the runner;
+   * this is for work the backend starts itself: continuations, host input) and settle when no host I/O is in
+   * flight, every completion is in the used rings and its interrupt sent. Chains popped and held for later
+   * (e.g. network receive buffers) go back to the ring (Virtqueue.rewind): a snapshot has none in flight.
+   * Without this method the backend is taken to do nothing on its own.
+   */
+  quiesce?(): Promise<void> | void;
+  /** Ends quiesce(): serve again, including whatever the backend put off meanwhile. */
+  resume?(): void;
   /** The VM is shutting down: flush and release host resources (files, sockets). */
   close(): void;
 }

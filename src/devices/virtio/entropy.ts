@@ -47,6 +47,7 @@ export class VirtioEntropy implements VirtioBackend {
   /** Bumped by activate and reset: a continuation scheduled for an older generation does nothing. */
   private generation = 0;
   private continuation: NodeJS.Immediate | undefined;
+  private quiesced = false;
 
   constructor(readonly handle: EntropyHandle) {}
 
@@ -69,6 +70,19 @@ export class VirtioEntropy implements VirtioBackend {
     this.stop();
   }
 
+  /** For a snapshot: the turn in progress ends here (filling a chain is synchronous: nothing is in flight). */
+  quiesce(): void {
+    this.quiesced = true;
+    if (this.continuation) clearImmediate(this.continuation);
+    this.continuation = undefined;
+  }
+
+  /** Serves again, including chains a cut-short turn left (its kick was not repeated). */
+  resume(): void {
+    this.quiesced = false;
+    this.serve();
+  }
+
   close(): void {
     this.stop();
   }
@@ -84,7 +98,7 @@ export class VirtioEntropy implements VirtioBackend {
   private serve(): void {
     const ctx = this.ctx;
     const queue = ctx?.queues[ENTROPY_REQUESTQ];
-    if (!ctx || !queue) return;
+    if (!ctx || !queue || this.quiesced) return;
     let chains = 0;
     let bytes = 0;
     try {

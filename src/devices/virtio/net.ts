@@ -171,6 +171,8 @@ export class VirtioNet implements VirtioBackend {
   private closed = false;
   /** The host backend is connected; once it is gone for good the guest sees the link down (§5.1.4 status). */
   private linkUp = true;
+  /** Between quiesce() and resume(): no chain is taken, frames arriving anyway are dropped. */
+  private quiesced = false;
 
   constructor(
     readonly handle: NetHandle,
@@ -244,6 +246,7 @@ export class VirtioNet implements VirtioBackend {
           this.processTx(); // what the guest queued is dropped now rather than left hanging
         },
       });
+      if (this.quiesced) this.link.pause(); // activated by a restore into a quiesced device: resume() lets frames in
     }
     if (!this.linkUp) this.reportLink(); // it went down while no driver was there
     this.link.negotiated({
@@ -268,6 +271,36 @@ export class VirtioNet implements VirtioBackend {
   reset(): void {
     this.stopServing();
     this.link?.negotiated({ csum: false, tso4: false, tso6: false });
+  }
+
+  /**
+   * For a snapshot. Transmit is synchronous (a chain is used as soon as the backend took its frame), so only
+   * receive holds anything: the receive chains held for coming frames go back to the ring (the driver still owns
+   * them; they are popped again), and frames from the network not yet given to the guest are dropped, as a
+   * lossy link drops them (TCP and the like resend). The link is paused until resume(): further frames wait in
+   * the host (socket buffer, TAP queue) instead of being dropped. Link status is in the device config bytes,
+   * which the transport saves.
+   */
+  quiesce(): void {
+    this.quiesced = true;
+    const queue = this.ctx?.queues[NET_RX_QUEUE];
+    if (queue && this.rxHeld.length > 0) queue.rewind(this.rxHeld);
+    this.rxHeld = [];
+    this.stats.rxDropped += this.rxFrames.length;
+    this.rxFrames.length = 0;
+    this.rxQueuedBytes = 0;
+    this.rxPaused = false; // the backlog that paused the link is gone; the link stays paused for quiesce below
+    this.link?.pause();
+    if (this.txContinuation) clearImmediate(this.txContinuation);
+    this.txContinuation = undefined;
+  }
+
+  /** Lets frames in again and serves both queues (a transmit turn cut short, buffers posted meanwhile). */
+  resume(): void {
+    this.quiesced = false;
+    this.link?.resume();
+    this.deliverRx();
+    this.processTx();
   }
 
   close(): void {
@@ -322,6 +355,7 @@ export class VirtioNet implements VirtioBackend {
     const vnet = this.link?.vnetHeader ?? false;
     if (
       !this.ctx ||
+      this.quiesced ||
       (vnet && frame.length <= VIRTIO_NET_HDR_SIZE) ||
       this.rxFrames.length >= RX_MAX_FRAMES ||
       this.rxQueuedBytes + frame.length > RX_MAX_BYTES
@@ -353,7 +387,7 @@ export class VirtioNet implements VirtioBackend {
     const ctx = this.ctx;
     const queue = ctx?.queues[NET_RX_QUEUE];
     const link = this.link;
-    if (!ctx || !queue || !link) return;
+    if (!ctx || !queue || !link || this.quiesced) return;
     let used = 0;
     try {
       while (this.rxFrames.length > 0) {
@@ -471,7 +505,7 @@ export class VirtioNet implements VirtioBackend {
     const ctx = this.ctx;
     const queue = ctx?.queues[NET_TX_QUEUE];
     const link = this.link;
-    if (!ctx || !queue || !link || this.txBlocked || this.txContinuation) return;
+    if (!ctx || !queue || !link || this.txBlocked || this.txContinuation || this.quiesced) return;
     queue.disableNotifications(); // we are looking anyway; re-armed once the ring is empty
     let chains = 0;
     try {

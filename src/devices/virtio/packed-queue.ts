@@ -67,6 +67,18 @@ export class PackedChain extends DescriptorChain {
   }
 }
 
+/** A packed queue's device-side position (saveState/restore): ring positions, wrap counters, notification state. */
+export interface PackedQueueState {
+  /** Ring position of the next descriptor the device reads, and the wrap counter it expects there. */
+  readonly nextAvail: number;
+  readonly availWrap: boolean;
+  /** Ring position of the next used descriptor, and the device's wrap counter. */
+  readonly nextUsed: number;
+  readonly usedWrap: boolean;
+  /** Descriptors used since the last notification decision; null before the first. */
+  readonly usedSinceSignal: number | null;
+}
+
 /** The wrap counter of the lap a free-running descriptor count is in. */
 const lapWrap = (count: number, size: number): boolean => Math.floor(count / size) % 2 === 0;
 
@@ -136,6 +148,72 @@ export class PackedQueue implements Virtqueue {
   /** Descriptors visited by the last popAvailable (at most size + 65536). */
   get lastWalkLength(): number {
     return this.walked;
+  }
+
+  /** The device-side position, for a snapshot (the ring and event areas are in guest RAM, saved with it). */
+  saveState(): PackedQueueState {
+    const avail = this.nextAvailPosition;
+    const used = this.nextUsedPosition;
+    return {
+      nextAvail: avail.index,
+      availWrap: avail.wrap,
+      nextUsed: used.index,
+      usedWrap: used.wrap,
+      // Beyond two laps every position has been passed: needsNotification() answers the same for any larger value.
+      usedSinceSignal: this.signalled === undefined ? null : Math.min(this.usedCount - this.signalled, 2 * this.size),
+    };
+  }
+
+  /**
+   * Builds a queue as create() does and puts it at a saved position (counts rebuilt in laps 0-3, which keeps
+   * every wrap counter). Positions outside the ring or more descriptors in flight than it holds: a VirtqueueError.
+   */
+  static restore(
+    memory: GuestMemory,
+    config: PackedQueueConfig,
+    state: PackedQueueState,
+  ): PackedQueue | VirtqueueError {
+    const q = PackedQueue.create(memory, config);
+    if (q instanceof VirtqueueError) return q;
+    const size = q.size;
+    const { nextAvail, availWrap, nextUsed, usedWrap, usedSinceSignal } = state;
+    const position = (v: unknown): boolean => Number.isInteger(v) && (v as number) >= 0 && (v as number) < size;
+    if (
+      !position(nextAvail) ||
+      !position(nextUsed) ||
+      typeof availWrap !== 'boolean' ||
+      typeof usedWrap !== 'boolean' ||
+      (usedSinceSignal !== null && !(Number.isInteger(usedSinceSignal) && usedSinceSignal >= 0))
+    )
+      return new VirtqueueError('avail-index', `saved position ${JSON.stringify(state)} is not inside the ring`);
+    const used = nextUsed + (usedWrap ? 0 : size);
+    let avail = nextAvail + (availWrap ? 0 : size);
+    if (avail < used) avail += 2 * size;
+    if (avail - used > size)
+      return new VirtqueueError(
+        'avail-index',
+        `saved position has ${avail - used} descriptors in flight, more than the ring's ${size}`,
+      );
+    // Counts start at 2 laps so that the last signal (up to 2 laps back) stays a non-negative count.
+    q.availCount = avail + 2 * size;
+    q.usedCount = used + 2 * size;
+    q.signalled = usedSinceSignal === null ? undefined : q.usedCount - usedSinceSignal;
+    return q;
+  }
+
+  rewind(chains: readonly DescriptorChain[]): void {
+    let descriptors = 0;
+    for (const chain of chains) {
+      if (!(chain instanceof PackedChain))
+        throw new RangeError('a packed queue takes back only the PackedChains it popped');
+      descriptors += chain.descriptorCount;
+    }
+    if (this.availCount - descriptors < this.usedCount)
+      throw new RangeError(
+        `cannot put back ${descriptors} descriptors: ${this.availCount - this.usedCount} are in flight`,
+      );
+    this.availCount -= descriptors;
+    this.lastPop = undefined;
   }
 
   /**

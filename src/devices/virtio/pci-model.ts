@@ -3,6 +3,7 @@
 // the I/O-thread runner and save/restore of the transport and its queues.
 import { Type, type TProperties } from '@sinclair/typebox';
 import {
+  DeviceStateError,
   expectSnapshot,
   type AttachedDevice,
   type DeviceModel,
@@ -75,10 +76,24 @@ export class AttachedVirtioFunction implements AttachedDevice {
     return { kind: this.kind, version: VIRTIO_SNAPSHOT_VERSION, data };
   }
 
+  /**
+   * Transport first (the queues are rebuilt from its registers), then the queues. The transport checks its part
+   * before changing anything; should the queues then be refused, the transport goes back to what it was, so a
+   * refused snapshot leaves the device as it found it.
+   */
   restoreState(snapshot: DeviceSnapshot): void {
     expectSnapshot(this.name, snapshot, this.kind, VIRTIO_SNAPSHOT_VERSION);
+    const runner = this.runner;
+    if (runner && snapshot.data.queues === undefined) throw new DeviceStateError(this.name, "lacks 'queues'");
+    const before = runner ? this.transport.saveState() : undefined;
     this.transport.restoreState(snapshot.data.transport);
-    if (this.runner) this.runner.restoreQueues(snapshot.data.queues);
+    if (!runner) return;
+    try {
+      runner.restoreQueues(snapshot.data.queues);
+    } catch (e) {
+      this.transport.restoreState(before);
+      throw e;
+    }
   }
 }
 

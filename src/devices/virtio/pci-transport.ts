@@ -11,9 +11,9 @@ import { check, EFD_NONBLOCK, native } from '../../native/index.js';
 import { ioctls, kvm_ioeventfd } from '../../kvm/abi.js';
 import { SharedLock } from '../../base/shared-lock.js';
 import type { IrqLine } from '../../base/irq-line.js';
-import type { JsonValue } from '../model.js';
+import { bytesToJson, DeviceStateError, jsonToBytes, type JsonValue } from '../model.js';
 import type { BarLocator, PciFunction } from '../pci/bus.js';
-import { PciConfigSpace, PCI_CAP_ID_VNDR } from '../pci/config-space.js';
+import { CONFIG_SPACE_SIZE, PciConfigSpace, PCI_CAP_ID_VNDR } from '../pci/config-space.js';
 import { MsixVectors, type MsixShared } from '../pci/msix.js';
 import type { GsiRouter } from '../../base/gsi-routing.js';
 
@@ -120,6 +120,30 @@ export interface QueueConfig {
   readonly driver: number;
   readonly device: number;
   readonly enabled: boolean;
+}
+
+/** A saved transport state, checked (VirtioPciDevice.restoreState). */
+interface ParsedTransportState {
+  readonly deviceFeatureSelect: number;
+  readonly driverFeatureSelect: number;
+  readonly driverFeatures: bigint;
+  readonly configMsixVector: number;
+  readonly status: number;
+  readonly configGeneration: number;
+  readonly queueSelect: number;
+  readonly isr: number;
+  readonly queues: readonly {
+    readonly size: number;
+    readonly msixVector: number;
+    readonly enabled: boolean;
+    readonly desc: bigint;
+    readonly driver: bigint;
+    readonly device: bigint;
+  }[];
+  readonly deviceConfig: Uint8Array;
+  readonly pciConfig: Uint8Array;
+  readonly msixTable: Uint8Array;
+  readonly msixPba: Uint8Array;
 }
 
 export class VirtioPciDevice implements PciFunction {
@@ -631,14 +655,159 @@ export class VirtioPciDevice implements PciFunction {
 
   // ---- save/restore ------------------------------------------------------------------------------------
 
-  /** Guest-visible transport state: common-config registers, device config, PCI config space, MSI-X. */
+  /**
+   * Guest-visible transport state (its layout is VIRTIO_SNAPSHOT_VERSION's, pci-model.ts): the common-config
+   * registers by name (64-bit values as hex strings), and as base64 the device config, the 4 KiB PCI config
+   * space and the MSI-X table and PBA. Host facts stay out: the lock, where ioeventfds are registered, the INTx
+   * level last driven (it follows from ISR and MSI-X), kick counters, the runner's deferred-reset mode. A reset
+   * the backend is still draining is saved as done (status 0): the restored device has nothing in flight.
+   */
   saveState(): JsonValue {
-    throw new Error(`${this.name}: saveState is not implemented yet`);
+    const hex64 = (lo: number, hi: number): string =>
+      `0x${(hi >>> 0).toString(16).padStart(8, '0')}${(lo >>> 0).toString(16).padStart(8, '0')}`;
+    const registers = this.lock.with(() => {
+      const r = this.regs;
+      const queues: JsonValue[] = this.info.queueSizes.map((_, i) => ({
+        size: r[this.q(i, Q_SIZE)],
+        msixVector: r[this.q(i, Q_VECTOR)],
+        enabled: r[this.q(i, Q_ENABLE)] === 1,
+        desc: hex64(r[this.q(i, Q_DESC)], r[this.q(i, Q_DESC + 1)]),
+        driver: hex64(r[this.q(i, Q_DRIVER)], r[this.q(i, Q_DRIVER + 1)]),
+        device: hex64(r[this.q(i, Q_DEVICE)], r[this.q(i, Q_DEVICE + 1)]),
+      }));
+      return {
+        deviceFeatureSelect: r[W_DEVICE_FEATURE_SELECT] >>> 0,
+        driverFeatureSelect: r[W_DRIVER_FEATURE_SELECT] >>> 0,
+        driverFeatures: hex64(r[W_DRIVER_FEATURES_LO], r[W_DRIVER_FEATURES_HI]),
+        configMsixVector: r[W_CONFIG_MSIX],
+        status: r[W_RESET_PENDING] ? 0 : r[W_STATUS],
+        configGeneration: r[W_CONFIG_GENERATION] >>> 0,
+        queueSelect: r[W_QUEUE_SELECT],
+        isr: r[W_ISR],
+        queues,
+        deviceConfig: bytesToJson(this.deviceConfig.slice()),
+      };
+    });
+    const vectors = this.msix.saveVectors();
+    return {
+      ...registers,
+      pciConfig: bytesToJson(this.config.bytes.slice()),
+      msixTable: bytesToJson(vectors.table),
+      msixPba: bytesToJson(vectors.pba),
+    };
   }
 
-  /** Loads saveState()'s result into a fresh device of the same kind; BAR ioeventfds and MSI-X routes follow. */
-  restoreState(_saved: JsonValue | undefined): void {
-    throw new Error(`${this.name}: restoreState is not implemented yet`);
+  /**
+   * Loads saveState()'s result into a freshly created device of the same kind and options. Everything is
+   * checked before anything changes: a malformed or foreign state is a DeviceStateError and the device is
+   * untouched. Then the host side follows the restored registers: ioeventfds move to the restored BAR 4, every
+   * programmed MSI-X vector is routed, the INTx line is driven to the restored level. The backend is not told
+   * (no control event): the runner restores its queues itself (VirtioRunner.restoreQueues).
+   */
+  restoreState(saved: JsonValue | undefined): void {
+    const state = this.parseState(saved);
+    this.lock.with(() => {
+      const r = this.regs;
+      r[W_DEVICE_FEATURE_SELECT] = state.deviceFeatureSelect | 0;
+      r[W_DRIVER_FEATURE_SELECT] = state.driverFeatureSelect | 0;
+      r[W_DRIVER_FEATURES_LO] = Number(state.driverFeatures & 0xffffffffn) | 0;
+      r[W_DRIVER_FEATURES_HI] = Number(state.driverFeatures >> 32n) | 0;
+      r[W_CONFIG_MSIX] = state.configMsixVector;
+      r[W_STATUS] = state.status;
+      r[W_CONFIG_GENERATION] = state.configGeneration | 0;
+      r[W_QUEUE_SELECT] = state.queueSelect;
+      r[W_ISR] = state.isr;
+      r[W_RESET_PENDING] = 0;
+      state.queues.forEach((q, i) => {
+        r[this.q(i, Q_SIZE)] = q.size;
+        r[this.q(i, Q_VECTOR)] = q.msixVector;
+        r[this.q(i, Q_ENABLE)] = q.enabled ? 1 : 0;
+        const set64 = (w: number, v: bigint): void => {
+          r[this.q(i, w)] = Number(v & 0xffffffffn) | 0;
+          r[this.q(i, w + 1)] = Number(v >> 32n) | 0;
+        };
+        set64(Q_DESC, q.desc);
+        set64(Q_DRIVER, q.driver);
+        set64(Q_DEVICE, q.device);
+      });
+      this.deviceConfig.set(state.deviceConfig);
+      for (let at = 0; at < state.pciConfig.length; at++) Atomics.store(this.config.bytes, at, state.pciConfig[at]);
+    });
+    this.msix.restoreVectors(state.msixTable, state.msixPba);
+    this.registerIoeventfds();
+    this.lock.with(() => {
+      // Whatever the fresh line was left at, drive it to the level the restored ISR and MSI-X state imply.
+      const level = this.regs[W_ISR] !== 0 && !this.msix.enabled ? 1 : 0;
+      this.regs[W_INTX_LEVEL] = level;
+      this.intx?.set(level === 1);
+    });
+  }
+
+  /** saveState()'s result checked field by field against this device; a DeviceStateError names the first problem. */
+  private parseState(saved: JsonValue | undefined): ParsedTransportState {
+    const fail = (problem: string): never => {
+      throw new DeviceStateError(this.name, problem);
+    };
+    if (typeof saved !== 'object' || saved === null || Array.isArray(saved)) return fail("lacks 'transport'");
+    const s = saved as { readonly [key: string]: JsonValue };
+    const int = (v: JsonValue | undefined, field: string, max: number, allowed?: number, min = 0): number => {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || (v > max && v !== allowed))
+        return fail(`'${field}' is ${JSON.stringify(v)}, not an integer in ${min}..${max}`);
+      return v;
+    };
+    const u64 = (v: JsonValue | undefined, field: string): bigint => {
+      if (typeof v !== 'string' || !/^0x[0-9a-f]{1,16}$/i.test(v))
+        return fail(`'${field}' is ${JSON.stringify(v)}, not a 64-bit hex value`);
+      return BigInt(v);
+    };
+    const bytes = (v: JsonValue | undefined, field: string, length: number): Uint8Array => {
+      const out = new Uint8Array(length);
+      jsonToBytes(this.name, field, v, out);
+      return out;
+    };
+    const vectors = this.msix.count - 1;
+    const status = int(s.status, 'status', 0xff);
+    const driverFeatures = u64(s.driverFeatures, 'driverFeatures');
+    if (status & STATUS_FEATURES_OK && (driverFeatures & ~this.offered) !== 0n)
+      fail(`accepted features 0x${driverFeatures.toString(16)} that this device does not offer`);
+    if (!Array.isArray(s.queues) || s.queues.length !== this.info.queueSizes.length)
+      fail(
+        `has ${Array.isArray(s.queues) ? s.queues.length : 'no'} queues; this device has ${this.info.queueSizes.length}`,
+      );
+    const queues = (s.queues as readonly JsonValue[]).map((q, i) => {
+      if (typeof q !== 'object' || q === null || Array.isArray(q)) return fail(`queue ${i} is not an object`);
+      const f = q as { readonly [key: string]: JsonValue };
+      if (typeof f.enabled !== 'boolean') fail(`queue ${i} lacks 'enabled'`);
+      return {
+        size: int(f.size, `queues[${i}].size`, this.info.queueSizes[i], undefined, 1),
+        msixVector: int(f.msixVector, `queues[${i}].msixVector`, vectors, NO_VECTOR),
+        enabled: f.enabled === true,
+        desc: u64(f.desc, `queues[${i}].desc`),
+        driver: u64(f.driver, `queues[${i}].driver`),
+        device: u64(f.device, `queues[${i}].device`),
+      };
+    });
+    const pciConfig = bytes(s.pciConfig, 'pciConfig', CONFIG_SPACE_SIZE);
+    const differs = this.config.fixedBitsDiffer(pciConfig);
+    if (differs >= 0)
+      fail(
+        `PCI config space differs from this device's at read-only offset 0x${differs.toString(16)}: another kind of device?`,
+      );
+    return {
+      deviceFeatureSelect: int(s.deviceFeatureSelect, 'deviceFeatureSelect', 0xffffffff),
+      driverFeatureSelect: int(s.driverFeatureSelect, 'driverFeatureSelect', 0xffffffff),
+      driverFeatures,
+      configMsixVector: int(s.configMsixVector, 'configMsixVector', vectors, NO_VECTOR),
+      status,
+      configGeneration: int(s.configGeneration, 'configGeneration', 0xffffffff),
+      queueSelect: int(s.queueSelect, 'queueSelect', 0xffff),
+      isr: int(s.isr, 'isr', 3),
+      queues,
+      deviceConfig: bytes(s.deviceConfig, 'deviceConfig', this.deviceConfig.length),
+      pciConfig,
+      msixTable: bytes(s.msixTable, 'msixTable', this.msix.tableBytes),
+      msixPba: bytes(s.msixPba, 'msixPba', this.msix.pbaBytes),
+    };
   }
 
   /**

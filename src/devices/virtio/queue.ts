@@ -238,7 +238,26 @@ export interface Virtqueue {
   enableNotifications(): boolean;
   /** Asks the driver not to kick. */
   disableNotifications(): void;
+  /**
+   * Puts back `chains`: the ones popped last, in pop order, none of them used. The next pops return them again
+   * (a device coming to rest with buffers it holds for later, e.g. network receive, before a snapshot).
+   */
+  rewind(chains: readonly DescriptorChain[]): void;
 }
+
+/** A split queue's device-side position (saveState/restore): what the next pop, push and notification depend on. */
+export interface SplitQueueState {
+  /** The device's next avail-ring entry (free-running 16-bit). */
+  readonly nextAvail: number;
+  /** The next used idx (free-running 16-bit). */
+  readonly nextUsed: number;
+  /** The used idx at the last EVENT_IDX notification decision; null before the first. */
+  readonly signalledUsed: number | null;
+  /** The backend had turned kicks off (disableNotifications) and not yet back on. */
+  readonly kicksOff: boolean;
+}
+
+const isU16 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff;
 
 /** x86 orders stores with stores and loads with loads, but not a store with a later load: this is the mb(). */
 const FENCE_CELL = new Int32Array(new SharedArrayBuffer(4));
@@ -458,6 +477,52 @@ export class SplitQueue implements Virtqueue {
   /** Chains popped and not yet returned with pushUsed (at most `size`). */
   get inFlight(): number {
     return this.inFlightCount;
+  }
+
+  /** The device-side position, for a snapshot (rings and buffers are in guest RAM, saved with it). */
+  saveState(): SplitQueueState {
+    return {
+      nextAvail: this.nextAvail,
+      nextUsed: this.nextUsed,
+      signalledUsed: this.signalledUsed ?? null,
+      kicksOff: this.kicksOff,
+    };
+  }
+
+  /**
+   * Builds a queue as create() does and puts it at a saved position. A position that no device could have
+   * reached (not 16-bit, more chains in flight than the queue holds) is a VirtqueueError like a bad ring.
+   */
+  static restore(memory: GuestMemory, config: SplitQueueConfig, state: SplitQueueState): SplitQueue | VirtqueueError {
+    const q = SplitQueue.create(memory, config);
+    if (q instanceof VirtqueueError) return q;
+    const { nextAvail, nextUsed, signalledUsed, kicksOff } = state;
+    if (
+      !isU16(nextAvail) ||
+      !isU16(nextUsed) ||
+      (signalledUsed !== null && !isU16(signalledUsed)) ||
+      typeof kicksOff !== 'boolean'
+    )
+      return new VirtqueueError('avail-index', `saved position ${JSON.stringify(state)} is not 16-bit indices`);
+    if (((nextAvail - nextUsed) & 0xffff) > q.size)
+      return new VirtqueueError(
+        'avail-index',
+        `saved position has ${(nextAvail - nextUsed) & 0xffff} chains in flight, more than the queue size ${q.size}`,
+      );
+    q.nextAvail = nextAvail;
+    q.nextUsed = nextUsed;
+    q.signalledUsed = signalledUsed ?? undefined;
+    q.kicksOff = kicksOff;
+    return q;
+  }
+
+  rewind(chains: readonly DescriptorChain[]): void {
+    const inFlight = (this.nextAvail - this.nextUsed) & 0xffff;
+    if (chains.length > inFlight)
+      throw new RangeError(`cannot put back ${chains.length} chains: ${inFlight} are in flight`);
+    this.nextAvail = (this.nextAvail - chains.length) & 0xffff;
+    for (const chain of chains) this.release(chain.head);
+    this.lastPopHead = -1;
   }
 
   /** How many chains the driver has made available and the device not yet popped, or an avail-index error. */
