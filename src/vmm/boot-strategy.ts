@@ -117,7 +117,7 @@ const LOW_BIOS_SIZE = 128 * KIB;
 export function checkFirmware(path: string, bytes: Uint8Array): Uint8Array {
   if (bytes.length === 0 || bytes.length % (4 * KIB) !== 0 || bytes.length > MAX_FIRMWARE_SIZE)
     throw new RangeError(
-      `firmware '${path}' is ${formatSize(bytes.length)}: a firmware image is whole 4 KiB pages, at most ${formatSize(MAX_FIRMWARE_SIZE)}`,
+      `firmware '${path}' is ${bytes.length} bytes: a firmware image is whole 4 KiB pages, at most ${formatSize(MAX_FIRMWARE_SIZE)}`,
     );
   return bytes;
 }
