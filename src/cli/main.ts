@@ -235,8 +235,13 @@ function checkedSpec(values: RunValues): MachineSpec {
     return validateMachineSpec(spec);
   } catch (e) {
     if (!(e instanceof SpecError)) throw e;
+    // Said in the flags' words: "/devices/1/queues: …" is "--disk 'x,queues=99': queues: …", and a JSON path
+    // inside the message names the flag it came from.
     const flag = flagOf(e.path);
-    throw new UsageError(flag ? `${flag}: ${e.message.replace(/^\/devices\/\d+\/?/, '')}` : e.message);
+    const text = e.message
+      .replace(/^\/devices\/\d+\/?/, '')
+      .replace(/\/devices\/\d+(\/\w+)?/g, (path) => flagOf(path) ?? path);
+    throw new UsageError(flag ? `${flag}: ${text}` : text);
   }
 }
 

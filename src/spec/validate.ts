@@ -99,7 +99,7 @@ function refuseSharedImages(spec: MachineSpec, registry: DeviceRegistry): void {
         throw new SpecError(
           at,
           first.image === image
-            ? `disk image '${image}' is already used by ${first.at.replace(/\/path$/, '')}`
+            ? `disk image '${image}' is given twice (first at ${first.at})`
             : `'${image}' is the same file as ${first.at} ('${first.image}')`,
         );
       seen.set(key, { at, image });

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guest, haveKvm, runPartita } from '../support/partita.js';
 import { QEMU_MISSING, qemuAvailable, runOnQemu } from '../support/qemu.js';
+import { SECTOR0, sectorChecksum } from '../support/test-disk.js';
 
 type Vmm = 'qemu' | 'partita';
 const haveQemu = qemuAvailable();
@@ -62,19 +63,11 @@ const show = (r: GuestRun): string =>
 // ---- virtio-blk ------------------------------------------------------------------------------------------
 
 const SERIAL = 'partita-test-01';
-const SECTOR0 = Buffer.alloc(512);
-for (let i = 0; i < 512; i++) SECTOR0[i] = (i * 13 + 5) & 0xff;
-SECTOR0.write('PARTITA-BLK-TEST', 0, 'latin1');
-const sector0Sum = (): number => {
-  let sum = 0;
-  for (const b of SECTOR0) sum = (Math.imul(sum, 31) + b) >>> 0;
-  return sum;
-};
 const blkPattern = (i: number, sector: number): number => (i * 7 + sector) & 0xff;
 
 /** Read-write: the full exchange; read-only (`--disk …,readonly` / `readonly=on`): the write must be refused. */
 function blkScenario(readonly: boolean): Scenario {
-  const sector0Line = `blk: sector 0: ${[...SECTOR0.subarray(0, 16)].map((b) => b.toString(16).padStart(2, '0')).join(' ')} checksum ${sector0Sum().toString(16).padStart(8, '0')}`;
+  const sector0Line = `blk: sector 0: ${[...SECTOR0.subarray(0, 16)].map((b) => b.toString(16).padStart(2, '0')).join(' ')} checksum ${sectorChecksum(SECTOR0)}`;
   const common = [
     'blk: capacity 2048 sectors',
     'blk: read sector 0: 3 descriptors, status 0',

@@ -14,12 +14,12 @@
 // the case runs on Partita only and the comment says what QEMU does (observed with QEMU 7.2).
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guest, haveKvm, isPvm, runPartita } from '../support/partita.js';
 import { QEMU_MISSING, qemuAvailable, runOnQemu } from '../support/qemu.js';
+import { SECTOR0, sectorChecksum, sha256File } from '../support/test-disk.js';
 
 type Vmm = 'qemu' | 'partita';
 const haveQemu = qemuAvailable();
@@ -52,16 +52,8 @@ const comparable = (output: string): string[] => output.split('\n').filter((l) =
 
 // ---- the disk ---------------------------------------------------------------------------------------------
 
-const SECTOR0 = Buffer.alloc(512);
-for (let i = 0; i < 512; i++) SECTOR0[i] = (i * 13 + 5) & 0xff;
-SECTOR0.write('PARTITA-BLK-TEST', 0, 'latin1');
-/** The guest's checksum: sum = sum * 31 + byte, in 32 bits. */
-const checksum = (b: Buffer): string => {
-  let sum = 0;
-  for (const x of b) sum = (Math.imul(sum, 31) + x) >>> 0;
-  return sum.toString(16).padStart(8, '0');
-};
-const sha256 = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+const checksum = sectorChecksum;
+const sha256 = sha256File;
 
 /** A fresh 1 MiB image (2048 sectors): sector 0 holds a known pattern, the rest is zero. */
 function makeImage(dir: string): string {

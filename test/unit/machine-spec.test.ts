@@ -75,7 +75,10 @@ test('spec: two disks on one image are refused, naming both places', () => {
       ...base,
       devices: [{ kind: 'virtio-blk', path: img }, { kind: 'virtio-rng' }, { kind: 'virtio-blk', path: img }],
     };
-    assert.match(specError(twice), /^\/devices\/2\/path: disk image '.*a\.img' is already used by \/devices\/0/);
+    assert.match(
+      specError(twice),
+      /^\/devices\/2\/path: disk image '.*a\.img' is given twice \(first at \/devices\/0\/path\)/,
+    );
     symlinkSync(img, join(dir, 'b.img'));
     const viaLink = {
       ...base,
@@ -160,4 +163,18 @@ test("partita run: device option errors found by the spec are said in the flag's
   const r = await runPartita(['run', '--kernel', '/boot/k.elf', '--disk', '/tmp/x.img,queues=99']);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /^partita: --disk '\/tmp\/x\.img,queues=99': queues: /);
+  const twice = await runPartita([
+    'run',
+    '--kernel',
+    '/boot/k.elf',
+    '--disk',
+    '/tmp/y.img',
+    '--disk',
+    '/tmp/y.img,readonly',
+  ]);
+  assert.equal(twice.status, 2);
+  assert.equal(
+    twice.stderr,
+    "partita: --disk '/tmp/y.img,readonly': path: disk image '/tmp/y.img' is given twice (first at --disk '/tmp/y.img')\n",
+  );
 });

@@ -1,0 +1,155 @@
+#!/usr/bin/env node
+// `npm run test:nested [-- COMMAND…]`: runs a command of this checkout inside a QEMU VM whose CPU QEMU emulates in
+// software (TCG) with AMD-V, so the VM's Linux loads kvm_amd and has a /dev/kvm of its own. For a machine without
+// a usable /dev/kvm (the host kernel is itself a KVM guest that cannot nest): Partita's VM tests then run on a
+// real, hardware-style KVM, slowly (every guest instruction and VM exit is emulated), instead of being skipped.
+//
+// The VM sees the host's whole file system read-only over virtio-9p (so node, gcc-built guests and dist/ are the
+// host's own), with a fresh /tmp; the kernel and busybox come from Debian's archive (apt-get download), cached in
+// ~/.cache/partita/nested. Default command: the integration tests that need KVM.
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+  copyFileSync,
+} from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const cache = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'partita', 'nested');
+const MODULES = [
+  'virtio',
+  'virtio_ring',
+  'virtio_pci_modern_dev',
+  'virtio_pci_legacy_dev',
+  'virtio_pci',
+  '9pnet',
+  '9pnet_virtio',
+  'netfs',
+  'fscache',
+  '9p',
+  'irqbypass',
+  'ccp',
+  'kvm',
+  'kvm-amd',
+];
+
+function need(tool, pkg) {
+  if (spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status !== 0) {
+    console.error(`nested-kvm: ${tool} is missing: sudo apt-get install ${pkg}`);
+    process.exit(2);
+  }
+}
+
+/** Debian's kernel (the package linux-image-amd64 depends on) and busybox, unpacked once into the cache. */
+function prepare() {
+  const done = join(cache, 'init.cpio.gz');
+  if (existsSync(done)) return;
+  need('qemu-system-x86_64', 'qemu-system-x86');
+  need('cpio', 'cpio');
+  rmSync(cache, { recursive: true, force: true });
+  mkdirSync(cache, { recursive: true });
+  const depends = execFileSync('apt-cache', ['depends', 'linux-image-amd64'], { encoding: 'utf8' });
+  const image = /Depends: (linux-image-\S+)/.exec(depends)?.[1];
+  if (!image) throw new Error('nested-kvm: cannot tell which kernel linux-image-amd64 is (apt-get update?)');
+  execFileSync('apt-get', ['download', image, 'busybox-static'], {
+    cwd: cache,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  for (const deb of readdirSync(cache).filter((f) => f.endsWith('.deb')))
+    execFileSync('dpkg-deb', ['-x', join(cache, deb), join(cache, 'root')]);
+  const boot = join(cache, 'root', 'boot');
+  copyFileSync(
+    join(
+      boot,
+      readdirSync(boot).find((f) => f.startsWith('vmlinuz-')),
+    ),
+    join(cache, 'vmlinuz'),
+  );
+  const ir = join(cache, 'initramfs');
+  for (const d of ['bin', 'mods', 'proc', 'sys', 'dev', 'mnt']) mkdirSync(join(ir, d), { recursive: true });
+  copyFileSync(join(cache, 'root', 'bin', 'busybox'), join(ir, 'bin', 'busybox'));
+  for (const l of ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'cat']) symlinkSync('busybox', join(ir, 'bin', l));
+  const moduleDir = join(cache, 'root', 'lib', 'modules');
+  const kernel = join(moduleDir, readdirSync(moduleDir)[0], 'kernel');
+  const found = execFileSync('find', [kernel, '-name', '*.ko*'], { encoding: 'utf8' }).trim().split('\n');
+  for (const m of MODULES) {
+    const file = found.find((f) => f.endsWith(`/${m}.ko`) || f.endsWith(`/${m}.ko.xz`));
+    if (!file) throw new Error(`nested-kvm: module ${m} is not in ${image}`);
+    copyFileSync(file, join(ir, 'mods', `${m}.ko`));
+  }
+  writeFileSync(
+    join(ir, 'init'),
+    [
+      '#!/bin/sh',
+      'mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev',
+      `for m in ${MODULES.join(' ')}; do insmod /mods/$m.ko || echo "nested-kvm: insmod $m failed"; done`,
+      'mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro host /mnt',
+      'mount -t devtmpfs dev /mnt/dev; mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys',
+      'mount -t tmpfs tmp /mnt/tmp',
+      // The kernel hands unknown name=value parameters to init as environment variables: $script is ours.
+      'chroot /mnt /bin/sh "$script"',
+      'echo "nested-kvm: status $(cat /mnt/tmp/status 2>/dev/null)"',
+      'poweroff -f',
+      '',
+    ].join('\n'),
+  );
+  chmodSync(join(ir, 'init'), 0o755);
+  execFileSync('sh', [
+    '-c',
+    `cd '${ir}' && find . | cpio -o -H newc 2>/dev/null | gzip > '${done}.part' && mv '${done}.part' '${done}'`,
+  ]);
+}
+
+const command = process.argv.slice(2);
+const tests = readdirSync(join(root, 'dist', 'test', 'integration'))
+  .filter((f) => f.endsWith('.test.js') && !f.startsWith('linux-early-boot'))
+  .map((f) => `dist/test/integration/${f}`);
+const inner = command.length
+  ? command.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')
+  : `node --test --test-concurrency=1 ${tests.join(' ')}`;
+prepare();
+// The script the VM runs: on the host's (read-only) file system, where the VM finds it by path.
+const script = join(cache, 'run.sh');
+writeFileSync(script, `cd '${root}'\nexport HOME=/tmp PARTITA_NO_INSTALL=1\n${inner}\necho $? > /tmp/status\n`);
+const qemu = spawn(
+  'qemu-system-x86_64',
+  [
+    '-accel',
+    'tcg,thread=multi',
+    '-cpu',
+    'max', // TCG's "max" CPU has SVM: the VM's kvm_amd finds AMD-V
+    '-m',
+    '6G',
+    '-smp',
+    '2',
+    '-kernel',
+    join(cache, 'vmlinuz'),
+    '-initrd',
+    join(cache, 'init.cpio.gz'),
+    '-append',
+    `console=ttyS0 quiet script=${script}`,
+    '-nographic',
+    '-no-reboot',
+    '-virtfs',
+    'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
+  ],
+  { stdio: ['ignore', 'pipe', 'inherit'] },
+);
+let status = 1;
+qemu.stdout.on('data', (d) => {
+  const text = d.toString('latin1');
+  const m = /nested-kvm: status (\d+)/.exec(text);
+  if (m) status = Number(m[1]);
+  // SeaBIOS clears the screen with escape sequences: keep the log plain.
+  // eslint-disable-next-line no-control-regex
+  process.stdout.write(text.replace(/\x1bc|\x1b\[[0-9;?]*[a-zA-Z]/g, ''));
+});
+qemu.on('close', () => process.exit(status));
