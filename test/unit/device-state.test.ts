@@ -9,7 +9,7 @@
 // by a log of registrations (VirtioPciDevice's one host call that needs a VM).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -70,6 +70,7 @@ import {
 import { encodeFrame, FrameDecoder } from '../../src/devices/net/stream-socket.js';
 import { SplitQueue } from '../../src/devices/virtio/queue.js';
 import { FakeDriver, FakePackedDriver, type DriverBuffer, type UsedElement } from '../support/virtq-driver.js';
+import { drainEventfd } from '../support/eventfd.js';
 
 const RAM = 16 * MIB;
 const BAR4 = 0xd0000000; // where the builder places the virtio BAR
@@ -228,13 +229,7 @@ const splitQueue = (d: FakeDriver): { size: number; desc: number; driver: number
 
 /** Interrupts delivered on an MSI-X vector since the last call (its eventfd's count; no irqfd consumes it). */
 function msiCount(dev: VirtioPciDevice, vector: number): number {
-  const b = new BigUint64Array(1);
-  try {
-    readSync(dev.msix.sharedState.eventFds[vector], b);
-  } catch {
-    return 0; // EAGAIN: none
-  }
-  return Number(b[0]);
+  return drainEventfd(dev.msix.sharedState.eventFds[vector]);
 }
 
 /**

@@ -5,7 +5,6 @@
 // sit where the notify addresses decode — or, where KVM refuses one, kicks arrive as MMIO exits instead.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readSync } from 'node:fs';
 import { PCI_BAR0, PCI_COMMAND, PCI_COMMAND_MEMORY } from '../../src/devices/pci/config-space.js';
 import {
   COMMON_OFFSET,
@@ -18,6 +17,7 @@ import { ioctls, kvm_ioeventfd, KVM_IOEVENTFD_FLAG_DEASSIGN } from '../../src/kv
 import { EFD_NONBLOCK, native } from '../../src/native/index.js';
 import { LAPIC_ADDRESS, PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_END } from '../../src/arch/x86_64/layout.js';
 import { pciMachine, type PciMachine } from '../support/pci-machine.js';
+import { drainEventfd as drain } from '../support/eventfd.js';
 
 /** Two queues, as virtio-net and multi-queue disks have: two notify addresses 4 bytes apart. */
 const info: VirtioDeviceInfo = {
@@ -61,16 +61,6 @@ function assertPlacement(m: Machine, expected: (number | undefined)[][]): void {
   );
 }
 
-const drain = (fd: number): bigint => {
-  const b = new BigUint64Array(1);
-  try {
-    readSync(fd, b);
-  } catch {
-    return 0n;
-  }
-  return b[0];
-};
-
 /** A guest 2-byte write reaching the PCI window as an MMIO exit (what KVM does when no ioeventfd caught it). */
 function exitWrite(m: Machine, address: number, value: number): void {
   m.window.mmioWrite(address - PCI_MMIO32_BASE, new Uint8Array([value & 0xff, value >> 8]));
@@ -93,8 +83,8 @@ test('two devices with BAR 4 at the same address: no crash, the lower slot decod
   assertPlacement(m, [aNotify, [undefined, undefined]]);
   // An access there reaches slot 1 only, as on a PCI bus where the first decoder claims the cycle.
   exitWrite(m, aNotify[1], 1);
-  assert.equal(drain(a.shared.queueEventFds[1]), 1n, 'slot 1 got the kick');
-  assert.equal(drain(b.shared.queueEventFds[1]), 0n, 'slot 2 did not');
+  assert.equal(drain(a.shared.queueEventFds[1]), 1, 'slot 1 got the kick');
+  assert.equal(drain(b.shared.queueEventFds[1]), 0, 'slot 2 did not');
   const common = aNotify[0] - NOTIFY_OFFSET + COMMON_OFFSET;
   exitWrite(m, common + 0x16, 1); // queue_select, of whoever decodes
   assert.equal(exitRead(m, common + 0x16, 2), 1, 'read back through the bus');
@@ -118,7 +108,7 @@ test('two devices with BAR 4 at the same address: no crash, the lower slot decod
   moveVirtioBar(m, 1, 0xd0000000n);
   assertPlacement(m, [[0xd0003000, 0xd0003004], bNotify]);
   exitWrite(m, notifyAddress(b, 0), 0);
-  assert.equal(drain(b.shared.queueEventFds[0]), 1n, 'slot 2 answers at its own BAR again');
+  assert.equal(drain(b.shared.queueEventFds[0]), 1, 'slot 2 answers at its own BAR again');
 });
 
 test('a 64-bit BAR at 2^64 - 16 KiB: decoded exactly, decodes nothing, no ioeventfd; moved back, it works', () => {
@@ -179,7 +169,7 @@ test('KVM refuses an ioeventfd (EEXIST): that queue falls back to MMIO-exit kick
   if (m.vm.modelled)
     assert.ok(!registered(m).some(([a]) => old.includes(a)), 'no registration stayed at the old place');
   exitWrite(m, target + NOTIFY_OFFSET + 4, 1);
-  assert.equal(drain(dev.shared.queueEventFds[1]), 1n, 'the kick arrived as an exit and reached queue 1');
+  assert.equal(drain(dev.shared.queueEventFds[1]), 1, 'the kick arrived as an exit and reached queue 1');
   assert.equal(dev.notificationCounts().notifyExits, 1);
 
   // The address is free again: the next BAR change registers queue 1 too.

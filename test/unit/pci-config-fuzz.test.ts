@@ -15,7 +15,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
-import { readSync } from 'node:fs';
 import { Rng } from '../support/rng.js';
 import { pciMachine, type PciMachine } from '../support/pci-machine.js';
 import {
@@ -28,6 +27,7 @@ import {
 import { NOTIFY_OFFSET, VIRTIO_BAR, type VirtioDeviceInfo } from '../../src/devices/virtio/pci-transport.js';
 import type { PciFunction } from '../../src/devices/pci/bus.js';
 import { PCI_MMIO32_BASE, PCI_MMIO32_END } from '../../src/arch/x86_64/layout.js';
+import { drainEventfd as drain } from '../support/eventfd.js';
 
 const infos: VirtioDeviceInfo[] = [
   { deviceType: 2, classCode: 0x018000, features: 0n, queueSizes: [128, 128], configSize: 60 }, // blk, 2 queues
@@ -168,16 +168,6 @@ function register(rng: Rng): number {
       return rng.below(CONFIG_SPACE_SIZE);
   }
 }
-
-const drain = (fd: number): number => {
-  const b = new BigUint64Array(1);
-  try {
-    readSync(fd, b);
-  } catch {
-    return 0; // EAGAIN: nothing signalled
-  }
-  return Number(b[0]);
-};
 
 /**
  * A kick that reaches the bus as an MMIO exit (as when no ioeventfd caught it) at some device's notify address:

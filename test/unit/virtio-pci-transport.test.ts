@@ -2,7 +2,7 @@
 // ioeventfd registration and irqfd-backed MSI-X are the real thing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,6 +36,7 @@ import type { VirtioBackend } from '../../src/devices/virtio/device.js';
 import { openEntropy, VirtioEntropy } from '../../src/devices/virtio/entropy.js';
 import { FakePackedDriver } from '../support/virtq-driver.js';
 import { openNet, VirtioNet } from '../../src/devices/virtio/net.js';
+import { drainEventfd } from '../support/eventfd.js';
 
 const info: VirtioDeviceInfo = { deviceType: 4, classCode: 0x00ff00, features: 0n, queueSizes: [256], configSize: 0 };
 
@@ -66,15 +67,6 @@ function read(dev: VirtioPciDevice, offset: number, size: number): number {
       : new DataView(d.buffer).getUint32(0, true);
 }
 const write = (dev: VirtioPciDevice, offset: number, data: Uint8Array): void => dev.barWrite(VIRTIO_BAR, offset, data);
-const drainEventfd = (fd: number): bigint => {
-  const b = new BigUint64Array(1);
-  try {
-    readSync(fd, b);
-  } catch {
-    return 0n;
-  }
-  return b[0];
-};
 
 const skip = !existsSync('/dev/kvm') && 'no /dev/kvm';
 
@@ -142,9 +134,9 @@ test(
     assert.equal(dev.queueConfig(0).desc, 0x10000);
     assert.equal(read(dev, COMMON_OFFSET + 0x1e, 2), 0, 'queue_notify_off');
     assert.equal(read(dev, COMMON_OFFSET + 0x12, 2), 1, 'num_queues');
-    assert.ok(drainEventfd(dev.shared.controlEventFd) > 0n, 'the backend was told about the queue');
+    assert.ok(drainEventfd(dev.shared.controlEventFd) > 0, 'the backend was told about the queue');
     write(dev, NOTIFY_OFFSET, u16(0)); // an MMIO exit path notification (no ioeventfd in the way here)
-    assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1n);
+    assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1);
     write(dev, COMMON_OFFSET + 0x14, new Uint8Array([0])); // reset
     assert.equal(dev.queueConfig(0).enabled, false);
     assert.equal(dev.queueConfig(0).size, 256);
@@ -198,7 +190,7 @@ test(
 
       // Without the ioeventfd the same write is an MMIO exit: the check below can tell the two paths apart.
       assert.deepEqual(runNotifyGuest(vm, vcpu, notify), { reason: exitReasons.KVM_EXIT_MMIO, mmio: notify });
-      assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 0n, 'nothing signalled before the device handles it');
+      assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 0, 'nothing signalled before the device handles it');
 
       dev.registerIoeventfds();
       assert.deepEqual(
@@ -206,7 +198,7 @@ test(
         { reason: exitReasons.KVM_EXIT_IO, port: 0x80 },
         'the first exit to userspace is the out after the kick',
       );
-      assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1n, 'KVM signalled the queue eventfd');
+      assert.equal(drainEventfd(dev.shared.queueEventFds[0]), 1, 'KVM signalled the queue eventfd');
     } finally {
       vcpu.close();
       vm.close();
