@@ -21,6 +21,20 @@ export interface RamRange {
   readonly size: number;
 }
 
+/**
+ * Anonymous memory for the guest (RAM, ROM, device memory): MAP_NORESERVE, so untouched pages cost nothing, and
+ * left out of core dumps, which should not contain guest data. The caller registers it with KVM and unmaps it.
+ */
+export function mapGuestMemory(size: number, what: string): bigint {
+  const addr = checkBig(
+    native.mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+    'mmap',
+    `${size} bytes of ${what}`,
+  );
+  native.madvise(addr, size, MADV_DONTDUMP);
+  return addr;
+}
+
 export class GuestMemoryError extends Error {
   constructor(
     readonly gpa: number,
@@ -78,12 +92,7 @@ export class GuestMemory {
     const regions: Region[] = [];
     try {
       for (const r of ranges) {
-        const addr = checkBig(
-          native.mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-          'mmap',
-          `${r.size} bytes of guest RAM`,
-        );
-        native.madvise(addr, r.size, MADV_DONTDUMP); // a core dump of the VMM should not contain guest RAM
+        const addr = mapGuestMemory(r.size, 'guest RAM');
         regions.push(new Region(r.gpa, r.size, addr));
       }
     } catch (e) {

@@ -9,17 +9,8 @@ import {
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
 } from '../kvm/abi.js';
-import {
-  check,
-  checkBig,
-  MAP_ANONYMOUS,
-  MAP_NORESERVE,
-  MAP_PRIVATE,
-  native,
-  PROT_READ,
-  PROT_WRITE,
-} from '../native/index.js';
-import { GuestMemory, type RamRange } from '../base/guest-memory.js';
+import { check, native } from '../native/index.js';
+import { GuestMemory, mapGuestMemory, type RamRange } from '../base/guest-memory.js';
 
 export type SlotKind = 'ram' | 'rom' | 'device';
 
@@ -113,11 +104,7 @@ export class MemorySlots {
   private map(size: number, name: string): bigint {
     if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE !== 0)
       throw new RangeError(`${name}: ${size} bytes is not a whole number of pages`);
-    return checkBig(
-      native.mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-      'mmap',
-      `${size} bytes for ${name}`,
-    );
+    return mapGuestMemory(size, name);
   }
 
   private checkFree(gpa: number, size: number, name: string): void {
