@@ -18,6 +18,7 @@ import type { GsiRouter } from '../base/gsi-routing.js';
 import type { IrqLine } from '../base/irq-line.js';
 import type { MmioBus, PortIoBus } from './bus.js';
 import type { BarAllocator, PciBus } from './pci/bus.js';
+import type { DeviceMemoryRegion } from '../base/device-memory.js';
 
 /** Options of one device as the machine spec gives them: `kind` plus what the model's schema allows. */
 export type DeviceOptions = { readonly kind: string } & Readonly<Record<string, unknown>>;
@@ -69,6 +70,23 @@ export interface DeviceCreateContext {
    * Firmware boot: undefined, the firmware places them.
    */
   readonly bars?: BarAllocator;
+  /** The machine this device is part of (fw_cfg reports the CPU count, CMOS the memory size, …). */
+  readonly machine: MachineFacts;
+  /**
+   * Memory the guest maps directly (a framebuffer, later VFIO BARs): host memory plus a reserved KVM slot, not
+   * mapped into the guest until placeDeviceMemory() (base/device-memory.ts) puts it at an address (e.g. where
+   * the guest programmed the BAR). Structured-clone safe: attach() on any thread can place it and read its log.
+   */
+  deviceMemory(size: number, name: string, opts?: { readonly dirtyLog?: boolean }): DeviceMemoryRegion;
+}
+
+/** What a device may know about the machine it is built into. */
+export interface MachineFacts {
+  readonly cpus: number;
+  /** Guest RAM in bytes. */
+  readonly memory: number;
+  /** 'firmware': real firmware runs from the reset vector (it places BARs, reads fw_cfg); 'kernel': direct boot. */
+  readonly boot: 'kernel' | 'firmware';
 }
 
 /** Facts about the whole machine a device may need to describe itself (e.g. the PCI root lists every INTA#). */
@@ -100,6 +118,8 @@ export interface DeviceAttachContext {
   readonly pio: PortIoBus;
   readonly mmio: MmioBus;
   readonly pci: PciBus;
+  /** Guest RAM (bounds-checked): what DMA-capable devices (fw_cfg DMA, AHCI) read and write. */
+  readonly memory: GuestMemory;
   /** The platform's interrupt lines (ISA IRQs and GSIs of the in-kernel PIC/IOAPIC). */
   irqLine(gsi: number): IrqLine;
   /** Host facts of this run (where COM1 writes, how the VM is told to stop). */
@@ -111,6 +131,11 @@ export interface DeviceHost {
   readonly serialOutputFd: number;
   /** Ends the VM with a status (debug-exit and the like). */
   stop(reason: { readonly kind: 'guest-exit'; readonly status: number; readonly message: string }): void;
+  /**
+   * The guest asked for a platform reset (i8042 command 0xFE, port 0x92 bit 0, port 0xCF9): the machine restarts
+   * from the reset vector with its devices reset (firmware boot), or stops with kind 'reset' (direct kernel boot).
+   */
+  reset(why: string): void;
 }
 
 export interface DeviceServeContext {

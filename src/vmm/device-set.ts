@@ -12,8 +12,10 @@ import type { GuestMemory } from '../base/guest-memory.js';
 import {
   DeviceOpenError,
   type AttachedDevice,
+  type DeviceCreateContext,
   type DeviceHost,
   type DeviceModel,
+  type MachineFacts,
   type DeviceOptions,
   type DeviceSnapshot,
   type PciInterrupt,
@@ -71,6 +73,12 @@ export interface CreateDevicesOptions {
   readonly vmFd: number;
   /** Direct kernel boot places BARs as firmware would; firmware boot leaves them to the firmware. */
   readonly placeBars: boolean;
+  /** Default (unit tests): one CPU, 64 MiB, direct kernel boot. */
+  readonly machine?: MachineFacts;
+  /** Reserves device memory (framebuffers): MemorySlots.reserveDeviceMemory of the VM. Default: refused. */
+  readonly deviceMemory?: DeviceCreateContext['deviceMemory'];
+  /** The platform devices before the spec's (default PLATFORM_DEVICES). */
+  readonly platform?: readonly DeviceOptions[];
   readonly registry?: DeviceRegistry;
 }
 
@@ -80,7 +88,7 @@ export interface CreateDevicesOptions {
  */
 export function createDevices(specDevices: readonly DeviceOptions[], opts: CreateDevicesOptions): SharedDeviceState {
   const registry = opts.registry ?? deviceRegistry;
-  const all = [...PLATFORM_DEVICES, ...specDevices];
+  const all = [...(opts.platform ?? PLATFORM_DEVICES), ...specDevices];
   const pciCount = all.filter((d) => modelOf(registry, d.kind).bus === 'pci').length;
   if (pciCount > MAX_PCI_DEVICES)
     throw new DeviceOpenError(`${pciCount} PCI devices: bus 0 has room for ${MAX_PCI_DEVICES}`);
@@ -110,6 +118,12 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
         pci,
         bars,
         diskImages,
+        machine: opts.machine ?? { cpus: 1, memory: 64 << 20, boot: 'kernel' },
+        deviceMemory:
+          opts.deviceMemory ??
+          ((_size, what) => {
+            throw new DeviceOpenError(`${what}: this device set has no VM to map device memory into`);
+          }),
       });
       created.push({ model, device: { kind: model.kind, state } });
     }
@@ -171,13 +185,14 @@ export interface DeviceSet {
 export function attachDevices(
   shared: SharedDeviceState,
   host: DeviceHost & { readonly vmFd: number },
+  memory: GuestMemory,
   registry: DeviceRegistry = deviceRegistry,
 ): DeviceSet {
   const pio = new PortIoBus();
   const mmio = new MmioBus();
   const pci = new PciBus(shared.pciAddress);
   const router = new GsiRouter(host.vmFd, shared.router);
-  const ctx = { vmFd: host.vmFd, router, pio, mmio, pci, host, irqLine: (gsi: number) => Vm.irqLine(host.vmFd, gsi) };
+  const ctx = { vmFd: host.vmFd, router, pio, mmio, pci, memory, host, irqLine: (gsi: number) => Vm.irqLine(host.vmFd, gsi) };
   const devices = shared.devices.map((d) => ({
     kind: d.kind,
     state: d.state,

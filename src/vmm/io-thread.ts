@@ -109,9 +109,10 @@ function main(data: IoThreadData): void {
     vmFd: data.vmFd,
     serialOutputFd: data.serialOutputFd,
     stop: (reason: { kind: 'guest-exit'; status: number; message: string }) => control.stop(reason),
+    reset: (why: string) => control.stop({ kind: 'reset', status: 0, message: `the guest reset the machine (${why})` }),
   };
-  const devices = attachDevices(data.devices, host);
   const memory = GuestMemory.attach(data.memory);
+  const devices = attachDevices(data.devices, host, memory);
   startDeviceHostSides(devices, memory);
   startApplicationProcessors(data, { pio: devices.pio, mmio: devices.mmio, control, memory });
   const uart = devices.find<Uart16550 & AttachedDevice>('uart-16550a');

@@ -172,7 +172,12 @@ function buildAndRun(spec: MachineSpec, run: RunOptions, control: VmControl, wor
   trace('VM created');
   let shared;
   try {
-    shared = createDevices(spec.devices, { vmFd: vm.fd, placeBars: strategy.placesBars });
+    shared = createDevices(spec.devices, {
+      vmFd: vm.fd,
+      placeBars: strategy.placesBars,
+      machine: { cpus: spec.cpus, memory: spec.memory, boot: spec.boot.kind },
+      deviceMemory: (size, name, opts) => vm.slots.reserveDeviceMemory(size, name, opts),
+    });
   } catch (e) {
     if (e instanceof DeviceOpenError) throw new ConfigError(e.message);
     throw e;
@@ -218,8 +223,9 @@ function runBuilt(
     vmFd: vm.fd,
     serialOutputFd: run.serialOutputFd,
     stop: (reason: { kind: 'guest-exit'; status: number; message: string }) => control.stop(reason),
+    reset: (why: string) => control.stop({ kind: 'reset', status: 0, message: `the guest reset the machine (${why})` }),
   };
-  const devices = attachDevices(shared, host);
+  const devices = attachDevices(shared, host, vm.memory);
 
   control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
   native.watchTerminationSignals(bsp.immediateExitAddress);

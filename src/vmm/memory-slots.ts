@@ -11,6 +11,7 @@ import {
 } from '../kvm/abi.js';
 import { check, native } from '../native/index.js';
 import { GuestMemory, mapGuestMemory, type RamRange } from '../base/guest-memory.js';
+import { newDeviceMemoryRegion, type DeviceMemoryRegion } from '../base/device-memory.js';
 
 export type SlotKind = 'ram' | 'rom' | 'device';
 
@@ -84,6 +85,15 @@ export class MemorySlots {
       dirtyLog: opts.dirtyLog === true,
       name,
     });
+  }
+
+  /**
+   * Device memory placed later, by its device, wherever the guest wants it (base/device-memory.ts): host memory
+   * and a slot number now, the KVM registration when the guest programs its address.
+   */
+  reserveDeviceMemory(size: number, name: string, opts: { dirtyLog?: boolean } = {}): DeviceMemoryRegion {
+    const hostAddress = this.map(size, name);
+    return newDeviceMemoryRegion({ name, slot: this.nextSlot++, size, hostAddress, dirtyLog: opts.dirtyLog === true });
   }
 
   /**

@@ -12,6 +12,7 @@ import { devfn, type PciFunction } from '../../src/devices/pci/bus.js';
 import { PciConfigSpace } from '../../src/devices/pci/config-space.js';
 import { attachDevices, createDevices, describeDevices, PLATFORM_DEVICES } from '../../src/vmm/device-set.js';
 import { validateMachineSpec } from '../../src/spec/validate.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
 
 /** A port device at `port` that reads back `value`, described in the DSDT as \_SB_.TSTD. */
 const testPort: DeviceModel<{ port: number; value: number }> = {
@@ -60,7 +61,7 @@ const testPci: DeviceModel<{ slot: number; gsi: number; config: SharedArrayBuffe
 };
 
 const registry = deviceRegistry.with(testPort as DeviceModel).with(testPci as DeviceModel);
-const host = { vmFd: -1, serialOutputFd: 1, stop: () => undefined };
+const host = { vmFd: -1, serialOutputFd: 1, stop: () => undefined, reset: () => undefined };
 
 test('registry: a device added with one line is accepted by the spec, put on the bus and described in ACPI', () => {
   const spec = validateMachineSpec(
@@ -90,7 +91,7 @@ test('registry: a device added with one line is accepted by the spec, put on the
     shared.devices.map((d) => d.kind),
     [...PLATFORM_DEVICES.map((d) => d.kind), 'test-port', 'test-pci'],
   );
-  const set = attachDevices(shared, host, registry);
+  const set = attachDevices(shared, host, GuestMemory.allocateRanges([{ gpa: 0, size: 1 << 20 }]), registry);
   assert.equal(set.pio.read(0x510, 1), 0x5a, 'the port answers');
 
   // The PCI function sits in slot 1 (the first PCI device) and answers configuration mechanism #1.

@@ -679,8 +679,9 @@ function platform(name: string): Platform {
     pio,
     mmio: new MmioBus(),
     pci: new PciBus(),
+    memory: GuestMemory.allocateRanges([{ gpa: 0, size: 1 << 20 }]),
     irqLine: () => ({ set: (level) => void irq.push(level) }),
-    host: { serialOutputFd: fd, stop: () => undefined },
+    host: { serialOutputFd: fd, stop: () => undefined, reset: () => undefined },
   };
   return { pio, irq, ctx, output };
 }
