@@ -108,6 +108,11 @@ export interface DeviceDescription {
   readonly pciInterrupt?: PciInterrupt;
   /** Guest-physical ranges the OS must not use as RAM (E820 type 2). */
   readonly reserved?: readonly { readonly base: number; readonly size: number }[];
+  /**
+   * Files it hands to firmware through fw_cfg (QEMU's fw_cfg file directory): an option ROM
+   * ("pci1234,1111.rom"), "etc/…" settings. Only firmware boot reads them.
+   */
+  readonly firmwareFiles?: readonly { readonly name: string; readonly data: Uint8Array }[];
   /** FADT IAPC_BOOT_ARCH flags this device asks for. */
   readonly legacy?: { readonly i8042?: boolean; readonly rtc?: boolean; readonly vga?: boolean };
 }

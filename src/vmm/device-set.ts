@@ -54,6 +54,7 @@ export interface PlatformDescription {
   readonly acpiTables: readonly Uint8Array[];
   readonly pciInterrupts: readonly PciInterrupt[];
   readonly reserved: readonly { readonly base: number; readonly size: number }[];
+  readonly firmwareFiles: readonly { readonly name: string; readonly data: Uint8Array }[];
   readonly legacy: { readonly i8042?: boolean; readonly rtc?: boolean; readonly vga?: boolean };
 }
 
@@ -162,6 +163,7 @@ export function describeDevices(
     acpiTables: descriptions.flatMap((d) => d.acpiTables ?? []),
     pciInterrupts,
     reserved: descriptions.flatMap((d) => d.reserved ?? []),
+    firmwareFiles: descriptions.flatMap((d) => d.firmwareFiles ?? []),
     legacy: Object.assign({}, ...descriptions.map((d) => d.legacy ?? {})) as PlatformDescription['legacy'],
   };
 }

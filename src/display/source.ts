@@ -1,0 +1,38 @@
+// What a screen consumer (screenshots, the RFB server) reads from a display device, and what it sends back to
+// the machine's input devices. The display device (std VGA) implements DisplaySource; the PC's input devices
+// (i8042 PS/2, later virtio-input) implement InputSink. Both are usable from any thread of the VMM process.
+
+export interface Rect {
+  readonly x: number;
+  readonly y: number;
+  readonly width: number;
+  readonly height: number;
+}
+
+/** One rendered screen: `rgba` is width × height × 4 bytes, R, G, B, A per pixel, rows top to bottom. */
+export interface DisplayFrame {
+  readonly width: number;
+  readonly height: number;
+  readonly rgba: Uint8Array;
+}
+
+export interface DisplaySource {
+  /** The current screen size (it changes with the guest's video mode). */
+  size(): { readonly width: number; readonly height: number };
+  /** Renders the whole screen as it is now (text mode through the font, graphics modes through the palette). */
+  render(): DisplayFrame;
+  /**
+   * What changed since the previous call, as rectangles of the current screen (from the framebuffer's dirty
+   * log, the text buffer, palette and mode changes); the whole screen after a mode change. Empty: nothing.
+   */
+  changes(): readonly Rect[];
+}
+
+/** Key codes are XT (set 1) scancodes; extended keys carry their 0xE0 prefix as 0xE0nn (0xE048: cursor up). */
+export interface InputSink {
+  key(scancode: number, down: boolean): void;
+  /** Relative pointer motion and buttons (bit 0 left, 1 middle, 2 right, 3/4 wheel up/down). */
+  pointer(dx: number, dy: number, buttons: number): void;
+  /** Keyboard LEDs the guest set: bit 0 Scroll Lock, 1 Num Lock, 2 Caps Lock. */
+  leds(): number;
+}
