@@ -30,25 +30,41 @@ function keyValue(part: string): [string, string | undefined] {
   return eq < 0 ? [part, undefined] : [part.slice(0, eq), part.slice(eq + 1)];
 }
 
-/** --disk PATH[,readonly][,serial=ID][,queues=N][,packed] */
-export function parseDisk(text: string): DeviceOptions {
+/** A disk on the AHCI controller (`--disk …,if=ahci`): one drive entry of the machine's `ahci` device. */
+export interface AhciDiskOption {
+  readonly kind?: never;
+  readonly type: 'disk';
+  readonly path: string;
+  readonly readonly?: boolean;
+  readonly serial?: string;
+}
+
+/** --disk PATH[,if=virtio|ahci][,readonly][,serial=ID][,queues=N][,packed] */
+export function parseDisk(text: string): DeviceOptions | AhciDiskOption {
   const [path, ...rest] = splitOption(text);
   if (!path) throw new DeviceOptionError(`--disk '${text}': the image path is missing`);
   let readOnly = false;
   let serial: string | undefined;
   let queues: number | undefined;
   let packed = false;
+  let bus: 'virtio' | 'ahci' = 'virtio';
   for (const part of rest) {
     const [key, value] = keyValue(part);
-    if (key === 'packed' && value === undefined) packed = true;
+    if (key === 'if' && (value === 'virtio' || value === 'ahci')) bus = value;
+    else if (key === 'packed' && value === undefined) packed = true;
     else if (key === 'readonly' && (value === undefined || value === 'on')) readOnly = true;
     else if (key === 'readonly' && value === 'off') readOnly = false;
     else if (key === 'serial' && value !== undefined) serial = value;
     else if (key === 'queues' && value !== undefined && /^\d+$/.test(value)) queues = Number(value);
     else
       throw new DeviceOptionError(
-        `--disk '${text}': unknown or malformed option '${part}' (readonly, serial=ID, queues=N, packed)`,
+        `--disk '${text}': unknown or malformed option '${part}' (if=virtio|ahci, readonly, serial=ID, queues=N, packed)`,
       );
+  }
+  if (bus === 'ahci') {
+    if (queues !== undefined || packed)
+      throw new DeviceOptionError(`--disk '${text}': queues= and packed are virtio options, not AHCI's`);
+    return { type: 'disk', path, ...(readOnly ? { readonly: true } : {}), ...(serial !== undefined ? { serial } : {}) };
   }
   return {
     kind: 'virtio-blk',
@@ -87,4 +103,18 @@ export function parseNet(text: string): DeviceOptions {
 export function parseConsole(text: string): DeviceOptions {
   if (!text) throw new DeviceOptionError('--console needs a path');
   return { kind: 'virtio-console', path: text };
+}
+
+/** --boot order=cd,disk,net → the firmware's boot order (fw_cfg "bootorder"). */
+export function parseBootOrder(text: string): ('cdrom' | 'disk' | 'net')[] {
+  const [key, value] = keyValue(text);
+  if (key !== 'order' || !value) throw new DeviceOptionError(`--boot '${text}': expected order=cd,disk,net`);
+  const names: Record<string, 'cdrom' | 'disk' | 'net'> = { cd: 'cdrom', cdrom: 'cdrom', disk: 'disk', net: 'net' };
+  const order = value.split(',').map((n) => {
+    const kind = names[n];
+    if (!kind) throw new DeviceOptionError(`--boot '${text}': '${n}' is not cd, disk or net`);
+    return kind;
+  });
+  if (new Set(order).size !== order.length) throw new DeviceOptionError(`--boot '${text}': a device is named twice`);
+  return order;
 }

@@ -14,9 +14,20 @@ import { openOutputFile, OutputFileError } from '../host/output-file.js';
 import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
-import { DeviceOptionError, parseConsole, parseDisk, parseNet } from './device-options.js';
+import {
+  DeviceOptionError,
+  parseBootOrder,
+  parseConsole,
+  parseDisk,
+  parseNet,
+  type AhciDiskOption,
+} from './device-options.js';
+
+/** Debian's SeaBIOS (package seabios): what `--bios` without a path boots. */
+export const DEFAULT_BIOS = '/usr/share/seabios/bios-256k.bin';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
+       partita run --bios [FILE] [--cdrom ISO] [--disk …] [options]
        partita run --spec VM.json [--serial …] [--stats]
 
 Boots a kernel (PVH ELF, multiboot or Linux bzImage) in a new VM; the guest's serial console is on this terminal.
@@ -42,6 +53,16 @@ Options:
                        disk image) or a UNIX socket (both ways)
   --stats              print the VM's exit counts when it stops
   -h, --help           this help
+
+Firmware boot (a PC: i440FX/PIIX chipset, fw_cfg, CMOS, PS/2, std VGA, AHCI):
+  --bios [FILE]        boot firmware from the reset vector (default: Debian's SeaBIOS,
+                       ${DEFAULT_BIOS})
+  --cdrom ISO          an ATAPI CD-ROM on the AHCI controller with this ISO 9660 image; repeatable
+  --disk PATH,if=ahci  a SATA disk on the AHCI controller (if=virtio, the default, is virtio-blk)
+  --boot order=LIST    boot order of device kinds: cd, disk, net (e.g. order=cd,disk)
+  --display vga|none   the std VGA display (default vga with --bios)
+  --screenshot FILE    write the screen as a PNG when the VM ends (guest exit, reset loop, Ctrl-A x, signal)
+  --firmware-log FILE  the firmware's debug log (port 0x402: SeaBIOS's log), appended to FILE
 
 On a terminal, Ctrl-A x quits and Ctrl-A h lists the console keys.
 Exit status: the guest's debug-exit status ((v << 1) | 1), 0 when it powers off or you quit,
@@ -113,15 +134,43 @@ const RUN_OPTIONS = {
   rng: { type: 'boolean' },
   console: { type: 'string' },
   stats: { type: 'boolean' },
+  bios: { type: 'string' },
+  cdrom: { type: 'string', multiple: true },
+  boot: { type: 'string' },
+  display: { type: 'string' },
+  screenshot: { type: 'string' },
+  'firmware-log': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
+
+
+/**
+ * `--bios` takes an optional path (`--bios` alone means Debian's SeaBIOS). parseArgs has no optional values, so
+ * a bare `--bios` (last, or followed by another option) is given the default here.
+ */
+function withBiosDefault(args: readonly string[]): string[] {
+  const out: string[] = [];
+  args.forEach((a, i) => {
+    out.push(a);
+    if (a === '--bios' && (i + 1 >= args.length || args[i + 1].startsWith('-'))) out.push(DEFAULT_BIOS);
+  });
+  return out;
+}
 
 type RunValues = ReturnType<typeof parse>['values'];
 
 /** The flags of a machine ('partita run' without --spec) → the machine spec they mean. */
 function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: string) => string | undefined } {
   const kernel = values.kernel as string | undefined;
-  if (!kernel) throw new UsageError('run: --kernel FILE (or --spec FILE) is required (see partita run --help)');
+  const bios = values.bios as string | undefined;
+  if (!kernel && !bios)
+    throw new UsageError('run: --kernel FILE, --bios [FILE] or --spec FILE is required (see partita run --help)');
+  if (kernel && bios) throw new UsageError('--kernel and --bios are two ways to boot: give one');
+  if (!bios)
+    for (const flag of ['cdrom', 'boot', 'display', 'firmware-log'] as const)
+      if (values[flag] !== undefined) throw new UsageError(`--${flag} needs firmware boot (--bios)`);
+  if (bios && (values.initrd !== undefined || values.cmdline !== undefined))
+    throw new UsageError('--initrd and --cmdline go with --kernel; with --bios the boot loader chooses');
 
   const cpusText = (values.cpus as string | undefined) ?? '1';
   if (!/^\d+$/.test(cpusText)) throw new UsageError(`--cpus '${cpusText}' is not a whole number`);
@@ -163,8 +212,29 @@ function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: s
     devices.push(device);
     flags.push(flag);
   };
+  const ahciDrives: (AhciDiskOption | { type: 'cdrom'; path: string })[] = [];
+  const ahciFlags: string[] = [];
+  let bootOrder: ('cdrom' | 'disk' | 'net')[] | undefined;
+  const display = (values.display as string | undefined) ?? (bios ? 'vga' : 'none');
+  if (display !== 'vga' && display !== 'none') throw new UsageError(`--display '${display}' is not vga or none`);
+  // The display is the first PCI device, as on QEMU's pc machine (00:02.0), so firmware finds it first.
+  if (display === 'vga') add({ kind: 'std-vga' }, '--display vga');
   try {
-    for (const d of (values.disk as string[] | undefined) ?? []) add(parseDisk(d), `--disk '${d}'`);
+    for (const d of (values.disk as string[] | undefined) ?? []) {
+      const disk = parseDisk(d);
+      if (disk.kind === undefined) {
+        if (!bios) throw new UsageError(`--disk '${d}': if=ahci needs firmware boot (--bios)`);
+        ahciDrives.push(disk);
+        ahciFlags.push(`--disk '${d}'`);
+      } else add(disk as DeviceOptions, `--disk '${d}'`);
+    }
+    for (const c of (values.cdrom as string[] | undefined) ?? []) {
+      if (!c) throw new UsageError('--cdrom needs an ISO image path');
+      ahciDrives.push({ type: 'cdrom', path: c });
+      ahciFlags.push(`--cdrom '${c}'`);
+    }
+    if (ahciDrives.length) add({ kind: 'ahci', drives: ahciDrives }, ahciFlags.join(' '));
+    if (values.boot !== undefined) bootOrder = parseBootOrder(values.boot as string);
     for (const n of (values.net as string[] | undefined) ?? []) add(parseNet(n), `--net '${n}'`);
     if (values.rng) add({ kind: 'virtio-rng' }, '--rng');
     if (values.console !== undefined)
@@ -181,12 +251,19 @@ function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: s
     ...(topology ? { topology } : {}),
     ...(cpu ? { cpuProfile: cpu as 'host' | 'compat' } : {}),
     memory,
-    boot: {
-      kind: 'kernel',
-      kernel,
-      ...(initrd.length ? { initrd } : {}),
-      ...(cmdline !== undefined ? { cmdline } : {}),
-    },
+    boot: bios
+      ? {
+          kind: 'firmware',
+          firmware: bios,
+          ...(bootOrder ? { bootOrder } : {}),
+          ...(values['firmware-log'] !== undefined ? { log: values['firmware-log'] as string } : {}),
+        }
+      : {
+          kind: 'kernel',
+          kernel: kernel!,
+          ...(initrd.length ? { initrd } : {}),
+          ...(cmdline !== undefined ? { cmdline } : {}),
+        },
     devices,
   };
   const flagOf = (path: string): string | undefined => {
@@ -211,6 +288,11 @@ function checkedSpec(values: RunValues): MachineSpec {
       'net',
       'rng',
       'console',
+      'bios',
+      'cdrom',
+      'boot',
+      'display',
+      'firmware-log',
     ])
       if (values[flag] !== undefined)
         throw new UsageError(`--${flag} cannot be combined with --spec (the spec file describes the machine)`);
@@ -265,7 +347,7 @@ function serialOutput(serial: string, spec: MachineSpec): Pick<RunOptions, 'seri
 }
 
 function specCommand(args: string[]): number {
-  const { values, positionals } = parse(args, RUN_OPTIONS);
+  const { values, positionals } = parse(withBiosDefault(args), RUN_OPTIONS);
   if (values.help) {
     process.stdout.write(
       'Usage: partita spec [partita run options]\nPrints the machine spec (JSON) the options describe.\n',
@@ -284,7 +366,7 @@ function specCommand(args: string[]): number {
 }
 
 function runCommand(args: string[]): number {
-  const { values, positionals } = parse(args, RUN_OPTIONS);
+  const { values, positionals } = parse(withBiosDefault(args), RUN_OPTIONS);
   if (values.help) {
     process.stdout.write(USAGE_RUN + '\n');
     return 0;
@@ -300,7 +382,11 @@ function runCommand(args: string[]): number {
       : specSerial.output === 'none'
         ? 'none'
         : `file:${specSerial.path}`);
-  const run: RunOptions = { ...serialOutput(serialFlag, spec), stats: values.stats === true };
+  const run: RunOptions = {
+    ...serialOutput(serialFlag, spec),
+    stats: values.stats === true,
+    ...(values.screenshot !== undefined ? { screenshot: values.screenshot as string } : {}),
+  };
 
   const raw = run.serialInput === 'tty';
   if (raw) {

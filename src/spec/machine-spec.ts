@@ -22,7 +22,16 @@ const KernelBoot = Type.Object(
 );
 
 const FirmwareBoot = Type.Object(
-  { kind: Type.Literal('firmware'), firmware: Path },
+  {
+    kind: Type.Literal('firmware'),
+    firmware: Path,
+    /** Which kinds of boot device the firmware tries first (fw_cfg "bootorder"); the rest follow. */
+    bootOrder: Type.Optional(
+      Type.Array(Type.Union([Type.Literal('cdrom'), Type.Literal('disk'), Type.Literal('net')]), { maxItems: 3 }),
+    ),
+    /** The firmware's debug log (port 0x402, SeaBIOS's log), appended to a file. */
+    log: Type.Optional(Path),
+  },
   { additionalProperties: false, description: 'firmware boot: a BIOS/UEFI image started at the reset vector' },
 );
 

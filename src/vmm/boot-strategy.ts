@@ -109,9 +109,12 @@ function writePlatformTables(vm: Vm, apicIds: readonly number[], platform: Platf
 
 /** Firmware images: whole 4 KiB pages, at most 16 MiB (the flash window below 4 GiB on a PC). */
 export const MAX_FIRMWARE_SIZE = 16 * MIB;
-/** The legacy BIOS area a PC shadows firmware into: 0xE0000-0xFFFFF (the top 128 KiB of the image). */
+/**
+ * The legacy BIOS area below 1 MiB that holds a copy of the image's top: 0xC0000-0xFFFFF, the whole of a 256 KiB
+ * SeaBIOS (Debian's has code from 0xD2720 on, not only in the top 128 KiB a PC's F and E segments show).
+ */
 const LOW_BIOS_END = 0x10_0000;
-const LOW_BIOS_SIZE = 128 * KIB;
+const LOW_BIOS_SIZE = 256 * KIB;
 
 /** Checks a firmware image's shape: whole pages, not empty, not larger than the flash window. */
 export function checkFirmware(path: string, bytes: Uint8Array): Uint8Array {
@@ -130,12 +133,17 @@ export function firmwareBoot(spec: FirmwareBootSpec, image: Uint8Array): BootStr
       // read-only slot: the guest's writes exit to userspace and are dropped, as a ROM's are.
       const romBase = FOUR_GIB - image.length;
       vm.slots.addRom(romBase, image, `firmware '${spec.firmware}'`);
-      // Real-mode firmware jumps to F000:xxxx right after the reset vector: its top 128 KiB must also appear
-      // below 1 MiB. Without a chipset that shadows (PAM), that window is plain RAM holding a copy.
-      const low = image.subarray(Math.max(0, image.length - LOW_BIOS_SIZE));
-      vm.memory.write(LOW_BIOS_END - low.length, low);
+      // Real-mode firmware jumps to F000:xxxx right after the reset vector: its top must also appear below
+      // 1 MiB. Without a chipset that shadows (PAM), that window is plain RAM holding a copy.
+      loadLowBiosCopy(vm, image);
       // vCPU 0 keeps KVM's reset state: CS 0xF000 with base 0xFFFF0000, IP 0xFFF0.
       return { kind: 'firmware', romBase, romSize: image.length };
     },
   };
+}
+
+/** (Re)loads the copy of the firmware's top below 1 MiB: at start, and on every reset (the guest may have written it). */
+export function loadLowBiosCopy(vm: Vm, image: Uint8Array): void {
+  const low = image.subarray(Math.max(0, image.length - LOW_BIOS_SIZE));
+  vm.memory.write(LOW_BIOS_END - low.length, low);
 }

@@ -32,6 +32,27 @@ export const PLATFORM_DEVICES: readonly DeviceOptions[] = [
   { kind: 'io-delay' },
 ];
 
+/**
+ * The platform of a PC booted by firmware, what SeaBIOS and OVMF expect of QEMU's `pc` machine: the i440FX host
+ * bridge and the PIIX3 ISA bridge + PIIX4 power management at 00:01.x, COM1, fw_cfg, the CMOS clock, the PS/2
+ * controller, port 0x92, and the firmware's debug console when its log is wanted.
+ */
+export function pcPlatformDevices(opts: { readonly firmwareLog?: string }): DeviceOptions[] {
+  return [
+    { kind: 'pci-root', chipset: 'i440fx' },
+    { kind: 'piix3-isa' },
+    { kind: 'piix4-pm' },
+    { kind: 'uart-16550a' },
+    { kind: 'isa-debug-exit' },
+    { kind: 'io-delay' },
+    { kind: 'fw-cfg' },
+    { kind: 'cmos-rtc' },
+    { kind: 'i8042' },
+    { kind: 'system-control-a' },
+    ...(opts.firmwareLog !== undefined ? [{ kind: 'debug-console', path: opts.firmwareLog }] : []),
+  ];
+}
+
 /** Bus 0 has 32 slots; slot 0 is the host bridge. */
 export const MAX_PCI_DEVICES = 31;
 
@@ -58,9 +79,9 @@ export interface PlatformDescription {
   readonly legacy: { readonly i8042?: boolean; readonly rtc?: boolean; readonly vga?: boolean };
 }
 
-/** The PCI slot of the n-th PCI device (0-based) and the GSI of its INTA#. */
-export function pciSlot(n: number): PciInterrupt {
-  const slot = n + 1;
+/** The PCI slot of the n-th PCI device (0-based; slots from `first`) and the GSI of its INTA#. */
+export function pciSlot(n: number, first = 1): PciInterrupt {
+  const slot = n + first;
   return { slot, gsi: PCI_INTX_GSI_BASE + ((slot - 1) % PCI_INTX_GSI_COUNT) };
 }
 
@@ -80,6 +101,8 @@ export interface CreateDevicesOptions {
   readonly deviceMemory?: DeviceCreateContext['deviceMemory'];
   /** The platform devices before the spec's (default PLATFORM_DEVICES). */
   readonly platform?: readonly DeviceOptions[];
+  /** The slot of the first PCI device of the spec (default 1; the PC platform has its ISA bridge at 1). */
+  readonly firstPciSlot?: number;
   readonly registry?: DeviceRegistry;
 }
 
@@ -90,9 +113,10 @@ export interface CreateDevicesOptions {
 export function createDevices(specDevices: readonly DeviceOptions[], opts: CreateDevicesOptions): SharedDeviceState {
   const registry = opts.registry ?? deviceRegistry;
   const all = [...(opts.platform ?? PLATFORM_DEVICES), ...specDevices];
+  const firstSlot = opts.firstPciSlot ?? 1;
   const pciCount = all.filter((d) => modelOf(registry, d.kind).bus === 'pci').length;
-  if (pciCount > MAX_PCI_DEVICES)
-    throw new DeviceOpenError(`${pciCount} PCI devices: bus 0 has room for ${MAX_PCI_DEVICES}`);
+  if (pciCount > 32 - firstSlot)
+    throw new DeviceOpenError(`${pciCount} PCI devices: bus 0 has room for ${32 - firstSlot}`);
   const router = new GsiRouter(opts.vmFd);
   const w = PCI_ROOT_WINDOWS;
   // One cursor for all memory BARs: small 64-bit BARs go below 4 GiB too, as SeaBIOS places them, so 32-bit
@@ -110,7 +134,7 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
   try {
     for (const options of all) {
       const model = modelOf(registry, options.kind);
-      const pci = model.bus === 'pci' ? pciSlot(pciIndex++) : undefined;
+      const pci = model.bus === 'pci' ? pciSlot(pciIndex++, firstSlot) : undefined;
       const state = model.create(options, {
         vmFd: opts.vmFd,
         router,

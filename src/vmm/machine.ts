@@ -16,14 +16,21 @@ import { native } from '../native/index.js';
 import { supportedCpuid, vcpuCpuid, type CpuProfile } from '../arch/x86_64/cpuid.js';
 import { apicIdLayout, defaultTopology, type CpuTopology } from '../arch/x86_64/topology.js';
 import { msrIndexList, setupMsrs } from '../arch/x86_64/msrs.js';
-import { ramRanges } from '../arch/x86_64/layout.js';
+import { firmwareRamRanges, ramRanges } from '../arch/x86_64/layout.js';
 import { DeviceOpenError } from '../devices/model.js';
 import { AttachedVirtioFunction } from '../devices/virtio/pci-model.js';
 import type { MachineSpec } from '../spec/machine-spec.js';
 import { Vm } from './vm.js';
 import { Vcpu } from './vcpu.js';
 import { VmControl, type StopReason } from './control.js';
-import { attachDevices, createDevices, describeDevices, settleDevices, type DeviceSet } from './device-set.js';
+import {
+  attachDevices,
+  createDevices,
+  describeDevices,
+  pcPlatformDevices,
+  settleDevices,
+  type DeviceSet,
+} from './device-set.js';
 import {
   directKernelBoot,
   firmwareBoot,
@@ -43,6 +50,8 @@ export interface RunOptions {
   readonly serialInput: 'tty' | 'stream' | 'none';
   /** Print exit counts and virtio notification counts to stderr when the VM stops. */
   readonly stats?: boolean;
+  /** Write the screen (std VGA) as a PNG here when the VM ends, however it ends. */
+  readonly screenshot?: string;
   /** Lets another thread pause, resume or stop the VM (the daemon does; the CLI uses console keys and signals). */
   readonly control?: VmControl;
 }
@@ -168,13 +177,15 @@ function buildAndRun(spec: MachineSpec, run: RunOptions, control: VmControl, wor
   if (spec.cpus > kvm.maxVcpus)
     throw new ConfigError(`cpus ${spec.cpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
   const topology = machineTopology(spec);
-  const vm = Vm.create(kvm, ramRanges(spec.memory));
+  const firmware = spec.boot.kind === 'firmware' ? spec.boot : undefined;
+  const vm = Vm.create(kvm, firmware ? firmwareRamRanges(spec.memory) : ramRanges(spec.memory));
   trace('VM created');
   let shared;
   try {
     shared = createDevices(spec.devices, {
       vmFd: vm.fd,
       placeBars: strategy.placesBars,
+      ...(firmware ? { platform: pcPlatformDevices({ firmwareLog: firmware.log }), firstPciSlot: 2 } : {}),
       machine: { cpus: spec.cpus, memory: spec.memory, boot: spec.boot.kind },
       deviceMemory: (size, name, opts) => vm.slots.reserveDeviceMemory(size, name, opts),
     });

@@ -43,6 +43,14 @@ export const BOOT_MODLIST_ADDRESS = 0x8000; // module list (one page)
 export const BOOT_CMDLINE_ADDRESS = 0x20000; // kernel and module command lines
 export const BOOT_CMDLINE_AREA_SIZE = 64 * KIB;
 
+/**
+ * The legacy VGA window (0xA0000-0xBFFFF): on a PC it is the display adapter's, not RAM. Firmware boot leaves
+ * it unbacked so the std VGA device decodes it; direct kernel boot keeps it inside the first RAM slot (no
+ * legacy display there, and E820 reserves 0x9FC00-0xFFFFF anyway).
+ */
+export const VGA_WINDOW_BASE = 0xa0000;
+export const VGA_WINDOW_END = 0xc0000;
+
 /** The largest guest RAM Partita accepts. */
 export const MAX_MEMORY = 1024 * GIB;
 /** The smallest: enough for the boot structures and a small kernel. */
@@ -97,4 +105,20 @@ export function guestMemoryMap(
   }
   if (high) map.push({ base: high.gpa, size: high.size, type: E820_RAM });
   return map.sort((a, b) => a.base - b.base);
+}
+
+/**
+ * RAM of a PC booted by firmware: as ramRanges(), with the VGA window cut out of the first range. 0xC0000-0xFFFFF
+ * stays RAM: with no PAM shadowing to emulate, the BIOS image and the option ROMs firmware copies there live in
+ * plain RAM (the firmware boot strategy reloads the image on reset).
+ */
+export function firmwareRamRanges(memorySize: number): RamRange[] {
+  const [low, ...rest] = ramRanges(memorySize);
+  if (low.size <= VGA_WINDOW_END)
+    throw new RangeError(`firmware boot needs more than ${VGA_WINDOW_END / 1024} KiB of RAM below the PCI hole`);
+  return [
+    { gpa: 0, size: VGA_WINDOW_BASE },
+    { gpa: VGA_WINDOW_END, size: low.size - VGA_WINDOW_END },
+    ...rest,
+  ];
 }
