@@ -181,6 +181,10 @@ export const kvm_ioeventfd = layout('kvm_ioeventfd', 64, {
 export const kvm_lapic_state = layout('kvm_lapic_state', 1024, { regs: [0, 1024] });
 export const kvm_pit_config = layout('kvm_pit_config', 64, { flags: [0, 4] });
 export const kvm_mp_state = layout('kvm_mp_state', 4, { mp_state: [0, 4] });
+/** One in-kernel interrupt controller's state (PIC master/slave or IOAPIC): saved at power-on, loaded on reset. */
+export const kvm_irqchip = layout('kvm_irqchip', 520, { chip_id: [0, 4], pad: [4, 4], chip: [8, 512] });
+/** The in-kernel PIT's state (three channels, flags). */
+export const kvm_pit_state2 = layout('kvm_pit_state2', 112, { channels: [0, 72], flags: [72, 4], reserved: [76, 36] });
 export const kvm_msi = layout('kvm_msi', 32, {
   address_lo: [0, 4],
   address_hi: [4, 4],
@@ -199,6 +203,8 @@ export const kvm_enable_cap = layout('kvm_enable_cap', 104, { cap: [0, 4], flags
 
 /** Every layout, for the header check. */
 export const allLayouts: readonly StructLayout<string>[] = [
+  kvm_irqchip,
+  kvm_pit_state2,
   kvm_userspace_memory_region,
   kvm_dirty_log,
   kvm_regs,
@@ -257,6 +263,10 @@ export const ioctls = {
   KVM_GET_CPUID2: iowr(0x91, kvm_cpuid2.size),
   KVM_GET_MP_STATE: ior(0x98, kvm_mp_state.size),
   KVM_SET_MP_STATE: iow(0x99, kvm_mp_state.size),
+  KVM_GET_IRQCHIP: iowr(0x62, kvm_irqchip.size),
+  KVM_SET_IRQCHIP: ior(0x63, kvm_irqchip.size),
+  KVM_GET_PIT2: ior(0x9f, kvm_pit_state2.size),
+  KVM_SET_PIT2: iow(0xa0, kvm_pit_state2.size),
   KVM_GET_TSC_KHZ: io(0xa3),
   KVM_SET_TSC_KHZ: io(0xa2),
   KVM_ENABLE_CAP: iow(0xa3, kvm_enable_cap.size),

@@ -32,6 +32,8 @@ export interface BootStrategy {
   readonly placesBars: boolean;
   /** Loads what the guest starts from and sets vCPU 0's entry state. */
   prepare(ctx: BootContext): BootResult;
+  /** After a guest reset (firmware boot): reload what the guest may have overwritten (the BIOS copy below 1 MiB). */
+  reset?(vm: Vm): void;
 }
 
 /** A kernel image and its modules, read before the VM is built so a bad file costs nothing. */
@@ -138,6 +140,9 @@ export function firmwareBoot(spec: FirmwareBootSpec, image: Uint8Array): BootStr
       loadLowBiosCopy(vm, image);
       // vCPU 0 keeps KVM's reset state: CS 0xF000 with base 0xFFFF0000, IP 0xFFF0.
       return { kind: 'firmware', romBase, romSize: image.length };
+    },
+    reset(vm) {
+      loadLowBiosCopy(vm, image);
     },
   };
 }

@@ -122,6 +122,17 @@ export class VmControl {
     return this.reason();
   }
 
+  /**
+   * After a guest-initiated reset (kind 'reset' or 'triple-fault') that the machine turns into a reboot: clears the
+   * stop so the vCPUs run again. Returns false, changing nothing, when the VM is stopping for another reason.
+   */
+  restart(): boolean {
+    if (Atomics.load(this.ints, STATE) !== STATE_STOPPED) return false;
+    const kind = KINDS[Atomics.load(this.ints, KIND)];
+    if (kind !== 'reset' && kind !== 'triple-fault') return false;
+    return Atomics.compareExchange(this.ints, STATE, STATE_STOPPED, 0) === STATE_STOPPED;
+  }
+
   fault(message: string, status: number, kind: StopKind = 'error'): StopReason {
     return this.stop({ kind, status, message });
   }

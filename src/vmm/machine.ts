@@ -40,6 +40,7 @@ import {
   type BootStrategy,
 } from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
+import { PowerOnState } from './machine-reset.js';
 import { formatSize } from '../base/units.js';
 import { MAX_INPUT_FILE_BYTES, readWholeFile } from '../host/input-file.js';
 
@@ -256,13 +257,15 @@ function runBuilt(
     worker.postMessage(data);
   }
 
+  // Firmware boot reboots on a guest reset as a PC does; the power-on state is what a reset goes back to.
+  const powerOn = spec.boot.kind === 'firmware' ? PowerOnState.capture(vm, bsp, devices) : undefined;
   trace('vCPUs ready, entering the guest');
-  const reason = bsp.runLoop({
+  const exitContext = {
     pio: devices.pio,
     mmio: devices.mmio,
     control,
     memory: vm.memory,
-    onKick: (vcpu) => {
+    onKick: (vcpu: Vcpu) => {
       const sig = native.pendingSignal();
       if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
       if (control.paused) control.waitWhilePaused();
@@ -270,7 +273,30 @@ function runBuilt(
       if (spec.cpus === 1) return deadHaltCheck(vcpu, control, vm);
       return undefined;
     },
-  });
+  };
+  let reason = bsp.runLoop(exitContext);
+  const resets = new ResetLoopGuard();
+  while (powerOn && (reason.kind === 'reset' || reason.kind === 'triple-fault')) {
+    if (spec.cpus > 1) {
+      reason = { ...reason, message: `${reason.message}; a reboot with several vCPUs is not supported yet: the VM stops` };
+      break;
+    }
+    const loop = resets.record();
+    if (loop) {
+      reason = control.fault(`${reason.message}; ${loop}`, 3, 'reset');
+      break;
+    }
+    if (!control.restart()) break; // a stop for another reason (signal, quit) won the race
+    try {
+      powerOn.apply(vm, bsp, devices);
+      strategy.reset?.(vm);
+    } catch (e) {
+      reason = control.fault(`the machine could not be reset: ${(e as Error).message}`, 3, 'error');
+      break;
+    }
+    trace('guest reset: running again from the reset vector');
+    reason = bsp.runLoop(exitContext);
+  }
   trace(`guest stopped (${reason.kind})`);
   if (run.stats) printStats(control, devices);
   if (typeof tick === 'bigint') native.stopTick(tick);
@@ -292,6 +318,23 @@ function printStats(control: VmControl, devices: DeviceSet): void {
     lines.push(`partita: ${device.name}: ${n.kicks} ioeventfd wake-ups, ${n.notifyExits} queue notifications by exit`);
   }
   process.stderr.write(lines.join('\n') + '\n');
+}
+
+/**
+ * A guest that resets again and again without getting anywhere (a firmware that cannot find what it needs, a boot
+ * loader that triple-faults at once) would spin for ever: eight resets each within two seconds of the previous one
+ * end the VM. Time is only the guard here: a guest that takes longer between resets is simply rebooting.
+ */
+class ResetLoopGuard {
+  private quick = 0;
+  private last = performance.now();
+
+  record(): string | undefined {
+    const now = performance.now();
+    this.quick = now - this.last < 2000 ? this.quick + 1 : 0;
+    this.last = now;
+    return this.quick >= 8 ? `the guest reset ${this.quick + 1} times in quick succession (a reset loop)` : undefined;
+  }
 }
 
 /** A lone vCPU halted with interrupts disabled can never run again: stop instead of hanging forever. */
