@@ -3,6 +3,7 @@
 // on CI machines, or passwordless sudo); otherwise it prints the apt-get line and the tests that need the tool
 // say SKIP. PARTITA_NO_INSTALL=1 turns installing off.
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 const TOOLS = [
   { command: 'qemu-system-x86_64', args: ['--version'], pkg: 'qemu-system-x86', use: 'QEMU comparisons' },
@@ -10,9 +11,16 @@ const TOOLS = [
   { command: 'acpiexec', args: ['-v'], pkg: 'acpica-tools', use: 'the ACPI namespace check' },
   { command: 'passt', args: ['--version'], pkg: 'passt', use: 'virtio-net user-mode networking tests' },
   { command: 'cpio', args: ['--version'], pkg: 'cpio', use: 'the initramfs writer checked by GNU cpio' },
+  { file: '/usr/share/seabios/bios-256k.bin', pkg: 'seabios', use: 'firmware boot tests (SeaBIOS)' },
+  { file: '/usr/lib/grub/i386-pc/modinfo.sh', pkg: 'grub-pc-bin', use: 'the GRUB test images' },
+  { command: 'xorriso', args: ['--version'], pkg: 'xorriso', use: 'the GRUB test images (grub-mkrescue)' },
+  { command: 'mformat', args: ['--version'], pkg: 'mtools', use: 'the GRUB test images (grub-mkrescue)' },
 ];
 
-const present = (t) => spawnSync(t.command, t.args, { stdio: 'ignore' }).error === undefined;
+const present = (t) =>
+  t.file
+    ? existsSync(t.file)
+    : spawnSync(t.command, t.args, { stdio: 'ignore' }).error === undefined;
 const missing = TOOLS.filter((t) => !present(t));
 if (missing.length === 0) process.exit(0);
 
@@ -36,4 +44,4 @@ if (canInstall) {
     process.stderr.write(`partita: could not install them; the tests that need them will say SKIP\n`);
 }
 for (const t of missing.filter((t) => !present(t)))
-  process.stderr.write(`partita: ${t.command} not found: ${t.use} will be skipped (${line})\n`);
+  process.stderr.write(`partita: ${t.command ?? t.file} not found: ${t.use} will be skipped (${line})\n`);

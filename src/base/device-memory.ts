@@ -19,9 +19,7 @@ export interface DeviceMemoryRegion {
 
 const PAGE = 4096;
 
-export function newDeviceMemoryRegion(
-  r: Omit<DeviceMemoryRegion, 'placement'>,
-): DeviceMemoryRegion {
+export function newDeviceMemoryRegion(r: Omit<DeviceMemoryRegion, 'placement'>): DeviceMemoryRegion {
   const placement = new SharedArrayBuffer(8);
   new Float64Array(placement)[0] = -1;
   return { ...r, placement };

@@ -62,6 +62,7 @@ Firmware boot (a PC: i440FX/PIIX chipset, fw_cfg, CMOS, PS/2, std VGA, AHCI):
   --boot order=LIST    boot order of device kinds: cd, disk, net (e.g. order=cd,disk)
   --display vga|none   the std VGA display (default vga with --bios)
   --screenshot FILE    write the screen as a PNG when the VM ends (guest exit, reset loop, Ctrl-A x, signal)
+  --screen-text FILE   write a text-mode screen as text (UTF-8) when the VM ends
   --firmware-log FILE  the firmware's debug log (port 0x402: SeaBIOS's log), appended to FILE
 
 On a terminal, Ctrl-A x quits and Ctrl-A h lists the console keys.
@@ -139,10 +140,10 @@ const RUN_OPTIONS = {
   boot: { type: 'string' },
   display: { type: 'string' },
   screenshot: { type: 'string' },
+  'screen-text': { type: 'string' },
   'firmware-log': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
-
 
 /**
  * `--bios` takes an optional path (`--bios` alone means Debian's SeaBIOS). parseArgs has no optional values, so
@@ -386,6 +387,7 @@ function runCommand(args: string[]): number {
     ...serialOutput(serialFlag, spec),
     stats: values.stats === true,
     ...(values.screenshot !== undefined ? { screenshot: values.screenshot as string } : {}),
+    ...(values['screen-text'] !== undefined ? { screenText: values['screen-text'] as string } : {}),
   };
 
   const raw = run.serialInput === 'tty';

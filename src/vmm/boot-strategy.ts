@@ -124,6 +124,14 @@ export function checkFirmware(path: string, bytes: Uint8Array): Uint8Array {
     throw new RangeError(
       `firmware '${path}' is ${bytes.length} bytes: a firmware image is whole 4 KiB pages, at most ${formatSize(MAX_FIRMWARE_SIZE)}`,
     );
+  // The CPU's first instruction is the image's last paragraph (4 GiB − 16): real firmware puts a jump there
+  // (SeaBIOS a far jump EA, OVMF near jumps E9/EB after NOPs). Anything else is not a firmware image.
+  const vector = bytes.subarray(bytes.length - 16);
+  const first = vector.find((b) => b !== 0x90);
+  if (first !== 0xea && first !== 0xe9 && first !== 0xeb)
+    throw new RangeError(
+      `firmware '${path}' is not a firmware image: no jump at its reset vector (the last 16 bytes start with 0x${(vector[0] ?? 0).toString(16).padStart(2, '0')})`,
+    );
   return bytes;
 }
 

@@ -7,7 +7,7 @@
 // One VM per process: the native layer keeps per-process state (signal handlers, the AP thread registry, the
 // kick target), and the daemon runs one VMM process per VM so a crash loses one VM. A second runMachine() in the
 // same process is refused with a clear error rather than half-working.
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
@@ -53,6 +53,8 @@ export interface RunOptions {
   readonly stats?: boolean;
   /** Write the screen (std VGA) as a PNG here when the VM ends, however it ends. */
   readonly screenshot?: string;
+  /** Write a text-mode screen as UTF-8 text here when the VM ends (what a test or a script reads). */
+  readonly screenText?: string;
   /** Lets another thread pause, resume or stop the VM (the daemon does; the CLI uses console keys and signals). */
   readonly control?: VmControl;
 }
@@ -149,10 +151,23 @@ export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
 function bootStrategy(spec: MachineSpec): BootStrategy {
   const boot = spec.boot;
   if (boot.kind === 'firmware') {
-    const image = readInputFile(boot.firmware, 'firmware', {
-      bytes: MAX_FIRMWARE_SIZE,
-      why: `larger than the ${formatSize(MAX_FIRMWARE_SIZE)} flash window below 4 GiB`,
-    });
+    let image: Uint8Array;
+    try {
+      image = readInputFile(boot.firmware, 'firmware', {
+        bytes: MAX_FIRMWARE_SIZE,
+        why: `larger than the ${formatSize(MAX_FIRMWARE_SIZE)} flash window below 4 GiB`,
+      });
+    } catch (e) {
+      // Debian's firmware packages: say which one provides the missing default.
+      const pkg = boot.firmware.startsWith('/usr/share/seabios/')
+        ? 'seabios'
+        : boot.firmware.startsWith('/usr/share/OVMF/')
+          ? 'ovmf'
+          : undefined;
+      if (pkg && e instanceof ConfigError && !existsSync(boot.firmware))
+        throw new ConfigError(`${e.message} (it comes with Debian's ${pkg}: apt-get install ${pkg})`);
+      throw e;
+    }
     try {
       return firmwareBoot(boot, checkFirmware(boot.firmware, image));
     } catch (e) {
@@ -278,7 +293,10 @@ function runBuilt(
   const resets = new ResetLoopGuard();
   while (powerOn && (reason.kind === 'reset' || reason.kind === 'triple-fault')) {
     if (spec.cpus > 1) {
-      reason = { ...reason, message: `${reason.message}; a reboot with several vCPUs is not supported yet: the VM stops` };
+      reason = {
+        ...reason,
+        message: `${reason.message}; a reboot with several vCPUs is not supported yet: the VM stops`,
+      };
       break;
     }
     const loop = resets.record();

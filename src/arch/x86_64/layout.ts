@@ -116,9 +116,5 @@ export function firmwareRamRanges(memorySize: number): RamRange[] {
   const [low, ...rest] = ramRanges(memorySize);
   if (low.size <= VGA_WINDOW_END)
     throw new RangeError(`firmware boot needs more than ${VGA_WINDOW_END / 1024} KiB of RAM below the PCI hole`);
-  return [
-    { gpa: 0, size: VGA_WINDOW_BASE },
-    { gpa: VGA_WINDOW_END, size: low.size - VGA_WINDOW_END },
-    ...rest,
-  ];
+  return [{ gpa: 0, size: VGA_WINDOW_BASE }, { gpa: VGA_WINDOW_END, size: low.size - VGA_WINDOW_END }, ...rest];
 }

@@ -1,0 +1,216 @@
+// Real firmware on Partita's PC: Debian's SeaBIOS boots Debian's GRUB (build/images/grub.iso, made by
+// scripts/build-images.mjs with grub-mkrescue) from the three boot paths — ATAPI CD on AHCI, SATA disk on AHCI,
+// virtio-blk — and GRUB's menu appears on the serial port *and* on the VGA screen (the text read from VGA memory,
+// and a PNG screenshot kept as an artifact a person can look at). Each path also on QEMU's `pc` machine with the
+// same image, the reference. SeaBIOS's log (port 0x402) shows what it found. Runs end as soon as the menu is
+// there; timeouts are hang guards only (SeaBIOS POST takes ~25 s under an emulating KVM).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
+import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
+
+const NO_KVM = 'no /dev/kvm on this machine: Partita cannot run a VM here (SKIPPED, not passed)';
+const SEABIOS = '/usr/share/seabios/bios-256k.bin';
+const GRUB_ISO = join(repoRoot, 'build/images/grub.iso');
+const NO_IMAGE = `no GRUB test image (${GRUB_ISO}): apt-get install grub-pc-bin xorriso mtools, then node scripts/build-images.mjs (SKIPPED)`;
+const NO_SEABIOS = `no SeaBIOS (${SEABIOS}): apt-get install seabios (SKIPPED)`;
+/** Where screenshots and firmware logs are kept for a person to look at (gitignored). */
+const ARTIFACTS = join(repoRoot, 'test-artifacts');
+const GUARD_MS = 15 * 60_000;
+
+/** GRUB's menu has been drawn completely on the serial console. */
+const menuShown = (out: string): boolean => out.includes('Partita test: second entry');
+
+function skipReason(): string | undefined {
+  if (!existsSync(SEABIOS)) return NO_SEABIOS;
+  if (!existsSync(GRUB_ISO)) return NO_IMAGE;
+  return undefined;
+}
+
+interface BootPath {
+  readonly name: string;
+  readonly partita: (image: string) => string[];
+  readonly qemu: (image: string) => string[];
+}
+
+const BOOT_PATHS: readonly BootPath[] = [
+  {
+    name: 'atapi-cd',
+    partita: (image) => ['--cdrom', image, '--boot', 'order=cd'],
+    qemu: (image) => [
+      '-device',
+      'ahci,id=ahci',
+      '-drive',
+      `if=none,id=cd,media=cdrom,readonly=on,file=${image}`,
+      '-device',
+      'ide-cd,drive=cd,bus=ahci.0',
+      '-boot',
+      'order=d',
+    ],
+  },
+  {
+    name: 'ahci-disk',
+    partita: (image) => ['--disk', `${image},if=ahci,readonly`, '--boot', 'order=disk'],
+    qemu: (image) => [
+      '-device',
+      'ahci,id=ahci',
+      '-drive',
+      `if=none,id=hd,format=raw,readonly=on,file=${image}`,
+      '-device',
+      'ide-hd,drive=hd,bus=ahci.0',
+      '-boot',
+      'order=c',
+    ],
+  },
+  {
+    name: 'virtio-blk',
+    partita: (image) => ['--disk', `${image},readonly`, '--boot', 'order=disk'],
+    qemu: (image) => ['-drive', `if=virtio,format=raw,readonly=on,file=${image}`, '-boot', 'order=c'],
+  },
+];
+
+for (const path of BOOT_PATHS) {
+  test(`SeaBIOS boots GRUB from ${path.name}: menu on serial and on the VGA screen`, async (t) => {
+    if (!haveKvm) return t.skip(NO_KVM);
+    const skip = skipReason();
+    if (skip) return t.skip(skip);
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const dir = mkdtempSync(join(tmpdir(), 'partita-fw-'));
+    try {
+      // A private copy: the image is locked while a VM uses it, and tests run side by side.
+      const image = join(dir, 'grub.iso');
+      copyFileSync(GRUB_ISO, image);
+      const png = join(ARTIFACTS, `firmware-${path.name}.png`);
+      const text = join(dir, 'screen.txt');
+      const log = join(dir, 'seabios.log');
+      rmSync(png, { force: true });
+      const r = await runPartita(
+        [
+          'run',
+          '--bios',
+          '--memory',
+          '256M',
+          ...path.partita(image),
+          '--screenshot',
+          png,
+          '--screen-text',
+          text,
+          '--firmware-log',
+          log,
+        ],
+        { stopWhen: menuShown, stopSignal: 'SIGTERM', timeoutMs: GUARD_MS },
+      );
+      copyFileSync(log, join(ARTIFACTS, `firmware-${path.name}.seabios.log`));
+      assert.ok(menuShown(r.stdout), `GRUB's menu on serial; stderr: ${r.stderr}`);
+      // The same menu on the VGA text screen (read from VGA memory when the VM ended) and in the PNG.
+      const screen = readFileSync(text, 'utf8');
+      assert.match(screen, /Partita test: first entry/, `VGA text screen:\n${screen}`);
+      assert.match(screen, /Partita test: second entry/);
+      const bytes = readFileSync(png);
+      assert.deepEqual([...bytes.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG');
+      assert.ok(bytes.readUInt32BE(16) >= 640 && bytes.readUInt32BE(20) >= 350, 'a text-mode sized screen');
+      // SeaBIOS's own account of the machine.
+      const seabios = readFileSync(log, 'latin1');
+      assert.match(seabios, /Found QEMU fw_cfg/);
+      assert.match(seabios, /Running on QEMU \(i440fx\)/);
+      assert.match(seabios, /PCI: init bdf=00:00\.0 id=8086:1237/);
+      assert.match(seabios, /Running option rom at c000/, 'the VGA option ROM ran');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test(`reference: QEMU's pc machine boots the same image from ${path.name}`, async (t) => {
+    if (!qemuAvailable()) return t.skip(QEMU_MISSING);
+    const skip = skipReason();
+    if (skip) return t.skip(skip);
+    const dir = mkdtempSync(join(tmpdir(), 'partita-fw-qemu-'));
+    try {
+      const image = join(dir, 'grub.iso');
+      copyFileSync(GRUB_ISO, image);
+      const accel = haveKvm ? ['-enable-kvm'] : ['-accel', 'tcg'];
+      const r = await runProgram(
+        QEMU,
+        [
+          '-M',
+          'pc',
+          ...accel,
+          '-m',
+          '256',
+          '-nodefaults',
+          '-vga',
+          'std',
+          '-display',
+          'none',
+          '-serial',
+          'stdio',
+          '-bios',
+          SEABIOS,
+          ...path.qemu(image),
+        ],
+        { stopWhen: menuShown, timeoutMs: GUARD_MS },
+      );
+      assert.ok(menuShown(r.stdout), `QEMU: GRUB's menu on serial; ${r.stderr}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test('firmware inputs: a missing or corrupt BIOS, a CD that is not ISO 9660, a tiny disk, a writable CD: one line, status 2, nothing written', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'partita-fw-bad-'));
+  try {
+    const zeros = join(dir, 'zeros.bin');
+    writeFileSync(zeros, new Uint8Array(256 * 1024));
+    const notIso = join(dir, 'not.iso');
+    writeFileSync(notIso, new Uint8Array(64 * 1024).fill(0x41));
+    const tiny = join(dir, 'tiny.img');
+    writeFileSync(tiny, new Uint8Array(100).fill(7));
+    const cases: { args: string[]; error: RegExp; unchanged?: string }[] = [
+      {
+        args: ['--bios', join(dir, 'missing.bin')],
+        error: /^partita: cannot read firmware '.*missing\.bin': no such file$/m,
+      },
+      { args: ['--bios', zeros], error: /^partita: firmware '.*zeros\.bin' is not a firmware image/m },
+      { args: ['--bios', '--cdrom', notIso], error: /not an ISO 9660 image/, unchanged: notIso },
+      { args: ['--bios', '--disk', `${tiny},if=ahci`], error: /smaller than a sector|512/, unchanged: tiny },
+    ];
+    for (const c of cases) {
+      const before = c.unchanged ? readFileSync(c.unchanged) : undefined;
+      const r = await runPartita(['run', ...c.args, '--serial', 'none']);
+      if (!haveKvm && /\/dev\/kvm/.test(r.stderr)) continue; // checked only after KVM opened: nothing to see here
+      assert.equal(r.status, 2, `${c.args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, c.error);
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+      if (c.unchanged) assert.deepEqual(readFileSync(c.unchanged), before, 'nothing written');
+    }
+    // A CD is read-only: a spec that says otherwise is refused before anything opens.
+    const spec = join(dir, 'vm.json');
+    writeFileSync(
+      spec,
+      JSON.stringify({
+        version: 1,
+        cpus: 1,
+        memory: 64 << 20,
+        boot: { kind: 'firmware', firmware: SEABIOS },
+        devices: [{ kind: 'ahci', drives: [{ type: 'cdrom', path: notIso, readonly: false }] }],
+      }),
+    );
+    const r = await runPartita(['run', '--spec', spec, '--serial', 'none']);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--bios without seabios installed names the package', (t) => {
+  if (existsSync(SEABIOS)) return t.skip('seabios is installed: the message for a missing one cannot be seen here');
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/partita.js'), 'run', '--bios'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /apt-get install seabios/);
+});
