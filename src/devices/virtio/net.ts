@@ -592,6 +592,8 @@ export class VirtioNet implements VirtioBackend {
 /** virtio-net (virtio 1.2 §5.1) on a host backend: passt (user-mode NAT), a TAP device or a stream socket. */
 export const virtioNetModel = virtioPciModel<NetHandle>({
   kind: 'virtio-net',
+  // iPXE from Debian's ipxe-qemu: network boot under firmware (PXE, DHCP from passt).
+  optionRom: '/usr/lib/ipxe/qemu/pxe-virtio.rom',
   summary: 'virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket (QEMU stream framing)',
   options: {
     backend: Type.Union([

@@ -1,6 +1,7 @@
 // One DeviceModel for every virtio-pci device (virtio 1.2 §4.1): a device file supplies only what differs —
 // its options, how its host side opens, and its backend — and this file does the PCI function, BAR placement,
 // the I/O-thread runner and save/restore of the transport and its queues.
+import { readFileSync } from 'node:fs';
 import { Type, type TProperties } from '@sinclair/typebox';
 import {
   DeviceStateError,
@@ -31,6 +32,12 @@ export interface VirtioDeviceDefinition<Handle> {
   backend(handle: Handle, log?: (message: string) => void): VirtioBackend;
   /** After the run, on the builder thread: make the guest's writes durable. */
   settle?(handle: Handle): void;
+  /**
+   * Firmware boot: an option ROM the firmware runs for this function (iPXE for virtio-net), handed over through
+   * fw_cfg as "pciVVVV,DDDD.rom" (the IDs from the ROM's own PCI data structure). Optional: when the file is
+   * missing the device works, only without the ROM.
+   */
+  readonly optionRom?: string;
 }
 
 export interface VirtioFunctionState<Handle> {
@@ -40,6 +47,24 @@ export interface VirtioFunctionState<Handle> {
   readonly handle: Handle;
   readonly info: VirtioDeviceInfo;
   readonly shared: VirtioPciShared;
+  readonly optionRom?: { readonly name: string; readonly data: Uint8Array };
+}
+
+/** An option ROM file as fw_cfg names it for SeaBIOS ("pci1af4,1041.rom"), or undefined if it is not one. */
+export function readOptionRom(path: string): { name: string; data: Uint8Array } | undefined {
+  let data: Uint8Array;
+  try {
+    data = readFileSync(path);
+  } catch {
+    return undefined;
+  }
+  // PCI Firmware 3.2 §5.1: 55 AA, then at 0x18 the offset of the "PCIR" structure with vendor and device IDs.
+  if (data.length < 0x1a || data[0] !== 0x55 || data[1] !== 0xaa) return undefined;
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const pcir = view.getUint16(0x18, true);
+  if (pcir + 8 > data.length || new TextDecoder().decode(data.subarray(pcir, pcir + 4)) !== 'PCIR') return undefined;
+  const hex = (v: number): string => v.toString(16).padStart(4, '0');
+  return { name: `pci${hex(view.getUint16(pcir + 4, true))},${hex(view.getUint16(pcir + 6, true))}.rom`, data };
 }
 
 /** Common to every virtio device: offer packed virtqueues too (VIRTIO_F_RING_PACKED); split only by default. */
@@ -124,13 +149,17 @@ export function virtioPciModel<Handle>(def: VirtioDeviceDefinition<Handle>): Dev
         }
         transport.config.write(PCI_INTERRUPT_LINE, 1, gsi);
         transport.registerIoeventfds();
-        return { name, slot, gsi, handle, info, shared: transport.shared };
+        const rom = ctx.machine.boot === 'firmware' && def.optionRom ? readOptionRom(def.optionRom) : undefined;
+        return { name, slot, gsi, handle, info, shared: transport.shared, ...(rom ? { optionRom: rom } : {}) };
       } catch (e) {
         def.backend(handle).close();
         throw e;
       }
     },
-    describe: (state) => ({ pciInterrupt: { slot: state.slot, gsi: state.gsi } }),
+    describe: (state) => ({
+      pciInterrupt: { slot: state.slot, gsi: state.gsi },
+      ...(state.optionRom ? { firmwareFiles: [state.optionRom] } : {}),
+    }),
     attach(state, ctx) {
       const transport = VirtioPciDevice.attach(
         state.name,
