@@ -22,7 +22,13 @@ import type { PortIoDevice } from '../bus.js';
 import { SharedLock } from '../../base/shared-lock.js';
 import { GuestMemoryError, type GuestMemory } from '../../base/guest-memory.js';
 import { device, integer, ioPort, name, resourceTemplate, string } from '../../arch/x86_64/acpi/aml.js';
-import { DeviceStateError, expectSnapshot, type DeviceModel, type DeviceSnapshot, type MachineFacts } from '../model.js';
+import {
+  DeviceStateError,
+  expectSnapshot,
+  type DeviceModel,
+  type DeviceSnapshot,
+  type MachineFacts,
+} from '../model.js';
 
 export const FW_CFG_SELECTOR_PORT = 0x510;
 export const FW_CFG_DATA_PORT = 0x511;

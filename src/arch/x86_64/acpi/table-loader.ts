@@ -75,7 +75,8 @@ export class TableLoader {
   allocate(file: string, size: number, align: number, zone: LoaderZone): this {
     checkName(file);
     checkU32(align, 'alignment');
-    if (align === 0 || (align & (align - 1)) !== 0) throw new RangeError(`loader alignment ${align} is not a power of 2`);
+    if (align === 0 || (align & (align - 1)) !== 0)
+      throw new RangeError(`loader alignment ${align} is not a power of 2`);
     if (this.sizes.has(file)) throw new RangeError(`loader file '${file}' is allocated twice`);
     this.sizes.set(file, size);
     this.list.push({ kind: 'allocate', file, align, zone });
