@@ -112,7 +112,7 @@ export function bootDevicePath(d: BootDevice): string {
 export function bootOrderFile(devices: readonly BootDevice[], strict = false): Uint8Array {
   const lines = devices.map(bootDevicePath);
   if (strict) lines.push('HALT');
-  return Buffer.from(`${lines.join('\n')}\0`, 'latin1');
+  return new Uint8Array(Buffer.from(`${lines.join('\n')}\0`, 'latin1'));
 }
 
 /**
