@@ -7,11 +7,16 @@
 //
 // The whole range 0x9FC00-0x100000 is E820 "reserved" in the guest memory map (layout.ts), so the guest never
 // uses it as RAM.
+//
+// Firmware boot: the same tables, laid out the same way from offset 0 of the fw_cfg file etc/acpi/tables (the
+// RSDP in etc/acpi/rsdp), with etc/table-loader telling the firmware how to link them (acpiFirmwareFiles).
 import { buildDsdt, type DsdtOptions } from './dsdt.js';
 import type { Aml } from './aml.js';
 import { buildFadt, FADT_LENGTH, type FadtOptions, type LegacyDevices } from './fadt.js';
 import { buildMadt, MAX_XAPIC_ID, type InterruptOverride } from './madt.js';
-import { buildRsdp, RSDP_LENGTH } from './rsdp.js';
+import { buildRsdp, RSDP_LENGTH, RSDP_V1_LENGTH } from './rsdp.js';
+import { SDT_CHECKSUM_OFFSET, SDT_HEADER_SIZE } from './sdt.js';
+import { TABLE_LOADER_FILE, TableLoader } from './table-loader.js';
 import { buildXsdt, xsdtLength } from './xsdt.js';
 
 export const ACPI_TABLES_START = 0xe_0000;
@@ -83,16 +88,27 @@ function validate(opts: AcpiOptions): void {
 
 const alignUp = (v: number): number => Math.ceil(v / ALIGN) * ALIGN;
 
-/**
- * Builds the tables and, when `memory` is given, writes them into it. The result says where each one is; hand
- * `rsdpAddress` to the guest too where the boot protocol has a field for it (PVH, Linux boot_params).
- */
-export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiTables {
+/** The tables whose bytes do not depend on where they are placed. */
+interface TableContent {
+  readonly dsdt: Uint8Array;
+  readonly madt: Uint8Array;
+  readonly extra: readonly Uint8Array[];
+}
+
+/** Where each table goes: guest-physical addresses (direct boot) or offsets in etc/acpi/tables (firmware). */
+interface TablePlacement {
+  readonly xsdt: number;
+  readonly fadt: number;
+  readonly madt: number;
+  readonly dsdt: number;
+  readonly extra: readonly number[];
+  /** First byte after the last table. */
+  readonly end: number;
+}
+
+/** The address-independent tables of `opts`, after checking it. */
+function buildContent(opts: AcpiOptions): TableContent {
   validate(opts);
-  const base = opts.base ?? ACPI_TABLES_START;
-  if (!Number.isInteger(base) || base % ALIGN !== 0 || base < 0xe_0000 || base + RSDP_LENGTH > 0x10_0000) {
-    throw new RangeError(`RSDP address 0x${base.toString(16)} is not 16-byte aligned in 0xE0000-0xFFFFF`);
-  }
   const dsdt = buildDsdt({ processorCount: opts.apicIds.length, devices: opts.devices } satisfies DsdtOptions);
   const madt = buildMadt({
     apicIds: opts.apicIds,
@@ -101,37 +117,126 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
     ioapicAddress: opts.ioapicAddress,
     overrides: opts.overrides,
   });
-  const extra = opts.tables ?? [];
+  return { dsdt, madt, extra: opts.tables ?? [] };
+}
 
-  const xsdtAddress = alignUp(base + RSDP_LENGTH);
-  const fadtAddress = alignUp(xsdtAddress + xsdtLength(2 + extra.length));
-  const madtAddress = alignUp(fadtAddress + FADT_LENGTH);
-  const dsdtAddress = alignUp(madtAddress + madt.length);
-  let end = dsdtAddress + dsdt.length;
-  const extraAddresses = extra.map((t) => {
+/** The tables one after the other from `xsdt`, each 16-byte aligned: XSDT, FADT, MADT, DSDT, the devices' tables. */
+function placeTables(content: TableContent, xsdt: number): TablePlacement {
+  const fadt = alignUp(xsdt + xsdtLength(2 + content.extra.length));
+  const madt = alignUp(fadt + FADT_LENGTH);
+  const dsdt = alignUp(madt + content.madt.length);
+  let end = dsdt + content.dsdt.length;
+  const extra = content.extra.map((t) => {
     const at = alignUp(end);
     end = at + t.length;
     return at;
   });
-  const limit = base < ACPI_TABLES_END ? ACPI_TABLES_END : 0x10_0000;
-  if (end > limit)
-    throw new RangeError(`ACPI tables (0x${base.toString(16)}-0x${end.toString(16)}) overflow 0x${limit.toString(16)}`);
+  return { xsdt, fadt, madt, dsdt, extra, end };
+}
 
-  const fadt = buildFadt({ dsdtAddress, legacy: opts.legacy, reset: opts.reset, sleepPort: opts.sleepPort });
-  const xsdt = buildXsdt([fadtAddress, madtAddress, ...extraAddresses]);
-  const rsdp = buildRsdp(xsdtAddress);
-  const tables: AcpiTable[] = [
-    { address: base, bytes: rsdp, signature: 'RSD PTR ' },
-    { address: xsdtAddress, bytes: xsdt, signature: 'XSDT' },
-    { address: fadtAddress, bytes: fadt, signature: 'FACP' },
-    { address: madtAddress, bytes: madt, signature: 'APIC' },
-    { address: dsdtAddress, bytes: dsdt, signature: 'DSDT' },
-    ...extra.map((bytes, i) => ({
-      address: extraAddresses[i],
+/** Every table but the RSDP, in placement order, with its pointers filled from `at`. */
+function linkTables(opts: AcpiOptions, content: TableContent, at: TablePlacement): AcpiTable[] {
+  const fadt = buildFadt({ dsdtAddress: at.dsdt, legacy: opts.legacy, reset: opts.reset, sleepPort: opts.sleepPort });
+  const xsdt = buildXsdt([at.fadt, at.madt, ...at.extra]);
+  return [
+    { address: at.xsdt, bytes: xsdt, signature: 'XSDT' },
+    { address: at.fadt, bytes: fadt, signature: 'FACP' },
+    { address: at.madt, bytes: content.madt, signature: 'APIC' },
+    { address: at.dsdt, bytes: content.dsdt, signature: 'DSDT' },
+    ...content.extra.map((bytes, i) => ({
+      address: at.extra[i],
       bytes,
       signature: Buffer.from(bytes.subarray(0, 4)).toString('latin1'),
     })),
   ];
+}
+
+/**
+ * Builds the tables and, when `memory` is given, writes them into it. The result says where each one is; hand
+ * `rsdpAddress` to the guest too where the boot protocol has a field for it (PVH, Linux boot_params).
+ */
+export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiTables {
+  const base = opts.base ?? ACPI_TABLES_START;
+  const content = buildContent(opts);
+  if (!Number.isInteger(base) || base % ALIGN !== 0 || base < 0xe_0000 || base + RSDP_LENGTH > 0x10_0000) {
+    throw new RangeError(`RSDP address 0x${base.toString(16)} is not 16-byte aligned in 0xE0000-0xFFFFF`);
+  }
+  const at = placeTables(content, alignUp(base + RSDP_LENGTH));
+  const limit = base < ACPI_TABLES_END ? ACPI_TABLES_END : 0x10_0000;
+  if (at.end > limit)
+    throw new RangeError(
+      `ACPI tables (0x${base.toString(16)}-0x${at.end.toString(16)}) overflow 0x${limit.toString(16)}`,
+    );
+  const tables: AcpiTable[] = [
+    { address: base, bytes: buildRsdp(at.xsdt), signature: 'RSD PTR ' },
+    ...linkTables(opts, content, at),
+  ];
   if (memory) for (const t of tables) memory.write(t.address, t.bytes);
-  return { rsdpAddress: base, tables, end };
+  return { rsdpAddress: base, tables, end: at.end };
+}
+
+// ---- firmware handover: the same tables as fw_cfg files linked by etc/table-loader (table-loader.ts) ----
+
+/** fw_cfg file holding the RSDP: allocated in the F segment, where OSPM scans for it. */
+export const ACPI_RSDP_FILE = 'etc/acpi/rsdp';
+/** fw_cfg file holding every other table, back to back (16-byte aligned inside), allocated anywhere below 4 GiB. */
+export const ACPI_TABLES_FILE = 'etc/acpi/tables';
+/** Alignment asked for etc/acpi/tables (QEMU asks 64, the FACS's alignment). */
+const TABLES_FILE_ALIGN = 64;
+
+/** Pointer fields the loader patches (ACPI 6.5 §5.2.5.3 RSDP, §5.2.8 XSDT, §5.2.9 FADT). */
+const RSDP_XSDT_ADDRESS = 24;
+const RSDP_CHECKSUM = 8;
+const RSDP_EXTENDED_CHECKSUM = 32;
+const XSDT_FIRST_ENTRY = SDT_HEADER_SIZE;
+const FADT_DSDT = 40;
+const FADT_X_DSDT = 140;
+
+export interface FirmwareFile {
+  readonly name: string;
+  readonly data: Uint8Array;
+}
+
+/**
+ * The same tables as buildAcpiTables() for firmware to install (SeaBIOS, OVMF): etc/acpi/rsdp, etc/acpi/tables
+ * and etc/table-loader. Every pointer field holds the offset of its target inside etc/acpi/tables and every
+ * checksum byte is 0; the loader allocates both files, adds the allocation addresses to the pointers (RSDP →
+ * XSDT, XSDT → each table, FADT → DSDT through DSDT and X_DSDT) and then computes every checksum.
+ */
+export function acpiFirmwareFiles(opts: Omit<AcpiOptions, 'base'>): FirmwareFile[] {
+  const content = buildContent(opts);
+  const at = placeTables(content, 0);
+  const linked = linkTables(opts, content, at);
+  const blob = new Uint8Array(at.end);
+  for (const t of linked) {
+    blob.set(t.bytes, t.address);
+    blob[t.address + SDT_CHECKSUM_OFFSET] = 0;
+  }
+  const rsdp = buildRsdp(at.xsdt);
+  rsdp[RSDP_CHECKSUM] = 0;
+  rsdp[RSDP_EXTENDED_CHECKSUM] = 0;
+
+  const T = ACPI_TABLES_FILE;
+  const loader = new TableLoader()
+    .allocate(T, blob.length, TABLES_FILE_ALIGN, 'high')
+    .allocate(ACPI_RSDP_FILE, rsdp.length, ALIGN, 'fseg');
+  for (const t of linked) {
+    // Pointers first, then the checksum over the patched table.
+    if (t.signature === 'XSDT') {
+      const entries = (t.bytes.length - XSDT_FIRST_ENTRY) / 8;
+      for (let i = 0; i < entries; i++) loader.addPointer(T, T, t.address + XSDT_FIRST_ENTRY + 8 * i, 8);
+    } else if (t.signature === 'FACP') {
+      loader.addPointer(T, T, t.address + FADT_DSDT, 4).addPointer(T, T, t.address + FADT_X_DSDT, 8);
+    }
+    loader.addChecksum(T, t.address + SDT_CHECKSUM_OFFSET, t.address, t.bytes.length);
+  }
+  loader
+    .addPointer(ACPI_RSDP_FILE, T, RSDP_XSDT_ADDRESS, 8)
+    .addChecksum(ACPI_RSDP_FILE, RSDP_CHECKSUM, 0, RSDP_V1_LENGTH) // the ACPI 1.0 part first: the extended
+    .addChecksum(ACPI_RSDP_FILE, RSDP_EXTENDED_CHECKSUM, 0, RSDP_LENGTH); // checksum covers that byte too
+  return [
+    { name: ACPI_RSDP_FILE, data: rsdp },
+    { name: ACPI_TABLES_FILE, data: blob },
+    { name: TABLE_LOADER_FILE, data: loader.encode() },
+  ];
 }
