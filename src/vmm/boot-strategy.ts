@@ -10,7 +10,9 @@ import { identifyKernel, loadKernel, type BootEntry } from '../boot/index.js';
 import type { LinuxBootEntry } from '../boot/linux.js';
 import { formatSize, KIB, MIB } from '../base/units.js';
 import type { FirmwareBootSpec, KernelBootSpec } from '../spec/machine-spec.js';
-import type { PlatformDescription } from './device-set.js';
+import type { PlatformDescription, SharedDeviceState } from './device-set.js';
+import { addFwCfgFile, type FwCfgState } from '../devices/firmware/fw-cfg.js';
+import { firmwareConfigFiles, type BootDevice } from './firmware-config.js';
 import type { Vcpu } from './vcpu.js';
 import type { Vm } from './vm.js';
 
@@ -20,6 +22,7 @@ export interface BootContext {
   readonly memorySize: number;
   readonly apicIds: readonly number[];
   readonly platform: PlatformDescription;
+  readonly devices: SharedDeviceState;
 }
 
 /** What a strategy reports about the start it prepared (for messages and tests). */
@@ -138,7 +141,23 @@ export function checkFirmware(path: string, bytes: Uint8Array): Uint8Array {
 export function firmwareBoot(spec: FirmwareBootSpec, image: Uint8Array): BootStrategy {
   return {
     placesBars: false,
-    prepare({ vm }) {
+    prepare({ vm, memorySize, apicIds, platform, devices }) {
+      // What the firmware learns about the machine comes through fw_cfg: CPUs, memory map, ACPI tables (through
+      // the table loader), boot order, option ROMs.
+      const fwCfg = devices.devices.find((d) => d.kind === 'fw-cfg')?.state as FwCfgState | undefined;
+      if (fwCfg) {
+        const hasDisplay = devices.devices.some((d) => d.kind === 'std-vga');
+        const files = firmwareConfigFiles({
+          cpus: apicIds.length,
+          apicIds,
+          memory: memorySize,
+          platform,
+          bootOrder: bootDevices(spec.bootOrder, devices),
+          // Without a screen, SeaBIOS mirrors its text console to COM1 (sercon), so the user still sees it.
+          ...(hasDisplay ? {} : { serialConsolePort: 0x3f8 }),
+        });
+        for (const f of files) addFwCfgFile(fwCfg, f.name, f.data);
+      }
       // The flash copy ends at 4 GiB, so the reset vector (4 GiB − 16) is the image's last paragraph. It is a
       // read-only slot: the guest's writes exit to userspace and are dropped, as a ROM's are.
       const romBase = FOUR_GIB - image.length;
@@ -159,4 +178,29 @@ export function firmwareBoot(spec: FirmwareBootSpec, image: Uint8Array): BootStr
 export function loadLowBiosCopy(vm: Vm, image: Uint8Array): void {
   const low = image.subarray(Math.max(0, image.length - LOW_BIOS_SIZE));
   vm.memory.write(LOW_BIOS_END - low.length, low);
+}
+
+/**
+ * The firmware's boot order (fw_cfg "bootorder") from the spec's kinds: every device of the first kind, then of
+ * the next. CD-ROMs and disks on the AHCI controller by port, virtio-blk disks and NICs by PCI slot.
+ */
+export function bootDevices(
+  order: readonly ('cdrom' | 'disk' | 'net')[] | undefined,
+  devices: SharedDeviceState,
+): BootDevice[] {
+  const out: BootDevice[] = [];
+  for (const kind of order ?? []) {
+    for (const d of devices.devices) {
+      if (d.pciSlot === undefined) continue;
+      if (d.kind === 'ahci') {
+        const drives = (d.options.drives ?? []) as readonly { readonly type?: string }[];
+        drives.forEach((drive, port) => {
+          if ((kind === 'cdrom' && drive.type === 'cdrom') || (kind === 'disk' && drive.type === 'disk'))
+            out.push({ kind: 'ahci', slot: d.pciSlot!, port });
+        });
+      } else if (kind === 'disk' && d.kind === 'virtio-blk') out.push({ kind: 'pci', slot: d.pciSlot });
+      else if (kind === 'net' && d.kind === 'virtio-net') out.push({ kind: 'net', slot: d.pciSlot });
+    }
+  }
+  return out;
 }

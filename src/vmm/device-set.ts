@@ -60,6 +60,10 @@ export const MAX_PCI_DEVICES = 31;
 export interface CreatedDevice {
   readonly kind: string;
   readonly state: unknown;
+  /** Its spec entry (for the firmware's boot order: which drives an AHCI controller has). */
+  readonly options: DeviceOptions;
+  /** PCI devices: the slot on bus 0. */
+  readonly pciSlot?: number;
 }
 
 /** Serializable (postMessage-safe) shared state of all devices. */
@@ -150,7 +154,7 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
             throw new DeviceOpenError(`${what}: this device set has no VM to map device memory into`);
           }),
       });
-      created.push({ model, device: { kind: model.kind, state } });
+      created.push({ model, device: { kind: model.kind, state, options, ...(pci ? { pciSlot: pci.slot } : {}) } });
     }
   } catch (e) {
     for (const c of created) c.model.close?.(c.device.state);

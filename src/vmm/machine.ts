@@ -243,7 +243,14 @@ function runBuilt(
   }
   const bsp = vcpus[0];
   const platform = describeDevices(shared);
-  const boot = strategy.prepare({ vm, bsp, memorySize: spec.memory, apicIds: layout.apicIds, platform });
+  const boot = strategy.prepare({
+    vm,
+    bsp,
+    memorySize: spec.memory,
+    apicIds: layout.apicIds,
+    platform,
+    devices: shared,
+  });
   trace('boot prepared (tables, kernel or firmware)');
 
   const host = {
