@@ -4,6 +4,9 @@ import type { DeviceModel } from './model.js';
 import { serialPortModel } from './legacy/uart-16550a.js';
 import { debugExitModel } from './legacy/debug-exit.js';
 import { ioDelayModel } from './legacy/io-delay.js';
+import { cmosRtcModel } from './legacy/cmos-rtc.js';
+import { systemControlAModel } from './legacy/system-control-a.js';
+import { debugConsoleModel } from './legacy/debug-console.js';
 import { pciRootModel } from './pci/root.js';
 import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
@@ -40,6 +43,9 @@ export const deviceRegistry = new DeviceRegistry([
   serialPortModel as DeviceModel,
   debugExitModel as DeviceModel,
   ioDelayModel as DeviceModel,
+  cmosRtcModel as DeviceModel,
+  systemControlAModel as DeviceModel,
+  debugConsoleModel as DeviceModel,
   pciRootModel as DeviceModel,
   virtioBlockModel as DeviceModel,
   virtioNetModel as DeviceModel,
