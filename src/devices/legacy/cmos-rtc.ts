@@ -27,7 +27,7 @@ import { KIB, MIB } from '../../base/units.js';
 import { ramRanges } from '../../arch/x86_64/layout.js';
 import { SharedLock } from '../../base/shared-lock.js';
 import type { IrqLine } from '../../base/irq-line.js';
-import { device, eisaId, integer, ioPort, irqNoFlags, name, resourceTemplate } from '../../arch/x86_64/acpi/aml.js';
+import { device, eisaId, ioPort, irqNoFlags, name, resourceTemplate } from '../../arch/x86_64/acpi/aml.js';
 import type { PortIoDevice } from '../bus.js';
 import {
   bytesToJson,
