@@ -88,6 +88,8 @@ export const REG_D_VRT = 0x80;
 
 /** UIP is set this long before each update (datasheet: t_BUC = 244 µs). */
 const UIP_LEAD_MS = 0.244;
+/** With no interrupt due, the timer thread still looks this often (a timer keeps its event loop alive). */
+const IDLE_RECHECK_MS = 60_000;
 const ALARM_DONT_CARE = 0xc0;
 
 // CMOS RAM locations a PC BIOS reads (QEMU hw/i386/pc.c pc_cmos_init, SeaBIOS src/hw/rtc.h).
@@ -603,9 +605,17 @@ export function startCmosRtcTimers(rtc: CmosRtc): { stop(): void } {
     while (!stopped) {
       const seen = Atomics.load(rtc.wake, 0);
       const delay = rtc.poll();
-      const w = Atomics.waitAsync(rtc.wake, 0, seen, delay === Infinity ? Infinity : Math.max(0, Math.ceil(delay)));
-      if (w.async) await w.value;
-      else await new Promise((r) => setImmediate(r)); // never spin without yielding to the event loop
+      const w = Atomics.waitAsync(rtc.wake, 0, seen);
+      if (!w.async) continue; // woken between poll() and here: look again
+      // A pending waitAsync does not keep the event loop alive; a timer does (also the deadline when there is none).
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        w.value,
+        new Promise((resolve) => {
+          timer = setTimeout(resolve, Math.min(Math.max(0, Math.ceil(delay)), IDLE_RECHECK_MS));
+        }),
+      ]);
+      clearTimeout(timer);
     }
   };
   void loop();
