@@ -7,6 +7,7 @@ import { ioDelayModel } from './legacy/io-delay.js';
 import { cmosRtcModel } from './legacy/cmos-rtc.js';
 import { systemControlAModel } from './legacy/system-control-a.js';
 import { debugConsoleModel } from './legacy/debug-console.js';
+import { i8042Model } from './legacy/i8042.js';
 import { pciRootModel } from './pci/root.js';
 import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
@@ -46,6 +47,7 @@ export const deviceRegistry = new DeviceRegistry([
   cmosRtcModel as DeviceModel,
   systemControlAModel as DeviceModel,
   debugConsoleModel as DeviceModel,
+  i8042Model as DeviceModel,
   pciRootModel as DeviceModel,
   virtioBlockModel as DeviceModel,
   virtioNetModel as DeviceModel,
