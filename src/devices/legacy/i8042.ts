@@ -512,8 +512,9 @@ export class I8042 implements PortIoDevice, AttachedDevice, InputSink {
       case 0xfe: // resend the last byte
         this.kbdPush(s[S_K_LAST]);
         return;
-      case 0xf6: // set defaults
+      case 0xf6: // set defaults and scan (QEMU's "reset and enable")
         keyboardDefaults(s);
+        s[S_K_SCAN] = 1;
         this.kbdSend(ACK);
         return;
       case 0xf5: // set defaults and stop scanning
