@@ -136,6 +136,22 @@ test('cmos: BCD and binary, 24 and 12 hours: the time matches the host clock', (
   assert.equal(fixed.read(0x08), 12);
 });
 
+test("cmos: base 'localtime' starts the clock at the host's local time (Windows)", () => {
+  const saved = process.env.TZ;
+  process.env.TZ = 'Asia/Kolkata'; // UTC+5:30 all year
+  try {
+    const state = CmosRtc.createState({ cpus: 1, memory: 64 * MIB }, { base: 'localtime' });
+    const rtc = new CmosRtc(state, { irq: { set: () => undefined } });
+    const skew = rtc.guestTime() - Date.now() - 5.5 * 3600_000;
+    assert.ok(Math.abs(skew) < 2000, `local time is UTC+5:30 (skew ${skew} ms)`);
+    const utc = new CmosRtc(CmosRtc.createState({ cpus: 1, memory: 64 * MIB }), { irq: { set: () => undefined } });
+    assert.ok(Math.abs(utc.guestTime() - Date.now()) < 2000, 'the default is UTC');
+  } finally {
+    if (saved === undefined) delete process.env.TZ;
+    else process.env.TZ = saved;
+  }
+});
+
 test('cmos: SET freezes the time, writes while SET move the clock, and it runs on from there', () => {
   let now = Date.UTC(2024, 1, 28, 10, 0, 0, 250);
   const { read, write, rtc } = makeRtc(undefined, () => now);

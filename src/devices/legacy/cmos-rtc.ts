@@ -4,7 +4,8 @@
 // (PIIX4 datasheet §4.8) at 0x72/0x73. The bytes a PC BIOS reads for the memory size, CPU count and boot order
 // are filled in as QEMU's pc_cmos_init does, so SeaBIOS (src/fw/paravirt.c qemu_preinit, src/boot.c) finds them.
 //
-// Time model: guest time = host clock + offset (ms, UTC). The time registers are computed from it whenever they
+// Time model: guest time = host clock + offset (ms, UTC; option base 'localtime' starts the offset at the host's
+// UTC offset, for Windows). The time registers are computed from it whenever they
 // are read while the clock runs; while SET (register B) is on, or the divider is held in reset (register A DV =
 // 11x), they are frozen RAM the guest may rewrite, and when the clock runs again the offset is recomputed from
 // them. A write to a time register while the clock runs moves the offset at once (keeping the fraction of the
@@ -23,6 +24,7 @@
 // Simplifications: DSE (daylight saving) is stored but does not move the clock (QEMU ignores it too); SQWE has no
 // pin to drive; the UIP bit is set during the 244 µs before each update, the window the datasheet guarantees, the
 // update itself taking no time.
+import { Type } from '@sinclair/typebox';
 import { KIB, MIB } from '../../base/units.js';
 import { ramRanges } from '../../arch/x86_64/layout.js';
 import { SharedLock } from '../../base/shared-lock.js';
@@ -173,6 +175,9 @@ export function cmosChecksum(bank0: Uint8Array): number {
   return sum & 0xffff;
 }
 
+/** What the clock starts at: the host's UTC time (default, as QEMU's) or its local time. */
+export type RtcBase = 'utc' | 'localtime';
+
 export interface CmosRtcOptions {
   readonly irq: IrqLine;
   /** Host time in ms since the epoch (tests); default: the wall clock at create() plus monotonic time since. */
@@ -192,12 +197,17 @@ export class CmosRtc implements PortIoDevice, AttachedDevice {
   private readonly clock: () => number;
 
   /** Fresh state: CMOS RAM with the machine's bytes and checksum, registers as QEMU's reset leaves them. */
-  static createState(machine: Pick<MachineFacts, 'cpus' | 'memory'>): SharedArrayBuffer {
+  static createState(
+    machine: Pick<MachineFacts, 'cpus' | 'memory'>,
+    options: { readonly base?: RtcBase } = {},
+  ): SharedArrayBuffer {
     const state = new SharedArrayBuffer(STATE_BYTES);
     const s = new Uint8Array(state);
     const floats = new Float64Array(state, 0, S_ANCHOR_MONO / 8 + 1);
     floats[S_ANCHOR_WALL / 8] = Date.now();
     floats[S_ANCHOR_MONO / 8] = monotonicMs();
+    // 'localtime' (what Windows expects; QEMU's -rtc base=localtime): the host's UTC offset now, kept from then on.
+    if (options.base === 'localtime') floats[S_OFFSET / 8] = -new Date().getTimezoneOffset() * 60_000;
     const bank0 = s.subarray(S_BANK0, S_BANK0 + BANK_SIZE);
     for (const [at, value] of cmosMachineBytes(machine)) bank0[at] = value;
     const sum = cmosChecksum(bank0);
@@ -632,9 +642,10 @@ export function startCmosRtcTimers(rtc: CmosRtc): { stop(): void } {
 export const cmosRtcModel: DeviceModel<SharedArrayBuffer> = {
   kind: 'cmos-rtc',
   summary: 'MC146818A real-time clock and CMOS RAM at 0x70-0x73, IRQ 8',
-  options: {},
+  options: { base: Type.Optional(Type.Union([Type.Literal('utc'), Type.Literal('localtime')])) },
   bus: 'platform',
-  create: (_options, ctx) => CmosRtc.createState(ctx.machine),
+  create: (options, ctx) =>
+    CmosRtc.createState(ctx.machine, { base: options.base === 'localtime' ? 'localtime' : 'utc' }),
   describe: () => ({
     acpi: [
       device(
