@@ -4,6 +4,10 @@ import type { DeviceModel } from './model.js';
 import { serialPortModel } from './legacy/uart-16550a.js';
 import { debugExitModel } from './legacy/debug-exit.js';
 import { ioDelayModel } from './legacy/io-delay.js';
+import { cmosRtcModel } from './legacy/cmos-rtc.js';
+import { systemControlAModel } from './legacy/system-control-a.js';
+import { debugConsoleModel } from './legacy/debug-console.js';
+import { i8042Model } from './legacy/i8042.js';
 import { pciRootModel } from './pci/root.js';
 import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
@@ -41,6 +45,10 @@ export const deviceRegistry = new DeviceRegistry([
   serialPortModel as DeviceModel,
   debugExitModel as DeviceModel,
   ioDelayModel as DeviceModel,
+  cmosRtcModel as DeviceModel,
+  systemControlAModel as DeviceModel,
+  debugConsoleModel as DeviceModel,
+  i8042Model as DeviceModel,
   pciRootModel as DeviceModel,
   virtioBlockModel as DeviceModel,
   virtioNetModel as DeviceModel,
