@@ -165,6 +165,12 @@ export interface AttachedDevice {
   saveState(): DeviceSnapshot;
   /** Loads saveState()'s result into a freshly created device of the same kind and options. */
   restoreState(snapshot: DeviceSnapshot): void;
+  /**
+   * A platform reset (the reset line, not power): the state the device has after RESET#, where that differs from
+   * power-on (CMOS RAM and the clock survive it: SeaBIOS reads the shutdown byte after a reset). Devices without
+   * it are reset by loading their power-on snapshot.
+   */
+  reset?(): void;
 }
 
 /** A device's saved state: JSON-safe (byte arrays as base64), with an explicit layout version. */

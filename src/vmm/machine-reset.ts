@@ -16,7 +16,7 @@ import {
 } from '../kvm/abi.js';
 import { check, native } from '../native/index.js';
 import type { DeviceSnapshot } from '../devices/model.js';
-import { restoreDevices, saveDevices, type DeviceSet } from './device-set.js';
+import { saveDevices, type DeviceSet } from './device-set.js';
 import type { Regs, Sregs } from '../arch/x86_64/registers.js';
 import type { Vcpu } from './vcpu.js';
 import type { Vm } from './vm.js';
@@ -48,7 +48,10 @@ export class PowerOnState {
 
   /** Puts the machine back into its power-on state (vCPU 0 at the reset vector). Throws if a part refuses. */
   apply(vm: Vm, bsp: Vcpu, devices: DeviceSet): void {
-    restoreDevices(devices, this.devices);
+    devices.devices.forEach((d, i) => {
+      if (d.device.reset) d.device.reset();
+      else d.device.restoreState(this.devices[i]);
+    });
     for (const chip of this.chips) check(native.ioctl(vm.fd, ioctls.KVM_SET_IRQCHIP, chip), 'KVM_SET_IRQCHIP');
     check(native.ioctl(vm.fd, ioctls.KVM_SET_PIT2, this.pit), 'KVM_SET_PIT2');
     check(native.ioctl(bsp.fd, ioctls.KVM_SET_LAPIC, this.lapic), 'KVM_SET_LAPIC');

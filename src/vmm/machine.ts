@@ -135,7 +135,8 @@ export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
   const control = run.control ?? new VmControl();
   // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
   const worker =
-    spec.cpus > 1 || run.serialInput !== 'none' || spec.devices.length > 0
+    // (Firmware boot's platform has host sides too: the CMOS clock's interrupts.)
+    spec.cpus > 1 || run.serialInput !== 'none' || spec.devices.length > 0 || spec.boot.kind === 'firmware'
       ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
       : undefined;
   worker?.unref();
