@@ -5,6 +5,8 @@ import { serialPortModel } from './legacy/uart-16550a.js';
 import { debugExitModel } from './legacy/debug-exit.js';
 import { ioDelayModel } from './legacy/io-delay.js';
 import { pciRootModel } from './pci/root.js';
+import { piix3IsaModel } from './pc/piix3.js';
+import { piix4PmModel } from './pc/piix4-pm.js';
 import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
 import { virtioEntropyModel } from './virtio/entropy.js';
@@ -41,6 +43,8 @@ export const deviceRegistry = new DeviceRegistry([
   debugExitModel as DeviceModel,
   ioDelayModel as DeviceModel,
   pciRootModel as DeviceModel,
+  piix3IsaModel as DeviceModel,
+  piix4PmModel as DeviceModel,
   virtioBlockModel as DeviceModel,
   virtioNetModel as DeviceModel,
   virtioEntropyModel as DeviceModel,

@@ -3,14 +3,23 @@
 //
 //   ACPI_TABLES_START (0xE0000)  RSDP (36 bytes, 16-byte aligned, scanned for in 0xE0000-0xFFFFF)
 //   then, each 16-byte aligned:  XSDT, FADT, MADT, DSDT, then the devices' own tables (MCFG with PCI)
+//   then, with fixed-hardware ACPI, the FACS (64-byte aligned, pointed to by the FADT only)
 //   … up to ACPI_TABLES_END (0xF0000); the MP table lives above it (mptable.ts, MPTABLE_ADDRESS).
 //
 // The whole range 0x9FC00-0x100000 is E820 "reserved" in the guest memory map (layout.ts), so the guest never
 // uses it as RAM.
 import { buildDsdt, type DsdtOptions } from './dsdt.js';
 import type { Aml } from './aml.js';
-import { buildFadt, FADT_LENGTH, type FadtOptions, type LegacyDevices } from './fadt.js';
-import { buildMadt, MAX_XAPIC_ID, type InterruptOverride } from './madt.js';
+import { buildFacs, FACS_LENGTH } from './facs.js';
+import { buildFadt, FADT_LENGTH, type FadtOptions, type FixedHardware, type LegacyDevices } from './fadt.js';
+import {
+  buildMadt,
+  DEFAULT_OVERRIDES,
+  MAX_XAPIC_ID,
+  MPS_INTI_POLARITY_HIGH,
+  MPS_INTI_TRIGGER_LEVEL,
+  type InterruptOverride,
+} from './madt.js';
 import { buildRsdp, RSDP_LENGTH } from './rsdp.js';
 import { buildXsdt, xsdtLength } from './xsdt.js';
 
@@ -32,6 +41,13 @@ export interface AcpiOptions {
   readonly sleepPort?: number;
   /** Interrupt source overrides; default IRQ0 → GSI2. */
   readonly overrides?: readonly InterruptOverride[];
+  /** Further overrides the devices ask for (DeviceDescription.interruptOverrides), after `overrides`. */
+  readonly interruptOverrides?: readonly InterruptOverride[];
+  /**
+   * Fixed-hardware ACPI (DeviceDescription.fadt): the FADT points at these register blocks and a FACS instead of
+   * being hardware-reduced, the MADT makes the SCI level/active-high, \_S5_ takes the chipset's SLP_TYP.
+   */
+  readonly fixedHardware?: FixedHardware;
   /** The devices' own AML (under \_SB_ in the DSDT), e.g. COM1 and the PCI root bridge. */
   readonly devices?: readonly Aml[];
   /** Further tables the devices bring (e.g. MCFG), each a complete SDT; the XSDT points at them after the MADT. */
@@ -93,13 +109,18 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
   if (!Number.isInteger(base) || base % ALIGN !== 0 || base < 0xe_0000 || base + RSDP_LENGTH > 0x10_0000) {
     throw new RangeError(`RSDP address 0x${base.toString(16)} is not 16-byte aligned in 0xE0000-0xFFFFF`);
   }
-  const dsdt = buildDsdt({ processorCount: opts.apicIds.length, devices: opts.devices } satisfies DsdtOptions);
+  const hw = opts.fixedHardware;
+  const dsdt = buildDsdt({
+    processorCount: opts.apicIds.length,
+    devices: opts.devices,
+    ...(hw ? { s5SleepType: hw.sleepTypeS5 } : {}),
+  } satisfies DsdtOptions);
   const madt = buildMadt({
     apicIds: opts.apicIds,
     lapicAddress: opts.lapicAddress,
     ioapicId: opts.ioapicId,
     ioapicAddress: opts.ioapicAddress,
-    overrides: opts.overrides,
+    overrides: madtOverrides(opts),
   });
   const extra = opts.tables ?? [];
 
@@ -113,11 +134,22 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
     end = at + t.length;
     return at;
   });
+  let facsAddress: number | undefined;
+  if (hw) {
+    facsAddress = Math.ceil(end / 64) * 64;
+    end = facsAddress + FACS_LENGTH;
+  }
   const limit = base < ACPI_TABLES_END ? ACPI_TABLES_END : 0x10_0000;
   if (end > limit)
     throw new RangeError(`ACPI tables (0x${base.toString(16)}-0x${end.toString(16)}) overflow 0x${limit.toString(16)}`);
 
-  const fadt = buildFadt({ dsdtAddress, legacy: opts.legacy, reset: opts.reset, sleepPort: opts.sleepPort });
+  const fadt = buildFadt({
+    dsdtAddress,
+    legacy: opts.legacy,
+    reset: opts.reset,
+    sleepPort: opts.sleepPort,
+    ...(hw ? { fixedHardware: hw, facsAddress } : {}),
+  });
   const xsdt = buildXsdt([fadtAddress, madtAddress, ...extraAddresses]);
   const rsdp = buildRsdp(xsdtAddress);
   const tables: AcpiTable[] = [
@@ -131,7 +163,24 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
       bytes,
       signature: Buffer.from(bytes.subarray(0, 4)).toString('latin1'),
     })),
+    ...(facsAddress === undefined ? [] : [{ address: facsAddress, bytes: buildFacs(), signature: 'FACS' }]),
   ];
   if (memory) for (const t of tables) memory.write(t.address, t.bytes);
   return { rsdpAddress: base, tables, end };
+}
+
+/**
+ * The MADT's interrupt source overrides: the given (or default) ones, the devices' own, and with fixed-hardware
+ * ACPI one for the SCI (unless another already names its IRQ). Without it OSPM would take the SCI as the ACPI
+ * default, shared level active-low (§5.2.9 SCI_INT); KVM's lines are asserted high, so it is declared
+ * level-triggered, active-high, as QEMU's PC does.
+ */
+function madtOverrides(opts: AcpiOptions): readonly InterruptOverride[] | undefined {
+  const extra = opts.interruptOverrides ?? [];
+  const hw = opts.fixedHardware;
+  if (extra.length === 0 && !hw) return opts.overrides;
+  const all = [...(opts.overrides ?? DEFAULT_OVERRIDES), ...extra];
+  if (hw && !all.some((o) => o.irq === hw.sciInterrupt))
+    all.push({ irq: hw.sciInterrupt, gsi: hw.sciInterrupt, flags: MPS_INTI_POLARITY_HIGH | MPS_INTI_TRIGGER_LEVEL });
+  return all.sort((a, b) => a.irq - b.irq);
 }
