@@ -210,16 +210,7 @@ export function attachDevices(
   const mmio = new MmioBus();
   const pci = new PciBus(shared.pciAddress);
   const router = new GsiRouter(host.vmFd, shared.router);
-  const ctx = {
-    vmFd: host.vmFd,
-    router,
-    pio,
-    mmio,
-    pci,
-    memory,
-    host,
-    irqLine: (gsi: number) => Vm.irqLine(host.vmFd, gsi),
-  };
+  const ctx = { vmFd: host.vmFd, router, pio, mmio, pci, memory, host, irqLine: (gsi: number) => Vm.irqLine(host.vmFd, gsi) };
   const devices = shared.devices.map((d) => ({
     kind: d.kind,
     state: d.state,
