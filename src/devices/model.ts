@@ -13,6 +13,8 @@
 // class instances (their methods would not survive the copy).
 import type { TProperties } from '@sinclair/typebox';
 import type { Aml } from '../arch/x86_64/acpi/aml.js';
+import type { FixedHardware } from '../arch/x86_64/acpi/fadt.js';
+import type { InterruptOverride } from '../arch/x86_64/acpi/madt.js';
 import type { GuestMemory } from '../base/guest-memory.js';
 import type { GsiRouter } from '../base/gsi-routing.js';
 import type { IrqLine } from '../base/irq-line.js';
@@ -115,6 +117,13 @@ export interface DeviceDescription {
   readonly firmwareFiles?: readonly { readonly name: string; readonly data: Uint8Array }[];
   /** FADT IAPC_BOOT_ARCH flags this device asks for. */
   readonly legacy?: { readonly i8042?: boolean; readonly rtc?: boolean; readonly vga?: boolean };
+  /**
+   * The fixed ACPI hardware this device implements (PM1 event/control, PM timer, GPE0, SCI, SMI command port,
+   * reset register): with it the FADT is fixed-hardware instead of HW-reduced. At most one device provides it.
+   */
+  readonly fadt?: FixedHardware;
+  /** MADT interrupt source overrides its ISA IRQs need (e.g. PCI interrupts routed to ISA IRQs: level, high). */
+  readonly interruptOverrides?: readonly InterruptOverride[];
 }
 
 export interface DeviceAttachContext {

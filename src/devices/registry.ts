@@ -9,6 +9,8 @@ import { systemControlAModel } from './legacy/system-control-a.js';
 import { debugConsoleModel } from './legacy/debug-console.js';
 import { i8042Model } from './legacy/i8042.js';
 import { pciRootModel } from './pci/root.js';
+import { piix3IsaModel } from './pc/piix3.js';
+import { piix4PmModel } from './pc/piix4-pm.js';
 import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
 import { virtioEntropyModel } from './virtio/entropy.js';
@@ -50,6 +52,8 @@ export const deviceRegistry = new DeviceRegistry([
   debugConsoleModel as DeviceModel,
   i8042Model as DeviceModel,
   pciRootModel as DeviceModel,
+  piix3IsaModel as DeviceModel,
+  piix4PmModel as DeviceModel,
   virtioBlockModel as DeviceModel,
   virtioNetModel as DeviceModel,
   virtioEntropyModel as DeviceModel,

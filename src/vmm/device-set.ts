@@ -7,12 +7,15 @@ import { MmioBus, PortIoBus } from '../devices/bus.js';
 import { BarAllocator, PciBus } from '../devices/pci/bus.js';
 import { PCI_INTX_GSI_BASE, PCI_INTX_GSI_COUNT } from '../arch/x86_64/layout.js';
 import type { Aml } from '../arch/x86_64/acpi/aml.js';
+import type { FixedHardware } from '../arch/x86_64/acpi/fadt.js';
+import type { InterruptOverride } from '../arch/x86_64/acpi/madt.js';
 import { GsiRouter } from '../base/gsi-routing.js';
 import type { GuestMemory } from '../base/guest-memory.js';
 import {
   DeviceOpenError,
   type AttachedDevice,
   type DeviceCreateContext,
+  type DeviceDescription,
   type DeviceHost,
   type DeviceModel,
   type MachineFacts,
@@ -81,6 +84,10 @@ export interface PlatformDescription {
   readonly reserved: readonly { readonly base: number; readonly size: number }[];
   readonly firmwareFiles: readonly { readonly name: string; readonly data: Uint8Array }[];
   readonly legacy: { readonly i8042?: boolean; readonly rtc?: boolean; readonly vga?: boolean };
+  /** Fixed-hardware ACPI (buildAcpiTables' fixedHardware), when a device provides it. */
+  readonly fadt?: FixedHardware;
+  /** MADT overrides the devices ask for (buildAcpiTables' interruptOverrides). */
+  readonly interruptOverrides: readonly InterruptOverride[];
 }
 
 /** The PCI slot of the n-th PCI device (0-based; slots from `first`) and the GSI of its INTA#. */
@@ -193,7 +200,16 @@ export function describeDevices(
     reserved: descriptions.flatMap((d) => d.reserved ?? []),
     firmwareFiles: descriptions.flatMap((d) => d.firmwareFiles ?? []),
     legacy: Object.assign({}, ...descriptions.map((d) => d.legacy ?? {})) as PlatformDescription['legacy'],
+    fadt: fixedHardwareOf(descriptions),
+    interruptOverrides: descriptions.flatMap((d) => d.interruptOverrides ?? []),
   };
+}
+
+/** The one device's fixed ACPI hardware, if any: two would be two PM1 blocks, which a FADT cannot describe. */
+function fixedHardwareOf(descriptions: readonly DeviceDescription[]): FixedHardware | undefined {
+  const blocks = descriptions.flatMap((d) => (d.fadt ? [d.fadt] : []));
+  if (blocks.length > 1) throw new DeviceOpenError(`${blocks.length} devices provide the ACPI fixed hardware`);
+  return blocks[0];
 }
 
 export interface AttachedDeviceEntry {

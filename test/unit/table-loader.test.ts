@@ -374,6 +374,7 @@ const platformOf = (extra: Partial<PlatformDescription> = {}): PlatformDescripti
   pciInterrupts: [],
   reserved: root.reserved ?? [],
   firmwareFiles: [],
+  interruptOverrides: [],
   legacy: {},
   ...extra,
 });

@@ -99,6 +99,11 @@ export class PciConfigSpace {
     void id;
   }
 
+  /** Lets the guest write `mask`'s bits of the `size` bytes at `offset` (a device's own registers, 0x40-0xFF). */
+  setWritableMask(offset: number, size: number, mask: number): void {
+    this.setMask(offset, size, mask);
+  }
+
   private setMask(offset: number, size: number, mask: number): void {
     for (let i = 0; i < size; i++) this.writable[offset + i] = (mask >>> (8 * i)) & 0xff;
   }

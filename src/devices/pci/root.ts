@@ -3,6 +3,12 @@
 // the 32-bit memory and I/O windows BARs live in. Described to the guest as ACPI \_SB_.PCI0 (PNP0A08, windows in
 // _CRS, each slot's INTA# in _PRT per ACPI 6.5 §6.2.13), an MCFG table, and ECAM reserved in E820 and by a
 // PNP0C02 device as PCI Firmware 3.2 §4.1.2 asks.
+//
+// Two chipsets: 'generic' (the default, direct kernel boot) has QEMU's generic PCIe host bridge and routes each
+// slot's INTA# straight to an I/O APIC pin (_PRT here); 'i440fx' presents the Intel 82441FX host bridge that real
+// firmware looks for (../pc/i440fx.ts), leaves port 0xCF9 to the PIIX3's reset control register, and leaves _PRT to
+// the PIIX3 ('piix3-isa'), whose PIRQ registers route PCI interrupts there.
+import { Type } from '@sinclair/typebox';
 import {
   PCI_ECAM_BASE,
   PCI_ECAM_BUSES,
@@ -37,6 +43,8 @@ import {
 } from '../model.js';
 import { devfn, PCI_CONFIG_ADDRESS_PORT } from './bus.js';
 import { PciHostBridge } from './host-bridge.js';
+import { I440fxHostBridge } from '../pc/i440fx.js';
+import type { PortIoDevice } from '../bus.js';
 
 export interface PciRootWindows {
   readonly ecam: { readonly base: number; readonly size: number; readonly endBus: number };
@@ -53,9 +61,12 @@ export const PCI_ROOT_WINDOWS: PciRootWindows = {
   io: { base: PCI_IO_BASE, end: PCI_IO_END },
 };
 
-/** \_SB_.PCI0 and the motherboard resource device that claims ECAM. */
-export function pciRootAml(p: PciRootWindows, intx: readonly PciInterrupt[]): Aml[] {
-  const prt = intx.map(({ slot, gsi }) =>
+/**
+ * \_SB_.PCI0 and the motherboard resource device that claims ECAM. `intx` undefined: no _PRT (the i440FX's PIIX3
+ * adds it).
+ */
+export function pciRootAml(p: PciRootWindows, intx: readonly PciInterrupt[] | undefined): Aml[] {
+  const prt = (intx ?? []).map(({ slot, gsi }) =>
     // Address: device in the high word, 0xFFFF = any function; pin 0 = INTA#; source 0; source index = GSI
     pkg(integer(slot * 0x10000 + 0xffff), integer(0), integer(0), integer(gsi)),
   );
@@ -77,7 +88,7 @@ export function pciRootAml(p: PciRootWindows, intx: readonly PciInterrupt[]): Am
           dwordMemory(p.mmio32.base, p.mmio32.end - 1),
         ),
       ),
-      name('_PRT', pkg(...prt)),
+      ...(intx ? [name('_PRT', pkg(...prt))] : []),
     ),
     device(
       'MRES',
@@ -88,29 +99,58 @@ export function pciRootAml(p: PciRootWindows, intx: readonly PciInterrupt[]): Am
   ];
 }
 
+export type PciChipset = 'generic' | 'i440fx';
+
 interface PciRootState {
   readonly hostBridge: SharedArrayBuffer;
+  /** Absent: 'generic'. */
+  readonly chipset?: PciChipset;
+}
+
+/** Ports 0xCFC-0xCFF of configuration mechanism #1 alone, for the config-port handler registered at 0xCF8. */
+function dataPorts(config: PortIoDevice): PortIoDevice {
+  return {
+    name: config.name,
+    pioRead: (offset, size) => config.pioRead(offset + 4, size),
+    pioWrite: (offset, size, value) => config.pioWrite(offset + 4, size, value),
+  };
 }
 
 export const pciRootModel: DeviceModel<PciRootState> = {
   kind: 'pci-root',
   summary: 'PCI bus 0: host bridge 00:00.0, ports 0xCF8/0xCFC, ECAM at 0xE0000000, BAR windows',
-  options: {},
+  options: {
+    chipset: Type.Optional(
+      Type.Union([Type.Literal('generic'), Type.Literal('i440fx')], {
+        description: "host bridge: 'generic' (default) or 'i440fx' (Intel 82441FX, for firmware; add piix3-isa)",
+      }),
+    ),
+  },
   bus: 'platform',
-  create: () => ({ hostBridge: new PciHostBridge().config.shared }),
-  describe: (_state, platform) => {
+  create: (options) => {
+    const chipset: PciChipset = options.chipset === 'i440fx' ? 'i440fx' : 'generic';
+    const bridge = chipset === 'i440fx' ? new I440fxHostBridge() : new PciHostBridge();
+    return { hostBridge: bridge.config.shared, chipset };
+  },
+  describe: (state, platform) => {
     const w = PCI_ROOT_WINDOWS;
     return {
-      acpi: pciRootAml(w, platform.pciInterrupts),
+      acpi: pciRootAml(w, state.chipset === 'i440fx' ? undefined : platform.pciInterrupts),
       acpiTables: [buildMcfg([{ base: w.ecam.base, segment: 0, startBus: 0, endBus: w.ecam.endBus }])],
       reserved: [{ base: w.ecam.base, size: w.ecam.size }],
     };
   },
   attach(state, ctx) {
     const w = PCI_ROOT_WINDOWS;
-    const bridge = new PciHostBridge(state.hostBridge);
+    const bridge =
+      state.chipset === 'i440fx' ? new I440fxHostBridge(state.hostBridge) : new PciHostBridge(state.hostBridge);
     ctx.pci.add(devfn(0), bridge);
-    ctx.pio.register(PCI_CONFIG_ADDRESS_PORT, 8, ctx.pci.configPorts());
+    const configPorts = ctx.pci.configPorts();
+    if (state.chipset === 'i440fx') {
+      // 0xCF8 (only dword accesses reach CONFIG_ADDRESS) and 0xCFC-0xCFF; 0xCF9 is the PIIX3's reset control.
+      ctx.pio.register(PCI_CONFIG_ADDRESS_PORT, 1, configPorts);
+      ctx.pio.register(PCI_CONFIG_ADDRESS_PORT + 4, 4, dataPorts(configPorts));
+    } else ctx.pio.register(PCI_CONFIG_ADDRESS_PORT, 8, configPorts);
     ctx.mmio.register(w.ecam.base, w.ecam.size, ctx.pci.ecam());
     ctx.mmio.register(
       w.mmio32.base,

@@ -247,3 +247,172 @@ export function dwordMemory(min: number, max: number): Uint8Array {
 export function fixedMemory(base: number, length: number): Uint8Array {
   return new ByteWriter().u8(0x86).u16(9).u8(1 /* read-write */).u32(base).u32(length).finish();
 }
+
+// ---- §6.4.3.6 Extended Interrupt Descriptor ----
+
+export interface InterruptFlags {
+  /** Level-triggered (else edge). */
+  readonly level: boolean;
+  /** Active-high (else active-low). */
+  readonly activeHigh: boolean;
+  /** Shared with other devices (else exclusive). */
+  readonly shared: boolean;
+}
+
+/**
+ * Interrupt (ResourceConsumer, Level|Edge, ActiveHigh|ActiveLow, Shared|Exclusive) { irqs }: 0x89, length, flags
+ * (bit 0 consumer, bit 1 edge, bit 2 active-low, bit 3 shared), count, then one DWord per interrupt. The first
+ * interrupt number sits at byte offset 5, which AML code patches through CreateDWordField (LNKx _CRS).
+ */
+export function extendedInterrupt(flags: InterruptFlags, ...irqs: readonly number[]): Uint8Array {
+  if (irqs.length < 1 || irqs.length > 255) throw new RangeError(`${irqs.length} interrupts in one descriptor`);
+  const bits = 0x01 | (flags.level ? 0 : 0x02) | (flags.activeHigh ? 0 : 0x04) | (flags.shared ? 0x08 : 0);
+  const w = new ByteWriter()
+    .u8(0x89)
+    .u16(2 + 4 * irqs.length)
+    .u8(bits)
+    .u8(irqs.length);
+  for (const irq of irqs) w.u32(irq);
+  return w.finish();
+}
+
+// ---- §20.2.5 named objects and §20.2.5.3 statements / §20.2.5.4 expressions a DSDT's methods need ----
+
+const METHOD_OP = 0x14;
+const OP_REGION_OP = 0x80; // after EXT_OP_PREFIX
+const FIELD_OP = 0x81; // after EXT_OP_PREFIX
+const STORE_OP = 0x70;
+const AND_OP = 0x7b;
+const OR_OP = 0x7d;
+const CREATE_DWORD_FIELD_OP = 0x8a;
+const LEQUAL_OP = 0x93;
+const LLESS_OP = 0x95;
+const IF_OP = 0xa0;
+const ELSE_OP = 0xa1;
+const RETURN_OP = 0xa4;
+const ARG0_OP = 0x68;
+const LOCAL0_OP = 0x60;
+
+/** §20.2.6.1 ArgObj: Arg0 … Arg6. */
+export function arg(n: number): Aml {
+  if (!Number.isInteger(n) || n < 0 || n > 6) throw new RangeError(`Arg${n} does not exist`);
+  return Uint8Array.of(ARG0_OP + n);
+}
+
+/** §20.2.6.2 LocalObj: Local0 … Local7. */
+export function local(n: number): Aml {
+  if (!Number.isInteger(n) || n < 0 || n > 7) throw new RangeError(`Local${n} does not exist`);
+  return Uint8Array.of(LOCAL0_OP + n);
+}
+
+/** A reference to a named object (a NameString used as a term, a target or a package element). */
+export function ref(path: string): Aml {
+  return Uint8Array.from(nameString(path));
+}
+
+/** §20.2.7 MethodInvocation: the method's name, then exactly as many arguments as it was declared with. */
+export function call(path: string, ...args: readonly Aml[]): Aml {
+  return concat(nameString(path), ...args);
+}
+
+/** §20.2.5.2 DefMethod: Method (name, argCount, Serialized|NotSerialized) { terms }. */
+export function method(n: string, argCount: number, serialized: boolean, ...terms: readonly Aml[]): Aml {
+  if (!Number.isInteger(argCount) || argCount < 0 || argCount > 7) throw new RangeError(`${argCount} method args`);
+  const body = concat(nameString(n), [argCount | (serialized ? 0x08 : 0)], ...terms);
+  return concat([METHOD_OP], pkgLength(body.length), body);
+}
+
+/** §19.6.100 RegionSpace keywords (the ones used here). */
+export const REGION_SYSTEM_IO = 0x01;
+export const REGION_PCI_CONFIG = 0x02;
+
+/** §20.2.5.2 DefOpRegion: OperationRegion (name, space, offset, length). */
+export function operationRegion(n: string, space: number, offset: number, length: number): Aml {
+  return concat([EXT_OP_PREFIX, OP_REGION_OP], nameString(n), [space], integer(offset), integer(length));
+}
+
+/** §19.6.48 Field access types and update rules (FieldFlags bits 3:0 and 6:5). */
+export const FIELD_ANY_ACC = 0;
+export const FIELD_BYTE_ACC = 1;
+export const FIELD_WORD_ACC = 2;
+export const FIELD_DWORD_ACC = 3;
+
+/** One unit of a Field: a named unit of `bits` bits, or (name undefined) `bits` reserved bits (Offset()). */
+export interface FieldUnit {
+  readonly name?: string;
+  readonly bits: number;
+}
+
+/** A field unit's length: PkgLength's encoding, but the value is the bit count itself (§20.2.5.2 NamedField). */
+function fieldLength(bits: number): number[] {
+  if (!Number.isInteger(bits) || bits < 1 || bits >= 2 ** 28) throw new RangeError(`field unit of ${bits} bits`);
+  if (bits <= 0x3f) return [bits];
+  for (let extra = 1; extra <= 3; extra++) {
+    if (bits < 2 ** (4 + 8 * extra)) {
+      const out = [(extra << 6) | (bits & 0x0f)];
+      for (let i = 0; i < extra; i++) out.push((bits >>> (4 + 8 * i)) & 0xff);
+      return out;
+    }
+  }
+  throw new RangeError(`field unit of ${bits} bits`);
+}
+
+/** §20.2.5.2 DefField: Field (region, access, NoLock, Preserve) { units }. */
+export function field(region: string, access: number, units: readonly FieldUnit[]): Aml {
+  if (!Number.isInteger(access) || access < 0 || access > 5) throw new RangeError(`field access type ${access}`);
+  const list = units.map((u) =>
+    u.name === undefined ? concat([0x00], fieldLength(u.bits)) : concat(nameSeg(u.name), fieldLength(u.bits)),
+  );
+  const body = concat(nameString(region), [access], ...list);
+  return concat([EXT_OP_PREFIX, FIELD_OP], pkgLength(body.length), body);
+}
+
+/** §20.2.5.3 DefIfElse: If (predicate) { terms }. */
+export function ifThen(predicate: Aml, ...terms: readonly Aml[]): Aml {
+  const body = concat(predicate, ...terms);
+  return concat([IF_OP], pkgLength(body.length), body);
+}
+
+/** §20.2.5.3 DefElse: Else { terms } (directly after an If). */
+export function orElse(...terms: readonly Aml[]): Aml {
+  const body = concat(...terms);
+  return concat([ELSE_OP], pkgLength(body.length), body);
+}
+
+/** §20.2.5.3 DefReturn: Return (value). */
+export function returnValue(value: Aml): Aml {
+  return concat([RETURN_OP], value);
+}
+
+/** §20.2.5.4 DefStore: Store (source, target). */
+export function store(source: Aml, target: Aml): Aml {
+  return concat([STORE_OP], source, target);
+}
+
+/** The Target of an expression: a name or Local/Arg, or none (NullName: the result is only returned). */
+const targetOf = (target?: Aml): Aml => target ?? Uint8Array.of(0);
+
+/** §20.2.5.4 DefAnd: And (a, b, target). */
+export function and(a: Aml, b: Aml, target?: Aml): Aml {
+  return concat([AND_OP], a, b, targetOf(target));
+}
+
+/** §20.2.5.4 DefOr: Or (a, b, target). */
+export function or(a: Aml, b: Aml, target?: Aml): Aml {
+  return concat([OR_OP], a, b, targetOf(target));
+}
+
+/** §20.2.5.4 DefLLess: LLess (a, b). */
+export function lLess(a: Aml, b: Aml): Aml {
+  return concat([LLESS_OP], a, b);
+}
+
+/** §20.2.5.4 DefLEqual: LEqual (a, b). */
+export function lEqual(a: Aml, b: Aml): Aml {
+  return concat([LEQUAL_OP], a, b);
+}
+
+/** §20.2.5.2 DefCreateDWordField: CreateDWordField (buffer, byteIndex, name). */
+export function createDWordField(source: Aml, byteIndex: number, n: string): Aml {
+  return concat([CREATE_DWORD_FIELD_OP], source, integer(byteIndex), nameString(n));
+}

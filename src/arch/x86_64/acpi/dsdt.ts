@@ -15,6 +15,8 @@ export interface DsdtOptions {
   readonly processorCount: number;
   /** The machine's devices as they describe themselves (DeviceModel.describe): placed under \_SB_. */
   readonly devices?: readonly Aml[];
+  /** SLP_TYP of soft-off for \_S5_ (fixed-hardware ACPI: the chipset's value); default S5_SLEEP_TYPE. */
+  readonly s5SleepType?: number;
 }
 
 /** Namespace name of the processor device with `uid`: C000, C001, … (hex). */
@@ -29,10 +31,11 @@ export function buildDsdt(opts: DsdtOptions): Uint8Array {
   for (let uid = 0; uid < n; uid++) {
     processors.push(device(processorDeviceName(uid), name('_HID', string('ACPI0007')), name('_UID', integer(uid))));
   }
+  const s5 = opts.s5SleepType ?? S5_SLEEP_TYPE;
   const body = [
     scope('\\_SB_', ...processors, ...(opts.devices ?? [])),
     // SLP_TYPa, SLP_TYPb, reserved, reserved
-    name('\\_S5_', pkg(integer(S5_SLEEP_TYPE), integer(S5_SLEEP_TYPE), integer(0), integer(0))),
+    name('\\_S5_', pkg(integer(s5), integer(s5), integer(0), integer(0))),
   ];
   return buildSdt('DSDT', DSDT_REVISION, concat(...body));
 }

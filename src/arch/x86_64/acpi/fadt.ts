@@ -1,5 +1,9 @@
-// ACPI 6.5 §5.2.9 Fixed ACPI Description Table (FADT), for a hardware-reduced ACPI platform (§4.1, FADT flag
-// HW_REDUCED_ACPI): no PM1/GPE register blocks, no PM timer, no SCI, no FACS.
+// ACPI 6.5 §5.2.9 Fixed ACPI Description Table (FADT), in one of two forms:
+//   - hardware-reduced (§4.1, FADT flag HW_REDUCED_ACPI): no PM1/GPE register blocks, no PM timer, no SCI, no FACS
+//     (direct kernel boot on the generic chipset);
+//   - fixed hardware (§4.8), when a device provides the ACPI register blocks (the PIIX4 power management
+//     function): PM1a event/control, the PM timer, GPE0, the SCI, the SMI command port with ACPI_ENABLE/DISABLE,
+//     the reset register, and a FACS.
 import { buildSdt, ByteWriter, GAS_SYSTEM_IO, writeGas } from './sdt.js';
 
 /** FADT Major Version 6, Minor Version 5: ACPI 6.5; the table is 276 bytes long. */
@@ -9,8 +13,10 @@ export const FADT_LENGTH = 276;
 
 /** §5.2.9 Table 5.10 Fixed ACPI Description Table Fixed Feature Flags (the ones Partita uses). */
 export const FADT_F_WBINVD = 1 << 0;
+export const FADT_F_PROC_C1 = 1 << 2;
 export const FADT_F_PWR_BUTTON = 1 << 4; // 1: no fixed-feature power button
 export const FADT_F_SLP_BUTTON = 1 << 5; // 1: no fixed-feature sleep button
+export const FADT_F_RTC_S4 = 1 << 7;
 export const FADT_F_RESET_REG_SUP = 1 << 10;
 export const FADT_F_HW_REDUCED_ACPI = 1 << 20;
 
@@ -32,6 +38,33 @@ export interface LegacyDevices {
   readonly vga?: boolean;
 }
 
+/**
+ * The fixed-hardware register blocks a chipset provides (all I/O ports), and the values that go with them. A
+ * device returns this from describe() (DeviceDescription.fadt); the FADT, the MADT (SCI override) and the DSDT
+ * (\_S5_) follow it.
+ */
+export interface FixedHardware {
+  /** PM1a_EVT_BLK: PM1 status (2 bytes) then PM1 enable (2 bytes). */
+  readonly pm1aEvent: number;
+  /** PM1a_CNT_BLK: PM1 control, 2 bytes. */
+  readonly pm1aControl: number;
+  /** PM_TMR_BLK: the 24-bit 3.579545 MHz PM timer, 4 bytes. */
+  readonly pmTimer: number;
+  /** GPE0_BLK: GPE0 status then GPE0 enable, gpe0Length bytes in all (even). */
+  readonly gpe0: number;
+  readonly gpe0Length: number;
+  /** The ISA IRQ of the SCI (level, active high: the MADT gets an override for it). */
+  readonly sciInterrupt: number;
+  /** SMI_CMD port and the values that hand ACPI to and from the OS there. */
+  readonly smiCommand: number;
+  readonly acpiEnable: number;
+  readonly acpiDisable: number;
+  /** RESET_REG (an I/O port) and RESET_VALUE. */
+  readonly resetRegister: { readonly port: number; readonly value: number };
+  /** SLP_TYP of soft-off in PM1 control (the DSDT's \_S5_ package). */
+  readonly sleepTypeS5: number;
+}
+
 export interface FadtOptions {
   readonly dsdtAddress: number;
   readonly legacy?: LegacyDevices;
@@ -46,6 +79,10 @@ export interface FadtOptions {
    * SLEEP_CONTROL_REG and SLEEP_STATUS_REG. Omitted: none (OSPM then has no ACPI S5 / power-off).
    */
   readonly sleepPort?: number;
+  /** Fixed-hardware ACPI: these register blocks instead of HW_REDUCED_ACPI (then facsAddress is required). */
+  readonly fixedHardware?: FixedHardware;
+  /** Where the FACS is (64-byte aligned); fixed hardware only. */
+  readonly facsAddress?: number;
 }
 
 export function iapcBootArch(legacy: LegacyDevices = {}): number {
@@ -58,6 +95,7 @@ export function iapcBootArch(legacy: LegacyDevices = {}): number {
 }
 
 export function buildFadt(opts: FadtOptions): Uint8Array {
+  if (opts.fixedHardware) return buildFixedHardwareFadt(opts, opts.fixedHardware);
   const ioByte = (port: number) => ({ spaceId: GAS_SYSTEM_IO, bitWidth: 8, accessSize: 1, address: port });
   let flags = FADT_F_WBINVD | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON | FADT_F_HW_REDUCED_ACPI;
   if (opts.reset) flags |= FADT_F_RESET_REG_SUP;
@@ -89,6 +127,66 @@ export function buildFadt(opts: FadtOptions): Uint8Array {
   const sleep = opts.sleepPort === undefined ? undefined : ioByte(opts.sleepPort);
   writeGas(w, sleep); //    244 SLEEP_CONTROL_REG
   writeGas(w, sleep); //    256 SLEEP_STATUS_REG
+  w.u64(0); //              268 Hypervisor Vendor Identity
+  const table = buildSdt('FACP', FADT_REVISION, w.finish());
+  if (table.length !== FADT_LENGTH) throw new Error(`FADT is ${table.length} bytes, not ${FADT_LENGTH}`);
+  return table;
+}
+
+/** GAS of an I/O register block: `bytes` long, accessed `access` bytes at a time (1, 2, 4). */
+function ioBlock(port: number, bytes: number, access: 1 | 2 | 4) {
+  return { spaceId: GAS_SYSTEM_IO, bitWidth: 8 * bytes, accessSize: access === 4 ? 3 : access, address: port };
+}
+
+/** The FADT of a platform with the fixed ACPI hardware (ACPI 6.5 §4.8): PM1a, PM timer, GPE0, SCI, SMI_CMD. */
+function buildFixedHardwareFadt(opts: FadtOptions, hw: FixedHardware): Uint8Array {
+  const facs = opts.facsAddress;
+  if (facs === undefined || facs % 64 !== 0) throw new RangeError(`a fixed-hardware FADT needs a FACS (got ${facs})`);
+  if (hw.gpe0Length % 2 !== 0 || hw.gpe0Length < 2 || hw.gpe0Length > 0xfe)
+    throw new RangeError(`GPE0 block length ${hw.gpe0Length} is not an even byte count`);
+  // No fixed power button flag: the PM1 PWRBTN_STS/EN bits are the power button. Sleep button: none. C1 works
+  // (HLT); C2/C3 latencies above 100/1000 µs say they do not. RTC_S4: the RTC can wake from S4 as on a PC.
+  const flags = FADT_F_WBINVD | FADT_F_PROC_C1 | FADT_F_SLP_BUTTON | FADT_F_RTC_S4 | FADT_F_RESET_REG_SUP;
+  const reset = hw.resetRegister;
+  const w = new ByteWriter();
+  w.u32(facs); //            36 FIRMWARE_CTRL
+  w.u32(opts.dsdtAddress); // 40 DSDT
+  w.u8(0); //                44 reserved
+  w.u8(0); //                45 Preferred_PM_Profile: unspecified
+  w.u16(hw.sciInterrupt); // 46 SCI_INT
+  w.u32(hw.smiCommand); //   48 SMI_CMD
+  w.u8(hw.acpiEnable).u8(hw.acpiDisable); // 52 ACPI_ENABLE, ACPI_DISABLE
+  w.u8(0).u8(0); //          54 S4BIOS_REQ, PSTATE_CNT
+  w.u32(hw.pm1aEvent).u32(0); // 56 PM1a_EVT_BLK, PM1b_EVT_BLK
+  w.u32(hw.pm1aControl).u32(0); // 64 PM1a_CNT_BLK, PM1b_CNT_BLK
+  w.u32(0); //               72 PM2_CNT_BLK
+  w.u32(hw.pmTimer); //      76 PM_TMR_BLK
+  w.u32(hw.gpe0).u32(0); //  80 GPE0_BLK, GPE1_BLK
+  w.u8(4).u8(2).u8(0).u8(4); // 88 PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN
+  w.u8(hw.gpe0Length).u8(0).u8(0).u8(0); // 92 GPE0_BLK_LEN, GPE1_BLK_LEN, GPE1_BASE, CST_CNT
+  w.u16(0x0fff).u16(0x0fff); // 96 P_LVL2_LAT, P_LVL3_LAT: not supported
+  w.u16(0).u16(0); //       100 FLUSH_SIZE, FLUSH_STRIDE
+  w.u8(0).u8(0); //         104 DUTY_OFFSET, DUTY_WIDTH
+  w.u8(0).u8(0).u8(0); //   106 DAY_ALRM, MON_ALRM, CENTURY
+  w.u16(iapcBootArch(opts.legacy)); // 109 IAPC_BOOT_ARCH
+  w.u8(0); //               111 reserved
+  w.u32(flags); //          112 Flags
+  writeGas(w, ioBlock(reset.port, 1, 1)); // 116 RESET_REG
+  w.u8(reset.value); //     128 RESET_VALUE
+  w.u16(0); //              129 ARM_BOOT_ARCH
+  w.u8(FADT_MINOR_REVISION); // 131 FADT Minor Version
+  w.u64(0); //              132 X_FIRMWARE_CTRL (FIRMWARE_CTRL holds it: below 4 GiB)
+  w.u64(opts.dsdtAddress); // 140 X_DSDT
+  writeGas(w, ioBlock(hw.pm1aEvent, 4, 2)); // 148 X_PM1a_EVT_BLK
+  writeGas(w, undefined); //                   160 X_PM1b_EVT_BLK
+  writeGas(w, ioBlock(hw.pm1aControl, 2, 2)); // 172 X_PM1a_CNT_BLK
+  writeGas(w, undefined); //                   184 X_PM1b_CNT_BLK
+  writeGas(w, undefined); //                   196 X_PM2_CNT_BLK
+  writeGas(w, ioBlock(hw.pmTimer, 4, 4)); //   208 X_PM_TMR_BLK
+  writeGas(w, ioBlock(hw.gpe0, hw.gpe0Length, 1)); // 220 X_GPE0_BLK
+  writeGas(w, undefined); //                   232 X_GPE1_BLK
+  writeGas(w, undefined); //                   244 SLEEP_CONTROL_REG (HW-reduced only)
+  writeGas(w, undefined); //                   256 SLEEP_STATUS_REG
   w.u64(0); //              268 Hypervisor Vendor Identity
   const table = buildSdt('FACP', FADT_REVISION, w.finish());
   if (table.length !== FADT_LENGTH) throw new Error(`FADT is ${table.length} bytes, not ${FADT_LENGTH}`);

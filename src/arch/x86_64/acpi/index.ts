@@ -12,8 +12,16 @@
 // RSDP in etc/acpi/rsdp), with etc/table-loader telling the firmware how to link them (acpiFirmwareFiles).
 import { buildDsdt, type DsdtOptions } from './dsdt.js';
 import type { Aml } from './aml.js';
-import { buildFadt, FADT_LENGTH, type FadtOptions, type LegacyDevices } from './fadt.js';
-import { buildMadt, MAX_XAPIC_ID, type InterruptOverride } from './madt.js';
+import { buildFacs, FACS_LENGTH } from './facs.js';
+import { buildFadt, FADT_LENGTH, type FadtOptions, type FixedHardware, type LegacyDevices } from './fadt.js';
+import {
+  buildMadt,
+  DEFAULT_OVERRIDES,
+  MAX_XAPIC_ID,
+  MPS_INTI_POLARITY_HIGH,
+  MPS_INTI_TRIGGER_LEVEL,
+  type InterruptOverride,
+} from './madt.js';
 import { buildRsdp, RSDP_LENGTH, RSDP_V1_LENGTH } from './rsdp.js';
 import { SDT_CHECKSUM_OFFSET, SDT_HEADER_SIZE } from './sdt.js';
 import { TABLE_LOADER_FILE, TableLoader } from './table-loader.js';
@@ -41,6 +49,13 @@ export interface AcpiOptions {
   readonly devices?: readonly Aml[];
   /** Further tables the devices bring (e.g. MCFG), each a complete SDT; the XSDT points at them after the MADT. */
   readonly tables?: readonly Uint8Array[];
+  /** Further overrides the devices ask for (DeviceDescription.interruptOverrides), after `overrides`. */
+  readonly interruptOverrides?: readonly InterruptOverride[];
+  /**
+   * Fixed-hardware ACPI (DeviceDescription.fadt): the FADT points at these register blocks and a FACS instead of
+   * being hardware-reduced, the MADT makes the SCI level/active-high, \_S5_ takes the chipset's SLP_TYP.
+   */
+  readonly fixedHardware?: FixedHardware;
   /** Where the RSDP goes (16-byte aligned, in [0xE0000, 0x100000)); default ACPI_TABLES_START. */
   readonly base?: number;
 }
@@ -102,6 +117,8 @@ interface TablePlacement {
   readonly madt: number;
   readonly dsdt: number;
   readonly extra: readonly number[];
+  /** Fixed-hardware ACPI: the FACS (64-byte aligned, after the other tables; pointed to by the FADT only). */
+  readonly facs?: number;
   /** First byte after the last table. */
   readonly end: number;
 }
@@ -109,19 +126,24 @@ interface TablePlacement {
 /** The address-independent tables of `opts`, after checking it. */
 function buildContent(opts: AcpiOptions): TableContent {
   validate(opts);
-  const dsdt = buildDsdt({ processorCount: opts.apicIds.length, devices: opts.devices } satisfies DsdtOptions);
+  const hw = opts.fixedHardware;
+  const dsdt = buildDsdt({
+    processorCount: opts.apicIds.length,
+    devices: opts.devices,
+    ...(hw ? { s5SleepType: hw.sleepTypeS5 } : {}),
+  } satisfies DsdtOptions);
   const madt = buildMadt({
     apicIds: opts.apicIds,
     lapicAddress: opts.lapicAddress,
     ioapicId: opts.ioapicId,
     ioapicAddress: opts.ioapicAddress,
-    overrides: opts.overrides,
+    overrides: madtOverrides(opts),
   });
   return { dsdt, madt, extra: opts.tables ?? [] };
 }
 
 /** The tables one after the other from `xsdt`, each 16-byte aligned: XSDT, FADT, MADT, DSDT, the devices' tables. */
-function placeTables(content: TableContent, xsdt: number): TablePlacement {
+function placeTables(content: TableContent, xsdt: number, withFacs: boolean): TablePlacement {
   const fadt = alignUp(xsdt + xsdtLength(2 + content.extra.length));
   const madt = alignUp(fadt + FADT_LENGTH);
   const dsdt = alignUp(madt + content.madt.length);
@@ -131,12 +153,21 @@ function placeTables(content: TableContent, xsdt: number): TablePlacement {
     end = at + t.length;
     return at;
   });
-  return { xsdt, fadt, madt, dsdt, extra, end };
+  if (!withFacs) return { xsdt, fadt, madt, dsdt, extra, end };
+  const facs = Math.ceil(end / 64) * 64;
+  return { xsdt, fadt, madt, dsdt, extra, facs, end: facs + FACS_LENGTH };
 }
 
 /** Every table but the RSDP, in placement order, with its pointers filled from `at`. */
 function linkTables(opts: AcpiOptions, content: TableContent, at: TablePlacement): AcpiTable[] {
-  const fadt = buildFadt({ dsdtAddress: at.dsdt, legacy: opts.legacy, reset: opts.reset, sleepPort: opts.sleepPort });
+  const hw = opts.fixedHardware;
+  const fadt = buildFadt({
+    dsdtAddress: at.dsdt,
+    legacy: opts.legacy,
+    reset: opts.reset,
+    sleepPort: opts.sleepPort,
+    ...(hw ? { fixedHardware: hw, facsAddress: at.facs } : {}),
+  });
   const xsdt = buildXsdt([at.fadt, at.madt, ...at.extra]);
   return [
     { address: at.xsdt, bytes: xsdt, signature: 'XSDT' },
@@ -148,7 +179,23 @@ function linkTables(opts: AcpiOptions, content: TableContent, at: TablePlacement
       bytes,
       signature: Buffer.from(bytes.subarray(0, 4)).toString('latin1'),
     })),
+    ...(at.facs === undefined ? [] : [{ address: at.facs, bytes: buildFacs(), signature: 'FACS' }]),
   ];
+}
+/**
+ * The MADT's interrupt source overrides: the given (or default) ones, the devices' own, and with fixed-hardware
+ * ACPI one for the SCI (unless another already names its IRQ). Without it OSPM would take the SCI as the ACPI
+ * default, shared level active-low (§5.2.9 SCI_INT); KVM's lines are asserted high, so it is declared
+ * level-triggered, active-high, as QEMU's PC does.
+ */
+function madtOverrides(opts: AcpiOptions): readonly InterruptOverride[] | undefined {
+  const extra = opts.interruptOverrides ?? [];
+  const hw = opts.fixedHardware;
+  if (extra.length === 0 && !hw) return opts.overrides;
+  const all = [...(opts.overrides ?? DEFAULT_OVERRIDES), ...extra];
+  if (hw && !all.some((o) => o.irq === hw.sciInterrupt))
+    all.push({ irq: hw.sciInterrupt, gsi: hw.sciInterrupt, flags: MPS_INTI_POLARITY_HIGH | MPS_INTI_TRIGGER_LEVEL });
+  return all.sort((a, b) => a.irq - b.irq);
 }
 
 /**
@@ -161,7 +208,7 @@ export function buildAcpiTables(opts: AcpiOptions, memory?: MemoryWriter): AcpiT
   if (!Number.isInteger(base) || base % ALIGN !== 0 || base < 0xe_0000 || base + RSDP_LENGTH > 0x10_0000) {
     throw new RangeError(`RSDP address 0x${base.toString(16)} is not 16-byte aligned in 0xE0000-0xFFFFF`);
   }
-  const at = placeTables(content, alignUp(base + RSDP_LENGTH));
+  const at = placeTables(content, alignUp(base + RSDP_LENGTH), opts.fixedHardware !== undefined);
   const limit = base < ACPI_TABLES_END ? ACPI_TABLES_END : 0x10_0000;
   if (at.end > limit)
     throw new RangeError(
@@ -191,6 +238,7 @@ const RSDP_EXTENDED_CHECKSUM = 32;
 const XSDT_FIRST_ENTRY = SDT_HEADER_SIZE;
 const FADT_DSDT = 40;
 const FADT_X_DSDT = 140;
+const FADT_FIRMWARE_CTRL = 36;
 
 export interface FirmwareFile {
   readonly name: string;
@@ -205,12 +253,12 @@ export interface FirmwareFile {
  */
 export function acpiFirmwareFiles(opts: Omit<AcpiOptions, 'base'>): FirmwareFile[] {
   const content = buildContent(opts);
-  const at = placeTables(content, 0);
+  const at = placeTables(content, 0, opts.fixedHardware !== undefined);
   const linked = linkTables(opts, content, at);
   const blob = new Uint8Array(at.end);
   for (const t of linked) {
     blob.set(t.bytes, t.address);
-    blob[t.address + SDT_CHECKSUM_OFFSET] = 0;
+    if (t.signature !== 'FACS') blob[t.address + SDT_CHECKSUM_OFFSET] = 0; // the FACS has no checksum
   }
   const rsdp = buildRsdp(at.xsdt);
   rsdp[RSDP_CHECKSUM] = 0;
@@ -227,7 +275,8 @@ export function acpiFirmwareFiles(opts: Omit<AcpiOptions, 'base'>): FirmwareFile
       for (let i = 0; i < entries; i++) loader.addPointer(T, T, t.address + XSDT_FIRST_ENTRY + 8 * i, 8);
     } else if (t.signature === 'FACP') {
       loader.addPointer(T, T, t.address + FADT_DSDT, 4).addPointer(T, T, t.address + FADT_X_DSDT, 8);
-    }
+      if (at.facs !== undefined) loader.addPointer(T, T, t.address + FADT_FIRMWARE_CTRL, 4);
+    } else if (t.signature === 'FACS') continue; // no pointers, no checksum
     loader.addChecksum(T, t.address + SDT_CHECKSUM_OFFSET, t.address, t.bytes.length);
   }
   loader
