@@ -8,6 +8,7 @@ import { DeviceStateError, type DeviceSnapshot } from '../../src/devices/model.j
 import { PciBus } from '../../src/devices/pci/bus.js';
 import { pciRootModel } from '../../src/devices/pci/root.js';
 import { PIRQ_ROUTER_BYTES, PirqRouter, pciIntxLine, pirqOf } from '../../src/devices/pc/pirq-router.js';
+import { findPiix3State } from '../../src/devices/pc/piix3.js';
 import {
   ACPI_DISABLE,
   ACPI_ENABLE,
@@ -202,6 +203,20 @@ test('PIRQ routing: views on two threads share one state (pciIntxLine on one, co
   assert.throws(() => pciIntxLine(a.states.piix3, 1, 0, a.irqs.line), RangeError);
 });
 
+test('findPiix3State finds the router state among created devices, pciIntxLine routes through it', () => {
+  const pc = chipset();
+  const devices = [
+    { kind: 'pci-root', state: pc.states.root },
+    { kind: 'piix3-isa', state: pc.states.piix3 },
+  ];
+  const state = findPiix3State(devices);
+  assert.equal(state, pc.states.piix3);
+  assert.equal(findPiix3State(devices.slice(0, 1)), undefined);
+  configWrite(pc.pio, 1, 0, 0x61, 1, 5);
+  pciIntxLine(state!, 3, 4, pc.irqs.line).set(true); // (3 − 1 + 4 − 1) mod 4 = 1: PIRQB
+  assert.equal(pc.irqs.level(5), true);
+});
+
 test('PIIX3 reset control 0xCF9: SRST alone is stored, RCPU resets the machine (0x06: the FADT reset value)', () => {
   const { pio, resets } = chipset();
   pio.write(0xcf9, 1, 0x02);
@@ -235,6 +250,17 @@ test('PIIX3 save/restore: routes and asserted sources come back, and the restore
   ])
     assert.throws(() => c.piix3.restoreState(bad), DeviceStateError);
   assert.equal(configRead(c.pio, 1, 0, 0x60, 4), 0x8080_8080, 'refused snapshots change nothing');
+});
+
+test('PIIX3 restore over a live state (a platform reset loading the power-on snapshot) lowers what it drove', () => {
+  const pc = chipset();
+  const powerOn = JSON.parse(JSON.stringify(pc.piix3.saveState())) as DeviceSnapshot;
+  configWrite(pc.pio, 1, 0, 0x60, 1, 10);
+  new PirqRouter(pc.states.piix3, pc.irqs.line).intxLine(1, 1).set(true);
+  assert.equal(pc.irqs.level(10), true);
+  pc.piix3.restoreState(powerOn);
+  assert.equal(pc.irqs.level(10), false);
+  assert.equal(configRead(pc.pio, 1, 0, 0x60, 4), 0x8080_8080);
 });
 
 // ---- PIIX4 PM ----
@@ -407,6 +433,10 @@ test('PIIX4 PM save/restore: registers, config and the timer carry over; bad sna
   ])
     assert.throws(() => c.pm.restoreState(bad), DeviceStateError);
   assert.equal(configRead(c.pio, 1, 3, 0x40, 4), 0x0001, 'refused snapshots change nothing');
+  const powerOn = JSON.parse(JSON.stringify(c.pm.saveState())) as DeviceSnapshot;
+  b.pm.restoreState(powerOn);
+  assert.equal(b.irqs.level(9), false, 'loading a quiet state over a live one lowers the SCI');
+  assert.equal(b.pio.read(PM_TMR, 4), 0xffff_ffff, 'and the PM block is off again');
 });
 
 test('bad guest input never throws: odd sizes and offsets over every chipset port and config register', () => {

@@ -230,6 +230,16 @@ export interface Piix3State extends PirqRouterState {
   readonly rcr: SharedArrayBuffer;
 }
 
+/**
+ * The PIIX3's state among a machine's created devices (SharedDeviceState.devices), for pciIntxLine(): undefined
+ * when the machine has no PIIX3 (the generic chipset routes INTx straight to GSIs).
+ */
+export function findPiix3State(
+  devices: readonly { readonly kind: string; readonly state: unknown }[],
+): Piix3State | undefined {
+  return devices.find((d) => d.kind === 'piix3-isa')?.state as Piix3State | undefined;
+}
+
 export const piix3IsaModel: DeviceModel<Piix3State> = {
   kind: 'piix3-isa',
   summary: 'PIIX3 PCI-to-ISA bridge 8086:7000 at 00:01.0: PIRQ routing of PCI INTx, reset control at port 0xCF9',

@@ -342,8 +342,8 @@ export class Piix4PowerManagement implements PciFunction {
       Atomics.store(this.w, W_APMS, r.apmStatus & 0xff);
       this.f[F_TIMER_ORIGIN] = this.clock() - r.timer;
       this.f[F_TMR_CLEARED] = Math.floor(r.timer / TIMER_STATUS_PERIOD) - (r.timerOverflow ? 1 : 0);
-      Atomics.store(this.w, W_SCI, 0); // a fresh machine's line is low: drive it from the loaded state
       this.updateSci();
+      this.opts.sci.set(Atomics.load(this.w, W_SCI) === 1); // also when unchanged: a fresh machine's line is low
     });
   }
 }

@@ -89,11 +89,16 @@ export class PirqRouter {
     this.lock.with(() => this.drive());
   }
 
-  /** After a restore into a fresh machine (all lines low): drive every IRQ the restored state asserts. */
+  /**
+   * After load(): lines follow the loaded state. Those the router drove before and no longer asserts are lowered;
+   * every asserted one is set again (KVM line levels are idempotent), since a freshly built machine's lines start
+   * low whatever `driven` says.
+   */
   resync(): void {
     this.lock.with(() => {
-      Atomics.store(this.driven, 0, 0);
       this.drive();
+      const wanted = Atomics.load(this.driven, 0);
+      for (let irq = 0; irq < 16; irq++) if (wanted & (1 << irq)) this.line(irq).set(true);
     });
   }
 
