@@ -9,6 +9,7 @@ import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
 import { virtioEntropyModel } from './virtio/entropy.js';
 import { virtioConsoleModel } from './virtio/console.js';
+import { stdVgaModel } from './display/std-vga.js';
 
 export class DeviceRegistry {
   private readonly models = new Map<string, DeviceModel>();
@@ -45,4 +46,5 @@ export const deviceRegistry = new DeviceRegistry([
   virtioNetModel as DeviceModel,
   virtioEntropyModel as DeviceModel,
   virtioConsoleModel as DeviceModel,
+  stdVgaModel as DeviceModel,
 ]);
