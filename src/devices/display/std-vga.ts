@@ -113,8 +113,6 @@ const R_DISPI_INDEX = 1124; // u16
 const R_DISPI = 1128; // 16 × u16
 const REGISTER_BYTES = 1160;
 
-const SR_COUNT = 8;
-const GR_COUNT = 16;
 const AR_COUNT = 21;
 // Writable bits of each sequencer / graphics register (FreeVGA; reserved bits read 0).
 const SR_MASK = [0x03, 0x3d, 0x0f, 0x3f, 0x0e, 0x00, 0x00, 0xff];
