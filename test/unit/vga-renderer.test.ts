@@ -32,9 +32,9 @@ function pixel(f: DisplayFrame, x: number, y: number): [number, number, number, 
   return [f.rgba[at], f.rgba[at + 1], f.rgba[at + 2], f.rgba[at + 3]];
 }
 
-/** The EGA palette's 6-bit entry as the 8-bit colour on screen. */
+/** The EGA palette's 6-bit entry as the 8-bit colour on screen (QEMU's scaling: 0x2A → 0xA8, 0x3F → 0xFF). */
 function ega(i: number): [number, number, number, number] {
-  const [r, g, b] = egaPalette(i).map((v) => (v << 2) | (v >> 4));
+  const [r, g, b] = egaPalette(i).map((v) => (v << 2) | ((v & 1) * 3));
   return [r, g, b, 255];
 }
 
@@ -205,7 +205,7 @@ test('vga-renderer: 8 bpp through the DAC (6- and 8-bit), 15, 16 and 24 bpp', ()
     m.outb(0x3c8, 9);
     for (const v of [0x3f, 0x20, 0x01]) m.outb(0x3c9, v);
     m.writeMem(LFB + 64 + 3, [9]);
-    assert.deepEqual(pixel(r.render(), 3, 1), [0xff, 0x82, 0x04, 255]);
+    assert.deepEqual(pixel(r.render(), 3, 1), [0xff, 0x80, 0x07, 255]);
     m.dispi(DISPI.ENABLE, 0x41 | 0x80 | 0x20); // 8-bit DAC (already enabled: no clear)
     m.outb(0x3c8, 9);
     for (const v of [0xf0, 0x80, 0x10]) m.outb(0x3c9, v);

@@ -199,7 +199,8 @@ export class VgaRegisters {
     const at = R_DAC + 3 * (i & 0xff);
     const b = this.bytes;
     if (this.dispi(DISPI.ENABLE) & DISPI_8BIT_DAC) return [b[at], b[at + 1], b[at + 2]];
-    const c = (v: number): number => ((v & 0x3f) << 2) | ((v & 0x3f) >> 4);
+    // 6 to 8 bits as QEMU scales them (the low bit fills the two new ones), so screenshots match its screendump.
+    const c = (v: number): number => ((v & 0x3f) << 2) | ((v & 1) * 3);
     return [c(b[at]), c(b[at + 1]), c(b[at + 2])];
   }
   /** The raw palette bytes (for change detection). */
