@@ -16,6 +16,7 @@ import { virtioNetModel } from './virtio/net.js';
 import { virtioEntropyModel } from './virtio/entropy.js';
 import { virtioConsoleModel } from './virtio/console.js';
 import { fwCfgModel } from './firmware/fw-cfg.js';
+import { stdVgaModel } from './display/std-vga.js';
 
 export class DeviceRegistry {
   private readonly models = new Map<string, DeviceModel>();
@@ -59,4 +60,5 @@ export const deviceRegistry = new DeviceRegistry([
   virtioEntropyModel as DeviceModel,
   virtioConsoleModel as DeviceModel,
   fwCfgModel as DeviceModel,
+  stdVgaModel as DeviceModel,
 ]);
