@@ -9,6 +9,7 @@ import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
 import { virtioEntropyModel } from './virtio/entropy.js';
 import { virtioConsoleModel } from './virtio/console.js';
+import { ahciModel } from './storage/ahci.js';
 
 export class DeviceRegistry {
   private readonly models = new Map<string, DeviceModel>();
@@ -45,4 +46,5 @@ export const deviceRegistry = new DeviceRegistry([
   virtioNetModel as DeviceModel,
   virtioEntropyModel as DeviceModel,
   virtioConsoleModel as DeviceModel,
+  ahciModel as DeviceModel,
 ]);
