@@ -321,8 +321,6 @@ export class AhciController implements PciFunction, AttachedDevice {
     mask[0] = MSI_CONTROL_ENABLE;
     mask.fill(0xff, 2, 12);
     mask[2] = 0xfc; // address bits 1:0 are zero
-    mask[12 - 2] = 0;
-    mask[12 - 1] = 0;
     this.msiCap = this.config.addCapability(PCI_CAP_ID_MSI, body, mask, initialize);
     const paths = new Uint8Array(state.paths);
     this.drives = state.drives.map((d, port) => {
@@ -921,6 +919,9 @@ export class AhciController implements PciFunction, AttachedDevice {
     jsonToBytes(this.name, 'registers', snapshot.data.registers, new Uint8Array(words.buffer));
     const config = new Uint8Array(this.config.bytes.length);
     jsonToBytes(this.name, 'config', snapshot.data.config, config);
+    // The interrupt status bit follows the device's state, which the registers restored below recompute.
+    config[PCI_STATUS] =
+      (config[PCI_STATUS] & ~PCI_STATUS_INTERRUPT) | (this.config.bytes[PCI_STATUS] & PCI_STATUS_INTERRUPT);
     const at = this.config.fixedBitsDiffer(config);
     if (at >= 0) throw new DeviceStateError(this.name, `config space differs at 0x${at.toString(16)}`);
     const media = snapshot.data.media;
