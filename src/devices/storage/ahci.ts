@@ -732,7 +732,8 @@ export class AhciController implements PciFunction, AttachedDevice {
       // PIO: a PIO Setup FIS opens the data phase; data-in ends with its E_Status (§5.3.8), data-out with a D2H FIS.
       const dataIn = o.protocol === 'pio-in';
       const lastFis = dataIn && !(drive.type === 'cdrom' && tf.command === 0xa0);
-      this.postPioSetup(port, lastFis, dataIn, o, count, lba, device);
+      // Data-in PIO Setup FISes carry the I bit (the device interrupts for each DRQ data block, ATA8-ACS §4.3).
+      this.postPioSetup(port, dataIn, dataIn, o, count, lba, device);
       if (!lastFis) this.postD2h(port, true, o.status, o.error, count, lba, device);
     } else {
       this.postD2h(port, true, o.status, o.error, count, lba, device);
