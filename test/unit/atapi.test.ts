@@ -10,7 +10,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, stat
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AhciTestDriver, DATA, fbOf, succeeded, type CommandResult } from '../support/ahci-driver.js';
-import { IS_DHRS, IS_PSS, IS_TFES, PX_SIG, PX_SSTS, SSTS_LINKED } from '../../src/devices/storage/ahci.js';
+import { IS_DHRS, IS_HBFS, IS_PSS, IS_TFES, PX_SIG, PX_SSTS, SSTS_LINKED } from '../../src/devices/storage/ahci.js';
 import { readIsoInfo } from '../../src/devices/storage/iso9660.js';
 import { DeviceStateError } from '../../src/devices/model.js';
 
@@ -102,6 +102,33 @@ test('atapi: the SeaBIOS probe finds a CD-ROM (signature, IDENTIFY PACKET DEVICE
     assert.ok(!succeeded(ata) && ata.error === 0x04, 'IDENTIFY DEVICE aborted');
     assert.equal(d.memory.readU8(fbOf(0) + 0x40 + 6), 0xeb, '…with the PACKET signature in the registers');
     d.recover(0);
+  } finally {
+    d.close();
+  }
+});
+
+test('atapi: SeaBIOS no-data packets (one 4 MiB PRDT entry at its buffer, past the end of RAM) succeed', () => {
+  const d = cdrom(iso);
+  try {
+    // ahci_command(port, 0, 1, buf, 0): PRDT flags = 0 - 1, so DBC says 4 MiB; nothing moves, nothing is checked.
+    const r = d.issue(0, {
+      command: 0xa0,
+      features: 1,
+      cdb: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+      prdt: [{ address: (4 << 20) - 0x1000, bytes: 4 << 20 }],
+    });
+    assert.ok(succeeded(r), `TEST UNIT READY (PxIS ${r.is.toString(16)})`);
+    assert.equal(r.transferred, 0);
+    // The same PRDT for a read that needs it: the transfer reaches past RAM, a host bus error.
+    const bad = d.issue(0, {
+      command: 0xa0,
+      features: 1,
+      cdb: [0x28, 0, 0, 0, 0, 16, 0, 0, 3, 0, 0, 0],
+      prdt: [{ address: (4 << 20) - 0x1000, bytes: 4 << 20 }],
+    });
+    assert.ok(bad.is & IS_HBFS && !succeeded(bad));
+    d.recover(0);
+    assert.ok(succeeded(tur(d)));
   } finally {
     d.close();
   }

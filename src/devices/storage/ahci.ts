@@ -17,8 +17,8 @@
 // view consistent — a command is complete when its PxCI write returns — at the cost of a vCPU waiting for the
 // host disk; moving I/O to the I/O thread (as virtio-blk does) is the next step when AHCI throughput matters.
 //
-// Everything the guest points at is hostile: the command header, command table and each PRDT region must lie in
-// guest RAM (GuestMemory.contains) before anything is read or written; a bad pointer is a host bus fatal error
+// Everything the guest points at is hostile: the command header, command table and every PRDT region data moves
+// through must lie in guest RAM (GuestMemory.contains) before it is read or written; a bad pointer is a host bus fatal error
 // (PxIS.HBFS, with TFES and an error D2H FIS so a polling BIOS sees the command fail), never an exception. PRDT
 // entries are at most 65535 (the header's 16-bit PRDTL) and a command moves at most AHCI_MAX_COMMAND_BYTES.
 //
@@ -219,8 +219,15 @@ export interface AhciDriveOptions {
   readonly serial?: string;
 }
 
-/** The PRDT of one command, every region checked to lie in guest RAM. */
+/**
+ * The PRDT of one command. A region is checked against guest RAM when data first moves through it, as the
+ * hardware only touches PRDT memory it transfers to or from: SeaBIOS describes no-data packet commands with one
+ * 4 MiB entry (byte count 0 - 1) at whatever buffer it has. A region outside RAM stops the transfer and marks the
+ * buffer faulted (a host bus error for the controller), without touching anything.
+ */
 class PrdtBuffer implements DataBuffer {
+  faulted = false;
+
   constructor(
     private readonly memory: GuestMemory,
     private readonly regions: readonly { readonly gpa: number; readonly length: number }[],
@@ -238,6 +245,10 @@ class PrdtBuffer implements DataBuffer {
         continue;
       }
       const n = Math.min(r.length - skip, length - done);
+      if (!this.memory.contains(r.gpa + skip, n)) {
+        this.faulted = true;
+        break;
+      }
       fn(r.gpa + skip, n, done);
       done += n;
       skip = 0;
@@ -674,9 +685,9 @@ export class AhciController implements PciFunction, AttachedDevice {
           const gpa = (pv.getUint32(16 * i, true) & ~1) + pv.getUint32(16 * i + 4, true) * 2 ** 32;
           const dw3 = pv.getUint32(16 * i + 12, true);
           const length = Math.min((dw3 & 0x3fffff) + 1, AHCI_MAX_COMMAND_BYTES - total);
-          if (!this.memory.contains(gpa, length)) throw new HostBusError();
           if (dw3 & 0x80000000) interruptOnData = true;
-          regions.push({ gpa, length });
+          // An address no number can hold is no RAM either: -1 fails the check when data reaches it.
+          regions.push({ gpa: Number.isSafeInteger(gpa + length) ? gpa : -1, length });
           total += length;
         }
       }
@@ -711,6 +722,7 @@ export class AhciController implements PciFunction, AttachedDevice {
       outcome = { status: ATA_STATUS_READY | ATA_STATUS_ERR, error: ATA_ERROR_ABRT, protocol: 'non-data', bytes: 0 };
     }
     writeByteCount(outcome.bytes);
+    if (buffer.faulted) return this.hostBusError(port);
     return this.complete(port, drive, tf, outcome, interruptOnData);
   }
 

@@ -52,6 +52,7 @@ export const SCSI = {
   MODE_SELECT_10: 0x55,
   MODE_SENSE_10: 0x5a,
   READ_12: 0xa8,
+  READ_DVD_STRUCTURE: 0xad,
   SET_CD_SPEED: 0xbb,
   MECHANISM_STATUS: 0xbd,
   READ_CD: 0xbe,
@@ -70,6 +71,7 @@ export const ASC_SAVING_PARAMETERS_NOT_SUPPORTED = 0x39;
 export const ASC_MEDIUM_NOT_PRESENT = 0x3a;
 export const ASC_MEDIUM_REMOVAL_PREVENTED = 0x53;
 const ASC_UNRECOVERED_READ_ERROR = 0x11;
+const ASC_INCOMPATIBLE_MEDIUM = 0x30;
 
 // GET EVENT STATUS NOTIFICATION media event codes (MMC-6 §6.6.2.4, table 126).
 const MEDIA_EVENT_NONE = 0;
@@ -108,6 +110,7 @@ const NEED_MEDIUM = new Set<number>([
   SCSI.READ_TOC,
   SCSI.READ_DISC_INFORMATION,
   SCSI.SEEK_10,
+  SCSI.READ_DVD_STRUCTURE,
 ]);
 
 /** The host side of one drive: plain values. */
@@ -366,6 +369,8 @@ export class AtapiCdrom implements SataDrive {
         b[6] = 1; // last track of the last session
         return this.clip(b, be16(cdb, 7));
       }
+      case SCSI.READ_DVD_STRUCTURE:
+        return this.dvdStructure(cdb);
       case SCSI.MECHANISM_STATUS: {
         const b = new Uint8Array(8);
         b[1] = this.state[S_TRAY_OPEN] ? 0x10 : 0;
@@ -596,6 +601,42 @@ export class AtapiCdrom implements SataDrive {
       at += 4 + body.length;
     }
     return b;
+  }
+
+  /**
+   * READ DISC STRUCTURE for DVD media (MMC-6 §6.22): physical format (00h), copyright (01h: no protection) and
+   * disc manufacturing (04h, empty). Windows asks for these on DVD media; a CD has none of them.
+   */
+  private dvdStructure(cdb: Uint8Array): Reply {
+    const format = cdb[7];
+    const allocation = be16(cdb, 8);
+    if (cdb[6] !== 0 || (cdb[1] & 0x0f) !== 0) return { sense: [SENSE_ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB, 0] };
+    if (this.state[S_SECTORS] <= CD_MAX_SECTORS) return { sense: [SENSE_ILLEGAL_REQUEST, ASC_INCOMPATIBLE_MEDIUM, 2] };
+    const sectors = this.state[S_SECTORS];
+    switch (format) {
+      case 0x00: {
+        const b = new Uint8Array(4 + 2048);
+        putBe16(b, 0, 2048 + 2);
+        b[4] = 0x01; // DVD-ROM, version 1
+        b[5] = 0x0f; // 120 mm, maximum rate unspecified
+        b[6] = 0x01; // one layer, embossed (read-only)
+        putBe32(b, 8, 0x30000); // first physical sector of the data area
+        putBe32(b, 12, 0x30000 + sectors - 1);
+        return this.clip(b, allocation);
+      }
+      case 0x01: {
+        const b = new Uint8Array(8);
+        putBe16(b, 0, 6); // no copy protection, playable in all regions
+        return this.clip(b, allocation);
+      }
+      case 0x04: {
+        const b = new Uint8Array(4 + 2048);
+        putBe16(b, 0, 2048 + 2);
+        return this.clip(b, allocation);
+      }
+      default:
+        return { sense: [SENSE_ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB, 0] };
+    }
   }
 
   /** GET EVENT STATUS NOTIFICATION, polled, media class only (MMC-6 §6.7). Reading an event consumes it. */
