@@ -29,6 +29,7 @@ import {
 } from '../../src/devices/storage/ahci.js';
 import { DeviceOpenError, DeviceStateError } from '../../src/devices/model.js';
 import { deviceRegistry } from '../../src/devices/registry.js';
+import { validateMachineSpec } from '../../src/spec/validate.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'partita-ahci-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -430,5 +431,29 @@ test('ahci: host-side errors are one line: small image, non-ISO CD, writable CD,
       drives: [{ type: 'disk', path: '/a' }, { type: 'cdrom' }, { type: 'cdrom', path: '/b' }],
     }),
     ['/a', '/b'],
+  );
+});
+
+test('ahci: machine spec entries are checked by the schema; one image twice is refused', () => {
+  const disk = makeDisk('spec.img', 8);
+  const spec = (drives: unknown[]): unknown => ({
+    version: 1,
+    cpus: 1,
+    memory: 64 << 20,
+    boot: { kind: 'kernel', kernel: '/k' },
+    devices: [{ kind: 'ahci', drives }],
+  });
+  validateMachineSpec(spec([{ type: 'disk', path: disk, readonly: true, serial: 'S1' }, { type: 'cdrom' }]));
+  assert.throws(() => validateMachineSpec(spec([{ type: 'floppy', path: disk }])), /\/devices\/0\/drives\/0/);
+  assert.throws(() => validateMachineSpec(spec(new Array(7).fill({ type: 'cdrom' }))), /\/devices\/0\/drives/);
+  assert.throws(
+    () =>
+      validateMachineSpec(
+        spec([
+          { type: 'disk', path: disk },
+          { type: 'disk', path: disk },
+        ]),
+      ),
+    /given twice/,
   );
 });

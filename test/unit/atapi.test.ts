@@ -6,7 +6,18 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AhciTestDriver, DATA, fbOf, succeeded, type CommandResult } from '../support/ahci-driver.js';
@@ -371,5 +382,46 @@ test('atapi: an empty drive, and save/restore keeps the disc and the pending sen
     assert.equal(empty.portRead(0, PX_SSTS), SSTS_LINKED);
   } finally {
     empty.close();
+  }
+});
+
+test('atapi: DVD media (above a CD’s size) report the DVD-ROM profile and answer READ DISC STRUCTURE', () => {
+  // A sparse image of 4.7 GB whose sector 16 holds a primary volume descriptor: an ISO as far as the drive cares.
+  const path = join(tmp, 'dvd.iso');
+  const fd = openSync(path, 'w');
+  const pvd = Buffer.alloc(2048);
+  pvd[0] = 1;
+  pvd.write('CD001', 1, 'latin1');
+  pvd[6] = 1;
+  pvd.write('PARTITA_DVD', 40, 'latin1');
+  writeSync(fd, pvd, 0, 2048, 16 * 2048);
+  const term = Buffer.alloc(2048);
+  term[0] = 255;
+  term.write('CD001', 1, 'latin1');
+  writeSync(fd, term, 0, 2048, 17 * 2048);
+  ftruncateSync(fd, 2_295_104 * 2048);
+  closeSync(fd);
+  const d = cdrom(path);
+  try {
+    assert.ok(succeeded(d.packet(0, [0x46, 1, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0], 8)));
+    assert.equal(d.data(8).readUInt16BE(6), 0x0010, 'current profile: DVD-ROM');
+    const phys = d.packet(0, [0xad, 0, 0, 0, 0, 0, 0, 0x00, 0x08, 0x04, 0, 0], 2052);
+    assert.ok(succeeded(phys) && phys.transferred === 2052);
+    const p = d.data(20);
+    assert.equal(p.readUInt16BE(0), 2050);
+    assert.equal(p[4], 0x01, 'DVD-ROM book');
+    assert.equal(p.readUInt32BE(12) - p.readUInt32BE(8), 2_295_104 - 1, 'data area');
+    assert.ok(succeeded(d.packet(0, [0xad, 0, 0, 0, 0, 0, 0, 0x01, 0, 8, 0, 0], 8)), 'copyright');
+    assert.equal(d.data(8)[4], 0, 'no protection');
+    checkCondition(d, d.packet(0, [0xad, 0, 0, 0, 0, 0, 0, 0x30, 0, 8, 0, 0], 8), 5);
+  } finally {
+    d.close();
+  }
+  const cd = cdrom(iso);
+  try {
+    checkCondition(cd, cd.packet(0, [0xad, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x04, 0, 0], 2052), 5);
+    assert.deepEqual(requestSense(cd), [5, 0x30, 0x02], 'a CD has no DVD structures');
+  } finally {
+    cd.close();
   }
 });
