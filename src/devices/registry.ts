@@ -17,6 +17,7 @@ import { virtioEntropyModel } from './virtio/entropy.js';
 import { virtioConsoleModel } from './virtio/console.js';
 import { fwCfgModel } from './firmware/fw-cfg.js';
 import { stdVgaModel } from './display/std-vga.js';
+import { ahciModel } from './storage/ahci.js';
 
 export class DeviceRegistry {
   private readonly models = new Map<string, DeviceModel>();
@@ -61,4 +62,5 @@ export const deviceRegistry = new DeviceRegistry([
   virtioConsoleModel as DeviceModel,
   fwCfgModel as DeviceModel,
   stdVgaModel as DeviceModel,
+  ahciModel as DeviceModel,
 ]);
