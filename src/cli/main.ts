@@ -347,6 +347,23 @@ function serialOutput(serial: string, spec: MachineSpec): Pick<RunOptions, 'seri
   throw new UsageError(`--serial '${serial}' is not stdio, none or file:PATH`);
 }
 
+/**
+ * --screenshot / --screen-text FILE: opened (and checked: never a disk image, never a file a VM holds) before the
+ * VM starts, so a bad path costs no run; rewritten when the VM ends.
+ */
+function screenOutput(flag: string, path: string, spec: MachineSpec): number {
+  if (!spec.devices.some((d) => d.kind === 'std-vga'))
+    throw new UsageError(`${flag} needs a display: the machine has no std-vga (--display vga)`);
+  try {
+    return openOutputFile(path, { disks: machineDiskImages(spec.devices) });
+  } catch (e) {
+    if (e instanceof OutputFileError) throw new UsageError(`${flag}: ${e.message}`);
+    throw new UsageError(
+      `${flag}: cannot open '${path}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+}
+
 function specCommand(args: string[]): number {
   const { values, positionals } = parse(withBiosDefault(args), RUN_OPTIONS);
   if (values.help) {
@@ -386,8 +403,12 @@ function runCommand(args: string[]): number {
   const run: RunOptions = {
     ...serialOutput(serialFlag, spec),
     stats: values.stats === true,
-    ...(values.screenshot !== undefined ? { screenshot: values.screenshot as string } : {}),
-    ...(values['screen-text'] !== undefined ? { screenText: values['screen-text'] as string } : {}),
+    ...(values.screenshot !== undefined
+      ? { screenshotFd: screenOutput('--screenshot', values.screenshot as string, spec) }
+      : {}),
+    ...(values['screen-text'] !== undefined
+      ? { screenTextFd: screenOutput('--screen-text', values['screen-text'] as string, spec) }
+      : {}),
   };
 
   const raw = run.serialInput === 'tty';

@@ -97,6 +97,8 @@ function writePlatformTables(vm: Vm, apicIds: readonly number[], platform: Platf
       legacy: platform.legacy,
       devices: platform.acpi,
       tables: platform.acpiTables,
+      ...(platform.fadt ? { fixedHardware: platform.fadt } : {}),
+      interruptOverrides: platform.interruptOverrides,
     },
     vm.memory,
   );

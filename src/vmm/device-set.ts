@@ -26,6 +26,9 @@ import {
 import { deviceRegistry, type DeviceRegistry } from '../devices/registry.js';
 import { PCI_ROOT_WINDOWS } from '../devices/pci/root.js';
 import { Vm } from './vm.js';
+import type { IrqLine } from '../base/irq-line.js';
+import { findPiix3State } from '../devices/pc/piix3.js';
+import { pciIntxLine } from '../devices/pc/pirq-router.js';
 
 /** The devices every VM of this machine type has, before the spec's own (which are all PCI today). */
 export const PLATFORM_DEVICES: readonly DeviceOptions[] = [
@@ -90,10 +93,27 @@ export interface PlatformDescription {
   readonly interruptOverrides: readonly InterruptOverride[];
 }
 
+/**
+ * On the PC platform a PCI device's INTA# is not wired to a fixed GSI: it goes through the PIIX3's PIRQ routing to
+ * whichever ISA IRQ the firmware or OS programs. Such devices are given this number + slot as their "GSI", and
+ * the irqLine of their contexts turns it into the routed line.
+ */
+export const PIRQ_ROUTED_INTX = 0x1000;
+
 /** The PCI slot of the n-th PCI device (0-based; slots from `first`) and the GSI of its INTA#. */
-export function pciSlot(n: number, first = 1): PciInterrupt {
+export function pciSlot(n: number, first = 1, routed = false): PciInterrupt {
   const slot = n + first;
-  return { slot, gsi: PCI_INTX_GSI_BASE + ((slot - 1) % PCI_INTX_GSI_COUNT) };
+  return { slot, gsi: routed ? PIRQ_ROUTED_INTX + slot : PCI_INTX_GSI_BASE + ((slot - 1) % PCI_INTX_GSI_COUNT) };
+}
+
+/** A platform interrupt line by GSI; PIRQ_ROUTED_INTX + slot is that slot's INTA# through the PIIX3's routing. */
+function platformIrqLine(vmFd: number, devices: readonly { readonly kind: string; readonly state: unknown }[]) {
+  return (gsi: number): IrqLine => {
+    if (gsi < PIRQ_ROUTED_INTX) return Vm.irqLine(vmFd, gsi);
+    const piix3 = findPiix3State(devices);
+    if (!piix3) throw new Error(`PCI slot ${gsi - PIRQ_ROUTED_INTX}: routed INTx needs the PIIX3 ISA bridge`);
+    return pciIntxLine(piix3, gsi - PIRQ_ROUTED_INTX, 1, (irq) => Vm.irqLine(vmFd, irq));
+  };
 }
 
 function modelOf(registry: DeviceRegistry, kind: string): DeviceModel {
@@ -114,6 +134,8 @@ export interface CreateDevicesOptions {
   readonly platform?: readonly DeviceOptions[];
   /** The slot of the first PCI device of the spec (default 1; the PC platform has its ISA bridge at 1). */
   readonly firstPciSlot?: number;
+  /** PCI INTx goes through the PIIX3's PIRQ routing (the PC platform) instead of fixed GSIs 16-23. */
+  readonly pirqRouting?: boolean;
   readonly registry?: DeviceRegistry;
 }
 
@@ -145,11 +167,14 @@ export function createDevices(specDevices: readonly DeviceOptions[], opts: Creat
   try {
     for (const options of all) {
       const model = modelOf(registry, options.kind);
-      const pci = model.bus === 'pci' ? pciSlot(pciIndex++, firstSlot) : undefined;
+      const pci = model.bus === 'pci' ? pciSlot(pciIndex++, firstSlot, opts.pirqRouting === true) : undefined;
       const state = model.create(options, {
         vmFd: opts.vmFd,
         router,
-        irqLine: (gsi) => Vm.irqLine(opts.vmFd, gsi),
+        irqLine: platformIrqLine(
+          opts.vmFd,
+          created.map((c) => c.device),
+        ),
         name,
         pci,
         bars,
@@ -246,7 +271,7 @@ export function attachDevices(
     pci,
     memory,
     host,
-    irqLine: (gsi: number) => Vm.irqLine(host.vmFd, gsi),
+    irqLine: platformIrqLine(host.vmFd, shared.devices),
   };
   const devices = shared.devices.map((d) => ({
     kind: d.kind,

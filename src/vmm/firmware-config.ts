@@ -138,6 +138,8 @@ export function firmwareConfigFiles(input: FirmwareConfigInput): FirmwareFile[] 
       legacy: platform.legacy,
       devices: platform.acpi,
       tables: platform.acpiTables,
+      ...(platform.fadt ? { fixedHardware: platform.fadt } : {}),
+      interruptOverrides: platform.interruptOverrides,
       ...input.acpi,
     }),
     { name: 'etc/e820', data: e820File(memory, platform.reserved) },

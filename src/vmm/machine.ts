@@ -7,7 +7,8 @@
 // One VM per process: the native layer keeps per-process state (signal handlers, the AP thread registry, the
 // kick target), and the daemon runs one VMM process per VM so a crash loses one VM. A second runMachine() in the
 // same process is refused with a clear error rather than half-working.
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, ftruncateSync, statSync, writeSync } from 'node:fs';
+import { screenshotPng, stdVgaDisplay } from '../devices/display/vga-renderer.js';
 import { basename } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
@@ -51,10 +52,13 @@ export interface RunOptions {
   readonly serialInput: 'tty' | 'stream' | 'none';
   /** Print exit counts and virtio notification counts to stderr when the VM stops. */
   readonly stats?: boolean;
-  /** Write the screen (std VGA) as a PNG here when the VM ends, however it ends. */
-  readonly screenshot?: string;
-  /** Write a text-mode screen as UTF-8 text here when the VM ends (what a test or a script reads). */
-  readonly screenText?: string;
+  /**
+   * Write the screen (std VGA) as a PNG into this file descriptor when the VM ends, however it ends (the file is
+   * truncated first: open it with host/output-file.ts, which refuses disk images and locks it).
+   */
+  readonly screenshotFd?: number;
+  /** Likewise a text-mode screen as UTF-8 text (what a test or a script reads). */
+  readonly screenTextFd?: number;
   /** Lets another thread pause, resume or stop the VM (the daemon does; the CLI uses console keys and signals). */
   readonly control?: VmControl;
 }
@@ -202,7 +206,9 @@ function buildAndRun(spec: MachineSpec, run: RunOptions, control: VmControl, wor
     shared = createDevices(spec.devices, {
       vmFd: vm.fd,
       placeBars: strategy.placesBars,
-      ...(firmware ? { platform: pcPlatformDevices({ firmwareLog: firmware.log }), firstPciSlot: 2 } : {}),
+      ...(firmware
+        ? { platform: pcPlatformDevices({ firmwareLog: firmware.log }), firstPciSlot: 2, pirqRouting: true }
+        : {}),
       machine: { cpus: spec.cpus, memory: spec.memory, boot: spec.boot.kind },
       deviceMemory: (size, name, opts) => vm.slots.reserveDeviceMemory(size, name, opts),
     });
@@ -324,6 +330,7 @@ function runBuilt(
     reason = bsp.runLoop(exitContext);
   }
   trace(`guest stopped (${reason.kind})`);
+  if (run.screenshotFd !== undefined || run.screenTextFd !== undefined) saveScreen(devices, run);
   if (run.stats) printStats(control, devices);
   if (typeof tick === 'bigint') native.stopTick(tick);
   native.restoreTerminationSignals();
@@ -333,6 +340,30 @@ function runBuilt(
     process.stderr.write('partita: some vCPU threads did not stop\n');
   void worker?.terminate();
   return { reason, boot };
+}
+
+/** --screenshot / --screen-text: the screen as the VM left it. */
+function saveScreen(devices: DeviceSet, run: RunOptions): void {
+  const vga = devices.find('std-vga');
+  const display = stdVgaDisplay(vga);
+  if (!display) {
+    process.stderr.write('partita: no screenshot: the machine has no display (--display vga)\n');
+    return;
+  }
+  const write = (fd: number, bytes: Uint8Array): void => {
+    ftruncateSync(fd, 0);
+    writeSync(fd, bytes, 0, bytes.length, 0);
+  };
+  try {
+    if (run.screenshotFd !== undefined) write(run.screenshotFd, screenshotPng(vga));
+    if (run.screenTextFd !== undefined) {
+      const text = display.screenText();
+      if (text === undefined) process.stderr.write('partita: no screen text: the display is in a graphics mode\n');
+      write(run.screenTextFd, Buffer.from(text ?? '', 'utf8'));
+    }
+  } catch (e) {
+    process.stderr.write(`partita: could not save the screen: ${(e as Error).message}\n`);
+  }
 }
 
 function printStats(control: VmControl, devices: DeviceSet): void {

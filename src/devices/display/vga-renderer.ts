@@ -30,6 +30,13 @@ import {
 } from './std-vga.js';
 
 const PAGE = 4096;
+/** Code page 437 (the VGA BIOS font) as Unicode: control-code glyphs, ASCII, then the upper half. */
+const CP437 = [
+  ...'\u0000☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼',
+  ...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)),
+  ...'⌂ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀',
+  ...'αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0',
+].map((c) => (c === '\u0000' || c === '\u00a0' ? ' ' : c));
 /** The largest text screen rendered (CRTC values allow 256 × 2048 cells; no real mode comes near). */
 const MAX_TEXT_CELLS = 256 * 256;
 
@@ -147,6 +154,22 @@ export class VgaRenderer implements DisplaySource {
       scan,
       wide,
     };
+  }
+
+  /**
+   * A text-mode screen as text, one line per row (trailing blanks dropped), characters through code page 437;
+   * undefined in graphics modes. What scripts and tests read instead of pixels.
+   */
+  screenText(): string | undefined {
+    const l = this.layout();
+    if (l.kind !== 'text') return undefined;
+    const lines: string[] = [];
+    for (let row = 0; row < l.rows; row++) {
+      let line = '';
+      for (let col = 0; col < l.cols; col++) line += CP437[this.cell(l, row, col) & 0xff];
+      lines.push(line.trimEnd());
+    }
+    return lines.join('\n') + '\n';
   }
 
   render(): DisplayFrame {
