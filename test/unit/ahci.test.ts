@@ -146,6 +146,10 @@ test('ahci disk: the SeaBIOS probe (IDENTIFY PACKET aborted, recovery, IDENTIFY 
     const bytes = d.data(512);
     assert.equal(w[255] & 0xff, 0xa5);
     assert.equal(bytes.reduce((a, b) => a + b, 0) & 0xff, 0, 'IDENTIFY checksum');
+    // SeaBIOS then sets the transfer mode (SET FEATURES 03h, count 45h: Ultra DMA mode 5), as QEMU's trace shows.
+    assert.ok(succeeded(d.issue(0, { command: ATA.SET_FEATURES, features: 0x03, count: 0x45 })));
+    d.issue(0, { command: ATA.IDENTIFY, bytes: 512 });
+    assert.equal(d.data(512).readUInt16LE(88 * 2), 0x203f, 'UDMA 5 selected');
   } finally {
     d.close();
   }
@@ -372,6 +376,7 @@ test('ahci: save and restore give the same registers and the same next command',
     // A second controller over the same host side (as a restore in a new process opens the same image).
     const e = new AhciTestDriver({ kind: 'ahci', drives: [] }, d.memory);
     assert.throws(() => e.controller.restoreState({ ...snapshot, kind: 'virtio-blk' }), DeviceStateError);
+    assert.throws(() => e.controller.restoreState(snapshot), /has drives/, 'a controller without that disk refuses it');
     const f = new AhciTestDriver(
       { kind: 'ahci', drives: [] },
       undefined,
@@ -456,4 +461,46 @@ test('ahci: machine spec entries are checked by the schema; one image twice is r
       ),
     /given twice/,
   );
+});
+
+test('ahci: the Linux libahci bring-up (HBA reset, port init, hardreset, classify, interrupt-driven IDENTIFY)', () => {
+  const path = makeDisk('linux.img');
+  const d = controller([{ type: 'disk', path }, { type: 'cdrom' }]);
+  try {
+    d.writel(0x04, d.readl(0x04) | 1); // ahci_reset_controller
+    assert.equal(d.readl(0x04) & 1, 0);
+    d.writel(0x04, 0x8000_0000);
+    for (const port of [0, 1]) {
+      // ahci_port_init / ahci_start_port
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) & ~CMD_ST);
+      assert.equal(d.portRead(port, PX_CMD) & CMD_CR, 0);
+      d.portWrite(port, 0x30, d.portRead(port, 0x30));
+      d.portWrite(port, PX_IS, d.portRead(port, PX_IS));
+      d.portWrite(port, 0x00, clbOf(port));
+      d.portWrite(port, 0x08, fbOf(port));
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) | 0x10); // FRE
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) | 0x2 | (1 << 28)); // SUD, ICC active
+      // ahci_do_hardreset: a BSY D2H FIS in the receive area, COMRESET, wait for a D2H FIS that is not busy.
+      d.memory.writeU8(fbOf(port) + 0x40 + 2, 0x80);
+      d.portWrite(port, 0x2c, 0x301);
+      d.portWrite(port, 0x2c, 0x300);
+      assert.equal(d.portRead(port, PX_SSTS), SSTS_LINKED);
+      assert.equal(d.portRead(port, PX_TFD) & 0x80, 0, 'ahci_check_ready');
+      assert.equal(d.memory.readU8(fbOf(port) + 0x40 + 2) & 0x80, 0, 'the D2H FIS replaced the BSY one');
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) | CMD_ST);
+      d.portWrite(port, PX_IE, 0x7dc0_007f);
+    }
+    assert.equal(d.portRead(0, PX_SIG), 0x101, 'ATA_DEV_ATA');
+    assert.equal(d.portRead(1, PX_SIG), 0xeb14_0101, 'ATA_DEV_ATAPI (an empty drive still answers)');
+    d.writel(0x04, d.readl(0x04) | 2);
+    const id = d.issue(0, { command: ATA.IDENTIFY, bytes: 512 });
+    assert.ok(id.is & IS_PSS && id.ci === 0 && succeeded(id));
+    assert.equal(d.readl(0x08), 1, 'IS names port 0');
+    assert.deepEqual(d.intx, [true]);
+    const pid = d.issue(1, { command: ATA.IDENTIFY_PACKET, bytes: 512 });
+    assert.ok(pid.is & IS_PSS && succeeded(pid));
+    assert.equal(d.readl(0x08), 3, 'both ports pending');
+  } finally {
+    d.close();
+  }
 });

@@ -918,10 +918,16 @@ export class AhciController implements PciFunction, AttachedDevice {
       const words = new Int32Array(this.regs);
       words[W_LOCK] = 0;
       const media: JsonValue[] = this.drives.map((d) => (d instanceof AtapiCdrom ? d.mediaPath : null));
+      const drives: JsonValue[] = this.drives.map((d) => d?.type ?? null);
       return {
         kind: AHCI_KIND,
         version: AHCI_SNAPSHOT_VERSION,
-        data: { registers: bytesToJson(new Uint8Array(words.buffer)), config: bytesToJson(this.config.bytes), media },
+        data: {
+          registers: bytesToJson(new Uint8Array(words.buffer)),
+          config: bytesToJson(this.config.bytes),
+          drives,
+          media,
+        },
       };
     });
   }
@@ -937,6 +943,13 @@ export class AhciController implements PciFunction, AttachedDevice {
       (config[PCI_STATUS] & ~PCI_STATUS_INTERRUPT) | (this.config.bytes[PCI_STATUS] & PCI_STATUS_INTERRUPT);
     const at = this.config.fixedBitsDiffer(config);
     if (at >= 0) throw new DeviceStateError(this.name, `config space differs at 0x${at.toString(16)}`);
+    const drives = snapshot.data.drives;
+    const types = this.drives.map((d) => d?.type ?? null);
+    if (!Array.isArray(drives) || drives.length !== AHCI_PORTS || drives.some((t, i) => t !== types[i]))
+      throw new DeviceStateError(
+        this.name,
+        `has drives ${JSON.stringify(drives)}, the controller ${JSON.stringify(types)}`,
+      );
     const media = snapshot.data.media;
     if (!Array.isArray(media) || media.length !== AHCI_PORTS) throw new DeviceStateError(this.name, "lacks 'media'");
     // The discs first (host files: this may fail, and then nothing has changed yet).
