@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { drainEventfd } from '../support/eventfd.js';
-import { AhciTestDriver, DATA, GSI, RAM, clbOf, fbOf, succeeded, tableOf } from '../support/ahci-driver.js';
+import { AhciTestDriver, DATA, GSI, HIGH_RAM, RAM, clbOf, fbOf, succeeded, tableOf } from '../support/ahci-driver.js';
 import {
   AHCI_CAP,
   ahciModel,
@@ -500,6 +500,39 @@ test('ahci: the Linux libahci bring-up (HBA reset, port init, hardreset, classif
     const pid = d.issue(1, { command: ATA.IDENTIFY_PACKET, bytes: 512 });
     assert.ok(pid.is & IS_PSS && succeeded(pid));
     assert.equal(d.readl(0x08), 3, 'both ports pending');
+  } finally {
+    d.close();
+  }
+});
+
+test('ahci: command lists, tables, PRDTs and received FISes above 2 GiB', () => {
+  const path = makeDisk('high.img');
+  const image = readFileSync(path);
+  const d = controller([{ type: 'disk', path }]);
+  try {
+    const clb = HIGH_RAM + 0x1000;
+    const fb = HIGH_RAM + 0x1400;
+    const table = HIGH_RAM + 0x2000;
+    const buffer = HIGH_RAM + 0x10000;
+    assert.equal(d.setupPort(0, { clb, fb }), SSTS_LINKED);
+    assert.equal(d.portRead(0, 0x00), clb, 'PxCLB');
+    assert.equal(d.memory.readU8(fb + 0x40), 0x34, 'signature FIS in high memory');
+    // Slot 0 as issue() lays it out, but in high memory.
+    d.memory.writeU32(clb, (1 << 16) | 5);
+    d.memory.writeU32(clb + 8, table);
+    const fis = new Uint8Array(20);
+    fis.set([0x27, 0x80, ATA.READ_DMA_EXT, 0, 9, 0, 0, 0x40]);
+    fis[12] = 2;
+    d.memory.write(table, fis);
+    d.memory.writeU32(table + 0x80, buffer);
+    d.memory.writeU32(table + 0x8c, 1023);
+    d.portWrite(0, PX_CI, 1);
+    assert.equal(d.portRead(0, PX_CI), 0);
+    assert.equal(d.portRead(0, PX_IS) & (IS_HBFS | IS_TFES), 0, 'no error');
+    assert.ok(d.portRead(0, PX_IS) & IS_DHRS);
+    assert.equal(d.memory.readU32(clb + 4), 1024, 'PRDBC');
+    assert.deepEqual(Buffer.from(d.memory.read(buffer, 1024)), image.subarray(9 * 512, 11 * 512));
+    assert.equal(d.memory.readU8(fb + 0x40 + 2), 0x50, 'D2H FIS in high memory');
   } finally {
     d.close();
   }

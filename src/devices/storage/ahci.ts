@@ -672,7 +672,7 @@ export class AhciController implements PciFunction, AttachedDevice {
       const h = this.guestRead(header, 32);
       const hv = new DataView(h.buffer);
       dw0 = hv.getUint32(0, true);
-      const table = (hv.getUint32(8, true) & ~0x7f) + hv.getUint32(12, true) * 2 ** 32;
+      const table = ((hv.getUint32(8, true) & ~0x7f) >>> 0) + hv.getUint32(12, true) * 2 ** 32;
       fis = this.guestRead(table, 64);
       packet = this.guestRead(table + 0x40, 16);
       const entries = dw0 >>> 16;
@@ -682,7 +682,7 @@ export class AhciController implements PciFunction, AttachedDevice {
         const prdt = this.guestRead(table + 0x80, entries * 16);
         const pv = new DataView(prdt.buffer);
         for (let i = 0; i < entries && total < AHCI_MAX_COMMAND_BYTES; i++) {
-          const gpa = (pv.getUint32(16 * i, true) & ~1) + pv.getUint32(16 * i + 4, true) * 2 ** 32;
+          const gpa = ((pv.getUint32(16 * i, true) & ~1) >>> 0) + pv.getUint32(16 * i + 4, true) * 2 ** 32;
           const dw3 = pv.getUint32(16 * i + 12, true);
           const length = Math.min((dw3 & 0x3fffff) + 1, AHCI_MAX_COMMAND_BYTES - total);
           if (dw3 & 0x80000000) interruptOnData = true;
