@@ -4,7 +4,8 @@
 // hostile command lists and PRDTs, INTx and MSI delivery, and save/restore.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { drainEventfd } from '../support/eventfd.js';
@@ -533,6 +534,42 @@ test('ahci: command lists, tables, PRDTs and received FISes above 2 GiB', () => 
     assert.equal(d.memory.readU32(clb + 4), 1024, 'PRDBC');
     assert.deepEqual(Buffer.from(d.memory.read(buffer, 1024)), image.subarray(9 * 512, 11 * 512));
     assert.equal(d.memory.readU8(fb + 0x40 + 2), 0x50, 'D2H FIS in high memory');
+  } finally {
+    d.close();
+  }
+});
+
+test('ahci: a platform reset clears PCI programming, the HBA and disk settings; CD drives keep their disc', () => {
+  const path = makeDisk('platform-reset.img');
+  const iso = join(tmp, 'reset.iso');
+  const dir = join(tmp, 'reset.d');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'x.txt'), 'x');
+  execFileSync('xorriso', ['-as', 'mkisofs', '-quiet', '-o', iso, dir], { stdio: 'ignore' });
+  const d = controller([
+    { type: 'disk', path },
+    { type: 'cdrom', path: iso },
+  ]);
+  try {
+    d.setupPort(0);
+    d.issue(0, { command: ATA.SET_FEATURES, features: 0x82 }); // write cache off
+    const cap = d.configRead(0x34, 1);
+    d.configWrite(cap + 4, 4, 0xfee0_0000);
+    d.configWrite(cap + 2, 2, 1);
+    d.controller.reset();
+    assert.equal(d.configRead(0x04, 2), 0, 'command register');
+    assert.equal(d.configRead(0x24), 0, 'BAR 5');
+    assert.equal(d.configRead(cap + 2, 2) & 1, 0, 'MSI off');
+    assert.equal(d.configRead(cap + 4), 0);
+    assert.equal(d.configRead(0x3c, 1), GSI, 'interrupt line kept');
+    d.enable();
+    assert.equal(d.portRead(0, 0x00), 0, 'PxCLB');
+    assert.equal(d.portRead(0, PX_CMD), 0x4, 'only POD');
+    assert.equal(d.portRead(0, PX_SSTS), 0, 'links wait for spin-up');
+    d.setupPort(0);
+    d.issue(0, { command: ATA.IDENTIFY, bytes: 512 });
+    assert.ok(d.data(512).readUInt16LE(85 * 2) & (1 << 5), 'write cache back on');
+    assert.equal(d.controller.mediaPath(1), iso, 'the disc stays');
   } finally {
     d.close();
   }

@@ -900,14 +900,33 @@ export class AhciController implements PciFunction, AttachedDevice {
     return this.lock.with(() => this.cdrom(port).mediaPath);
   }
 
-  /** A platform reset: the HBA as at power-on (drives keep their discs). */
+  /**
+   * A platform reset (AttachedDevice.reset, RESET#): the function as at power-on — PCI command, BAR 5 and MSI
+   * cleared for the firmware to program again, HBA and ports reset, disks back to their default settings — except
+   * that CD drives keep their discs (a disc does not leave the drive when the machine resets).
+   */
   reset(): void {
     this.lock.with(() => {
-      this.resetHbaLocked(false);
+      const c = this.config;
+      c.write(PCI_COMMAND, 2, 0);
+      c.write(PCI_STATUS, 2, 0xffff); // clears the RW1C error bits
+      c.setBarAddress(AHCI_BAR, 0);
+      for (const [at, size] of [
+        [2, 2],
+        [4, 4],
+        [8, 4],
+        [12, 2],
+      ] as const)
+        c.write(this.msiCap + at, size, 0);
       for (let port = 0; port < AHCI_PORTS; port++) {
         const p = PORT_WORD0 + port * PORT_WORDS;
         this.regs[p + P_CLB] = this.regs[p + P_CLBU] = this.regs[p + P_FB] = this.regs[p + P_FBU] = 0;
+        const drive = this.drives[port];
+        const words = new Int32Array(this.state.regs, (DRIVE_WORD0 + port * DRIVE_WORDS) * 4, DRIVE_WORDS);
+        if (drive?.type === 'disk') initialDiskState(words);
+        else drive?.reset();
       }
+      this.resetHbaLocked(false);
     });
   }
 
