@@ -38,6 +38,9 @@ import {
 import type { DeviceOptions } from '../../src/devices/model.js';
 
 export const RAM = 4 << 20;
+/** A second RAM range above 2 GiB (addresses with bit 31 set, as a guest with more memory uses). */
+export const HIGH_RAM = 0x8000_0000;
+export const HIGH_RAM_SIZE = 1 << 20;
 export const SLOT = 3;
 export const GSI = 18;
 export const ABAR = 0xc000_1000;
@@ -98,7 +101,12 @@ export class AhciTestDriver {
   private readonly window;
 
   constructor(options: DeviceOptions, memory?: GuestMemory, state?: AhciState) {
-    this.memory = memory ?? GuestMemory.allocateRanges([{ gpa: 0, size: RAM }]);
+    this.memory =
+      memory ??
+      GuestMemory.allocateRanges([
+        { gpa: 0, size: RAM },
+        { gpa: HIGH_RAM, size: HIGH_RAM_SIZE },
+      ]);
     const create: DeviceCreateContext = {
       vmFd: -1,
       router: this.router,
@@ -162,15 +170,15 @@ export class AhciTestDriver {
   }
 
   /** ahci_port_reset + ahci_port_alloc + ahci_port_setup of SeaBIOS, up to ST on. Returns PxSSTS. */
-  setupPort(port: number): number {
+  setupPort(port: number, at?: { clb: number; fb: number }): number {
     let cmd = this.portRead(port, PX_CMD);
     this.portWrite(port, PX_CMD, cmd & ~(CMD_ST | CMD_FRE));
     this.portWrite(port, PX_IE, 0);
     this.portWrite(port, PX_IS, this.portRead(port, PX_IS));
-    this.memory.fill(clbOf(port), 0x1000, 0);
-    this.portWrite(port, PX_CLB, clbOf(port));
+    this.memory.fill(at?.clb ?? clbOf(port), 0x400, 0);
+    this.portWrite(port, PX_CLB, at?.clb ?? clbOf(port));
     this.portWrite(port, PX_CLBU, 0);
-    this.portWrite(port, PX_FB, fbOf(port));
+    this.portWrite(port, PX_FB, at?.fb ?? fbOf(port));
     this.portWrite(port, PX_FBU, 0);
     cmd = this.portRead(port, PX_CMD) | CMD_FRE;
     this.portWrite(port, PX_CMD, cmd);

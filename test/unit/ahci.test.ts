@@ -4,11 +4,12 @@
 // hostile command lists and PRDTs, INTx and MSI delivery, and save/restore.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { drainEventfd } from '../support/eventfd.js';
-import { AhciTestDriver, DATA, GSI, RAM, clbOf, fbOf, succeeded, tableOf } from '../support/ahci-driver.js';
+import { AhciTestDriver, DATA, GSI, HIGH_RAM, RAM, clbOf, fbOf, succeeded, tableOf } from '../support/ahci-driver.js';
 import {
   AHCI_CAP,
   ahciModel,
@@ -146,6 +147,10 @@ test('ahci disk: the SeaBIOS probe (IDENTIFY PACKET aborted, recovery, IDENTIFY 
     const bytes = d.data(512);
     assert.equal(w[255] & 0xff, 0xa5);
     assert.equal(bytes.reduce((a, b) => a + b, 0) & 0xff, 0, 'IDENTIFY checksum');
+    // SeaBIOS then sets the transfer mode (SET FEATURES 03h, count 45h: Ultra DMA mode 5), as QEMU's trace shows.
+    assert.ok(succeeded(d.issue(0, { command: ATA.SET_FEATURES, features: 0x03, count: 0x45 })));
+    d.issue(0, { command: ATA.IDENTIFY, bytes: 512 });
+    assert.equal(d.data(512).readUInt16LE(88 * 2), 0x203f, 'UDMA 5 selected');
   } finally {
     d.close();
   }
@@ -372,6 +377,7 @@ test('ahci: save and restore give the same registers and the same next command',
     // A second controller over the same host side (as a restore in a new process opens the same image).
     const e = new AhciTestDriver({ kind: 'ahci', drives: [] }, d.memory);
     assert.throws(() => e.controller.restoreState({ ...snapshot, kind: 'virtio-blk' }), DeviceStateError);
+    assert.throws(() => e.controller.restoreState(snapshot), /has drives/, 'a controller without that disk refuses it');
     const f = new AhciTestDriver(
       { kind: 'ahci', drives: [] },
       undefined,
@@ -456,4 +462,115 @@ test('ahci: machine spec entries are checked by the schema; one image twice is r
       ),
     /given twice/,
   );
+});
+
+test('ahci: the Linux libahci bring-up (HBA reset, port init, hardreset, classify, interrupt-driven IDENTIFY)', () => {
+  const path = makeDisk('linux.img');
+  const d = controller([{ type: 'disk', path }, { type: 'cdrom' }]);
+  try {
+    d.writel(0x04, d.readl(0x04) | 1); // ahci_reset_controller
+    assert.equal(d.readl(0x04) & 1, 0);
+    d.writel(0x04, 0x8000_0000);
+    for (const port of [0, 1]) {
+      // ahci_port_init / ahci_start_port
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) & ~CMD_ST);
+      assert.equal(d.portRead(port, PX_CMD) & CMD_CR, 0);
+      d.portWrite(port, 0x30, d.portRead(port, 0x30));
+      d.portWrite(port, PX_IS, d.portRead(port, PX_IS));
+      d.portWrite(port, 0x00, clbOf(port));
+      d.portWrite(port, 0x08, fbOf(port));
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) | 0x10); // FRE
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) | 0x2 | (1 << 28)); // SUD, ICC active
+      // ahci_do_hardreset: a BSY D2H FIS in the receive area, COMRESET, wait for a D2H FIS that is not busy.
+      d.memory.writeU8(fbOf(port) + 0x40 + 2, 0x80);
+      d.portWrite(port, 0x2c, 0x301);
+      d.portWrite(port, 0x2c, 0x300);
+      assert.equal(d.portRead(port, PX_SSTS), SSTS_LINKED);
+      assert.equal(d.portRead(port, PX_TFD) & 0x80, 0, 'ahci_check_ready');
+      assert.equal(d.memory.readU8(fbOf(port) + 0x40 + 2) & 0x80, 0, 'the D2H FIS replaced the BSY one');
+      d.portWrite(port, PX_CMD, d.portRead(port, PX_CMD) | CMD_ST);
+      d.portWrite(port, PX_IE, 0x7dc0_007f);
+    }
+    assert.equal(d.portRead(0, PX_SIG), 0x101, 'ATA_DEV_ATA');
+    assert.equal(d.portRead(1, PX_SIG), 0xeb14_0101, 'ATA_DEV_ATAPI (an empty drive still answers)');
+    d.writel(0x04, d.readl(0x04) | 2);
+    const id = d.issue(0, { command: ATA.IDENTIFY, bytes: 512 });
+    assert.ok(id.is & IS_PSS && id.ci === 0 && succeeded(id));
+    assert.equal(d.readl(0x08), 1, 'IS names port 0');
+    assert.deepEqual(d.intx, [true]);
+    const pid = d.issue(1, { command: ATA.IDENTIFY_PACKET, bytes: 512 });
+    assert.ok(pid.is & IS_PSS && succeeded(pid));
+    assert.equal(d.readl(0x08), 3, 'both ports pending');
+  } finally {
+    d.close();
+  }
+});
+
+test('ahci: command lists, tables, PRDTs and received FISes above 2 GiB', () => {
+  const path = makeDisk('high.img');
+  const image = readFileSync(path);
+  const d = controller([{ type: 'disk', path }]);
+  try {
+    const clb = HIGH_RAM + 0x1000;
+    const fb = HIGH_RAM + 0x1400;
+    const table = HIGH_RAM + 0x2000;
+    const buffer = HIGH_RAM + 0x10000;
+    assert.equal(d.setupPort(0, { clb, fb }), SSTS_LINKED);
+    assert.equal(d.portRead(0, 0x00), clb, 'PxCLB');
+    assert.equal(d.memory.readU8(fb + 0x40), 0x34, 'signature FIS in high memory');
+    // Slot 0 as issue() lays it out, but in high memory.
+    d.memory.writeU32(clb, (1 << 16) | 5);
+    d.memory.writeU32(clb + 8, table);
+    const fis = new Uint8Array(20);
+    fis.set([0x27, 0x80, ATA.READ_DMA_EXT, 0, 9, 0, 0, 0x40]);
+    fis[12] = 2;
+    d.memory.write(table, fis);
+    d.memory.writeU32(table + 0x80, buffer);
+    d.memory.writeU32(table + 0x8c, 1023);
+    d.portWrite(0, PX_CI, 1);
+    assert.equal(d.portRead(0, PX_CI), 0);
+    assert.equal(d.portRead(0, PX_IS) & (IS_HBFS | IS_TFES), 0, 'no error');
+    assert.ok(d.portRead(0, PX_IS) & IS_DHRS);
+    assert.equal(d.memory.readU32(clb + 4), 1024, 'PRDBC');
+    assert.deepEqual(Buffer.from(d.memory.read(buffer, 1024)), image.subarray(9 * 512, 11 * 512));
+    assert.equal(d.memory.readU8(fb + 0x40 + 2), 0x50, 'D2H FIS in high memory');
+  } finally {
+    d.close();
+  }
+});
+
+test('ahci: a platform reset clears PCI programming, the HBA and disk settings; CD drives keep their disc', () => {
+  const path = makeDisk('platform-reset.img');
+  const iso = join(tmp, 'reset.iso');
+  const dir = join(tmp, 'reset.d');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'x.txt'), 'x');
+  execFileSync('xorriso', ['-as', 'mkisofs', '-quiet', '-o', iso, dir], { stdio: 'ignore' });
+  const d = controller([
+    { type: 'disk', path },
+    { type: 'cdrom', path: iso },
+  ]);
+  try {
+    d.setupPort(0);
+    d.issue(0, { command: ATA.SET_FEATURES, features: 0x82 }); // write cache off
+    const cap = d.configRead(0x34, 1);
+    d.configWrite(cap + 4, 4, 0xfee0_0000);
+    d.configWrite(cap + 2, 2, 1);
+    d.controller.reset();
+    assert.equal(d.configRead(0x04, 2), 0, 'command register');
+    assert.equal(d.configRead(0x24), 0, 'BAR 5');
+    assert.equal(d.configRead(cap + 2, 2) & 1, 0, 'MSI off');
+    assert.equal(d.configRead(cap + 4), 0);
+    assert.equal(d.configRead(0x3c, 1), GSI, 'interrupt line kept');
+    d.enable();
+    assert.equal(d.portRead(0, 0x00), 0, 'PxCLB');
+    assert.equal(d.portRead(0, PX_CMD), 0x4, 'only POD');
+    assert.equal(d.portRead(0, PX_SSTS), 0, 'links wait for spin-up');
+    d.setupPort(0);
+    d.issue(0, { command: ATA.IDENTIFY, bytes: 512 });
+    assert.ok(d.data(512).readUInt16LE(85 * 2) & (1 << 5), 'write cache back on');
+    assert.equal(d.controller.mediaPath(1), iso, 'the disc stays');
+  } finally {
+    d.close();
+  }
 });

@@ -672,7 +672,7 @@ export class AhciController implements PciFunction, AttachedDevice {
       const h = this.guestRead(header, 32);
       const hv = new DataView(h.buffer);
       dw0 = hv.getUint32(0, true);
-      const table = (hv.getUint32(8, true) & ~0x7f) + hv.getUint32(12, true) * 2 ** 32;
+      const table = ((hv.getUint32(8, true) & ~0x7f) >>> 0) + hv.getUint32(12, true) * 2 ** 32;
       fis = this.guestRead(table, 64);
       packet = this.guestRead(table + 0x40, 16);
       const entries = dw0 >>> 16;
@@ -682,7 +682,7 @@ export class AhciController implements PciFunction, AttachedDevice {
         const prdt = this.guestRead(table + 0x80, entries * 16);
         const pv = new DataView(prdt.buffer);
         for (let i = 0; i < entries && total < AHCI_MAX_COMMAND_BYTES; i++) {
-          const gpa = (pv.getUint32(16 * i, true) & ~1) + pv.getUint32(16 * i + 4, true) * 2 ** 32;
+          const gpa = ((pv.getUint32(16 * i, true) & ~1) >>> 0) + pv.getUint32(16 * i + 4, true) * 2 ** 32;
           const dw3 = pv.getUint32(16 * i + 12, true);
           const length = Math.min((dw3 & 0x3fffff) + 1, AHCI_MAX_COMMAND_BYTES - total);
           if (dw3 & 0x80000000) interruptOnData = true;
@@ -900,14 +900,33 @@ export class AhciController implements PciFunction, AttachedDevice {
     return this.lock.with(() => this.cdrom(port).mediaPath);
   }
 
-  /** A platform reset: the HBA as at power-on (drives keep their discs). */
+  /**
+   * A platform reset (AttachedDevice.reset, RESET#): the function as at power-on — PCI command, BAR 5 and MSI
+   * cleared for the firmware to program again, HBA and ports reset, disks back to their default settings — except
+   * that CD drives keep their discs (a disc does not leave the drive when the machine resets).
+   */
   reset(): void {
     this.lock.with(() => {
-      this.resetHbaLocked(false);
+      const c = this.config;
+      c.write(PCI_COMMAND, 2, 0);
+      c.write(PCI_STATUS, 2, 0xffff); // clears the RW1C error bits
+      c.setBarAddress(AHCI_BAR, 0);
+      for (const [at, size] of [
+        [2, 2],
+        [4, 4],
+        [8, 4],
+        [12, 2],
+      ] as const)
+        c.write(this.msiCap + at, size, 0);
       for (let port = 0; port < AHCI_PORTS; port++) {
         const p = PORT_WORD0 + port * PORT_WORDS;
         this.regs[p + P_CLB] = this.regs[p + P_CLBU] = this.regs[p + P_FB] = this.regs[p + P_FBU] = 0;
+        const drive = this.drives[port];
+        const words = new Int32Array(this.state.regs, (DRIVE_WORD0 + port * DRIVE_WORDS) * 4, DRIVE_WORDS);
+        if (drive?.type === 'disk') initialDiskState(words);
+        else drive?.reset();
       }
+      this.resetHbaLocked(false);
     });
   }
 
@@ -918,10 +937,16 @@ export class AhciController implements PciFunction, AttachedDevice {
       const words = new Int32Array(this.regs);
       words[W_LOCK] = 0;
       const media: JsonValue[] = this.drives.map((d) => (d instanceof AtapiCdrom ? d.mediaPath : null));
+      const drives: JsonValue[] = this.drives.map((d) => d?.type ?? null);
       return {
         kind: AHCI_KIND,
         version: AHCI_SNAPSHOT_VERSION,
-        data: { registers: bytesToJson(new Uint8Array(words.buffer)), config: bytesToJson(this.config.bytes), media },
+        data: {
+          registers: bytesToJson(new Uint8Array(words.buffer)),
+          config: bytesToJson(this.config.bytes),
+          drives,
+          media,
+        },
       };
     });
   }
@@ -937,6 +962,13 @@ export class AhciController implements PciFunction, AttachedDevice {
       (config[PCI_STATUS] & ~PCI_STATUS_INTERRUPT) | (this.config.bytes[PCI_STATUS] & PCI_STATUS_INTERRUPT);
     const at = this.config.fixedBitsDiffer(config);
     if (at >= 0) throw new DeviceStateError(this.name, `config space differs at 0x${at.toString(16)}`);
+    const drives = snapshot.data.drives;
+    const types = this.drives.map((d) => d?.type ?? null);
+    if (!Array.isArray(drives) || drives.length !== AHCI_PORTS || drives.some((t, i) => t !== types[i]))
+      throw new DeviceStateError(
+        this.name,
+        `has drives ${JSON.stringify(drives)}, the controller ${JSON.stringify(types)}`,
+      );
     const media = snapshot.data.media;
     if (!Array.isArray(media) || media.length !== AHCI_PORTS) throw new DeviceStateError(this.name, "lacks 'media'");
     // The discs first (host files: this may fail, and then nothing has changed yet).
