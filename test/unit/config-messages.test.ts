@@ -58,3 +58,62 @@ test('--topology: a bad value is named once', async () => {
     assert.equal(r.stderr.split('--topology').length, 2, `said once: ${r.stderr}`);
   }
 });
+
+test('firmware flags: --bios makes a PC spec (std VGA first, one AHCI controller for CDs and SATA disks, boot order)', async () => {
+  const r = await runPartita([
+    'spec',
+    '--bios',
+    '--cdrom',
+    'a.iso',
+    '--disk',
+    'b.img,if=ahci',
+    '--disk',
+    'c.img',
+    '--boot',
+    'order=cd,disk',
+    '--firmware-log',
+    'fw.log',
+  ]);
+  assert.equal(r.status, 0, r.stderr);
+  const spec = JSON.parse(r.stdout) as { boot: unknown; devices: unknown[] };
+  assert.deepEqual(spec.boot, {
+    kind: 'firmware',
+    firmware: '/usr/share/seabios/bios-256k.bin',
+    bootOrder: ['cdrom', 'disk'],
+    log: 'fw.log',
+  });
+  assert.deepEqual(spec.devices, [
+    { kind: 'std-vga' },
+    { kind: 'virtio-blk', path: 'c.img' },
+    {
+      kind: 'ahci',
+      drives: [
+        { type: 'disk', path: 'b.img' },
+        { type: 'cdrom', path: 'a.iso' },
+      ],
+    },
+  ]);
+  const none = await runPartita(['spec', '--bios', 'my.rom', '--display', 'none']);
+  assert.equal(none.status, 0, none.stderr);
+  assert.deepEqual((JSON.parse(none.stdout) as { devices: unknown[] }).devices, []);
+});
+
+test('firmware flags: mixed or misplaced boot flags get one line, status 2', async () => {
+  const cases: [string[], RegExp][] = [
+    [['--kernel', 'k', '--bios'], /--kernel and --bios are two ways to boot/],
+    [['--kernel', 'k', '--cdrom', 'a.iso'], /--cdrom needs firmware boot \(--bios\)/],
+    [['--kernel', 'k', '--disk', 'd.img,if=ahci'], /if=ahci needs firmware boot/],
+    [['--bios', '--cmdline', 'x'], /--initrd and --cmdline go with --kernel/],
+    [['--bios', '--display', 'sdl'], /--display 'sdl' is not vga or none/],
+    [['--bios', '--boot', 'order=floppy'], /'floppy' is not cd, disk or net/],
+  ];
+  for (const [args, error] of cases) {
+    const r = await runPartita(['spec', ...args]);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, error);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+  }
+  const shot = await runPartita(['run', '--bios', '--display', 'none', '--screenshot', '/tmp/x.png']);
+  assert.equal(shot.status, 2);
+  assert.match(shot.stderr, /--screenshot needs a display/);
+});

@@ -1,7 +1,14 @@
 // The device options of `partita run` (--disk, --net, --console): QEMU-style "value,key=value" parsing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DeviceOptionError, parseConsole, parseDisk, parseNet, splitOption } from '../../src/cli/device-options.js';
+import {
+  DeviceOptionError,
+  parseBootOrder,
+  parseConsole,
+  parseDisk,
+  parseNet,
+  splitOption,
+} from '../../src/cli/device-options.js';
 
 test('splitOption: commas separate, a doubled comma is a literal comma', () => {
   assert.deepEqual(splitOption('a,b=c,d'), ['a', 'b=c', 'd']);
@@ -47,4 +54,24 @@ test('--net: user, tap=NAME, socket=PATH, mac=', () => {
 test('--console: a path is required', () => {
   assert.deepEqual(parseConsole('/tmp/out'), { kind: 'virtio-console', path: '/tmp/out' });
   assert.throws(() => parseConsole(''), /needs a path/);
+});
+
+test('--disk …,if=ahci: a SATA drive entry for the AHCI controller; virtio-only options refused there', () => {
+  assert.deepEqual(parseDisk('d.img,if=ahci,readonly,serial=S1'), {
+    type: 'disk',
+    path: 'd.img',
+    readonly: true,
+    serial: 'S1',
+  });
+  assert.deepEqual(parseDisk('d.img,if=virtio'), { kind: 'virtio-blk', path: 'd.img' });
+  assert.throws(() => parseDisk('d.img,if=ahci,queues=2'), /virtio options, not AHCI's/);
+  assert.throws(() => parseDisk('d.img,if=scsi'), /unknown or malformed option 'if=scsi'/);
+});
+
+test('--boot order=…: cd, disk, net in order; anything else named', () => {
+  assert.deepEqual(parseBootOrder('order=cd,disk'), ['cdrom', 'disk']);
+  assert.deepEqual(parseBootOrder('order=net'), ['net']);
+  assert.throws(() => parseBootOrder('order=cd,floppy'), /'floppy' is not cd, disk or net/);
+  assert.throws(() => parseBootOrder('order=cd,cd'), /named twice/);
+  assert.throws(() => parseBootOrder('cd'), /expected order=/);
 });
