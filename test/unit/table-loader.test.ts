@@ -424,31 +424,44 @@ function globPrefix(glob: string, str: string): boolean {
   }
 }
 
-test('bootorder: OpenFirmware paths SeaBIOS finds its devices by, in the order given', () => {
+test('bootorder: the OpenFirmware paths QEMU writes, found by SeaBIOS, in the order given', () => {
   const devices: BootDevice[] = [
-    { kind: 'ahci', slot: 3, fn: 1, port: 2 },
-    { kind: 'pci', slot: 5 },
-    { kind: 'net', slot: 0x1a },
-    { kind: 'ahci', slot: 4, port: 0, name: 'pci8086,2922' },
+    { kind: 'ahci', slot: 3, port: 2 },
+    { kind: 'virtio-blk', slot: 5 },
+    { kind: 'net', slot: 6 },
   ];
-  const text = Buffer.from(bootOrderFile(devices)).toString('latin1');
+  // What QEMU 7.2 writes for -device ahci,addr=3 + ide-hd on ahci.2, virtio-blk-pci,addr=5, e1000,addr=6 with
+  // bootindex 1, 2, 3 and -boot strict=on (SeaBIOS's debug log, "boot order:").
+  const text = Buffer.from(bootOrderFile(devices, true)).toString('latin1');
   assert.equal(
     text,
-    '/pci@i0cf8/*@3,1/drive@2/disk@0\n/pci@i0cf8/*@5\n/pci@i0cf8/ethernet@1a/ethernet-phy@0\n' +
-      '/pci@i0cf8/pci8086,2922@4/drive@0/disk@0\0',
+    '/pci@i0cf8/pci8086,2922@3/drive@2/disk@0\n/pci@i0cf8/scsi@5/disk@0,0\n/pci@i0cf8/ethernet@6/ethernet-phy@0\nHALT\0',
   );
-  assert.equal(Buffer.from(bootOrderFile(devices.slice(1, 2), true)).toString('latin1'), '/pci@i0cf8/*@5\nHALT\0');
-  // What SeaBIOS searches for (boot.c): bootprio_find_ata_device, _pci_device, _pci_rom; first match wins.
-  const lines = text.replace(/\0$/, '').split('\n');
+  const more: BootDevice[] = [
+    { kind: 'ahci', slot: 3, fn: 1, port: 0x1f, name: '*' },
+    { kind: 'pci', slot: 0x1a },
+    { kind: 'pci', slot: 2, fn: 3, name: 'display' },
+  ];
+  assert.deepEqual(more.map(bootDevicePath), [
+    '/pci@i0cf8/*@3,1/drive@1f/disk@0',
+    '/pci@i0cf8/*@1a',
+    '/pci@i0cf8/display@2,3',
+  ]);
+  assert.equal(Buffer.from(bootOrderFile(more.slice(1, 2))).toString('latin1'), '/pci@i0cf8/*@1a\0', 'no HALT');
+  // What SeaBIOS searches for (boot.c, as its log shows): the first line the glob is a prefix of wins.
+  const lines = [...text.replace(/\0$/, '').split('\n'), ...more.map(bootDevicePath)];
   const prio = (glob: string) => lines.findIndex((l) => globPrefix(glob, l)) + 1;
-  assert.equal(prio('/pci@i0cf8/*@3,1/drive@2/disk@0'), 1, 'AHCI 00:03.1 port 2');
-  assert.equal(prio('/pci@i0cf8/*@3,1/drive@0/disk@0'), 0, 'another port of it is not listed');
-  assert.equal(prio('/pci@i0cf8/*@5'), 2, 'virtio-blk at 00:05.0');
-  assert.equal(prio('/pci@i0cf8/*@1a'), 3, 'the NIC option ROM at 00:1a.0');
-  assert.equal(prio('/pci@i0cf8/*@4/drive@0/disk@0'), 4);
-  assert.equal(prio('/pci@i0cf8/*@6'), 0);
-  assert.equal(bootDevicePath({ kind: 'pci', slot: 2, fn: 3 }), '/pci@i0cf8/*@2,3');
+  assert.equal(prio('/pci@i0cf8/*@3/drive@2/disk@0'), 1, 'AHCI 00:03.0 port 2 (bootprio_find_ata_device)');
+  assert.equal(prio('/pci@i0cf8/*@3/drive@0/disk@0'), 0, 'another port of it is not listed');
+  assert.equal(prio('/pci@i0cf8/*@5'), 2, 'virtio-blk at 00:05.0 (bootprio_find_pci_device)');
+  assert.equal(prio('/pci@i0cf8/*@6'), 3, "the NIC's option ROM at 00:06.0 (bootprio_find_pci_rom)");
+  assert.equal(prio('HALT'), 4);
+  assert.equal(prio('/pci@i0cf8/*@3,1/drive@1f/disk@0'), 5, 'a literal * in the path matches too');
+  assert.equal(prio('/pci@i0cf8/*@1a'), 6);
+  assert.equal(prio('/pci@i0cf8/*@2,3'), 7);
+  assert.equal(prio('/pci@i0cf8/*@2'), 0, 'function 0 is not function 3');
   assert.throws(() => bootDevicePath({ kind: 'pci', slot: 32 }), RangeError);
+  assert.throws(() => bootDevicePath({ kind: 'net', slot: 3, fn: 8 }), RangeError);
   assert.throws(() => bootDevicePath({ kind: 'ahci', slot: 3, port: 32 }), RangeError);
   assert.throws(() => bootDevicePath({ kind: 'pci', slot: 3, name: 'a/b' }), RangeError);
 });
@@ -460,7 +473,7 @@ test('firmwareConfigFiles: every file, the small settings, the devices’ files,
     apicIds: [0, 1, 2],
     memory: 256 * MIB,
     platform: platformOf({ firmwareFiles: [rom] }),
-    bootOrder: [{ kind: 'pci', slot: 5 }],
+    bootOrder: [{ kind: 'virtio-blk', slot: 5 }],
     serialConsolePort: 0x3f8,
     bootFailWaitMs: 5000,
   });
@@ -483,7 +496,7 @@ test('firmwareConfigFiles: every file, the small settings, the devices’ files,
   assert.deepEqual([...byName.get('etc/boot-fail-wait')!], [0x88, 0x13, 0, 0]);
   assert.deepEqual([...byName.get('etc/sercon-port')!], [0xf8, 0x03]);
   assert.equal(byName.get(rom.name), rom.data);
-  assert.equal(Buffer.from(byName.get('bootorder')!).toString('latin1'), '/pci@i0cf8/*@5\0');
+  assert.equal(Buffer.from(byName.get('bootorder')!).toString('latin1'), '/pci@i0cf8/scsi@5/disk@0,0\0');
   assert.deepEqual(parseE820(byName.get('etc/e820')!)[0], { base: 0, size: 256 * MIB, type: 1 });
   // The ACPI files describe the 3 CPUs.
   const w = walk(runLoader(byName, 0x7f_0000, 'seabios').ram);
