@@ -7,7 +7,7 @@
 // devices created and described, files added to the fw-cfg device, read back by a "firmware" over fw_cfg DMA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +43,8 @@ import {
   type BootDevice,
 } from '../../src/vmm/firmware-config.js';
 import type { PlatformDescription } from '../../src/vmm/device-set.js';
+import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
+import { HANG_GUARD_MS } from '../support/partita.js';
 
 const iasl = !spawnSync('iasl', ['-v']).error;
 
@@ -130,7 +132,7 @@ function walk(ram: Uint8Array): Walked {
   assert.equal(dv.getUint32(rsdp + 16, true), 0, 'no RSDT');
   const tables = new Map<string, { address: number; bytes: Uint8Array }>();
   const table = (address: number, sig: string) => {
-    assert.ok(address > 0 && address < RAM_BYTES, `${sig} at 0x${address.toString(16)}`);
+    assert.ok(address > 0 && address < ram.length, `${sig} at 0x${address.toString(16)}`);
     assert.equal(ascii(address, 4), sig, `table at 0x${address.toString(16)}`);
     const len = dv.getUint32(address + 4, true);
     assert.equal(sum8(ram, address, address + len), 0, `${sig} checksum`);
@@ -584,5 +586,75 @@ test('end to end: devices described, files added to fw-cfg, read back by a firmw
     );
   } finally {
     memory.release();
+  }
+});
+
+test('real SeaBIOS (QEMU -M pc,acpi=off) runs the handover: it installs these tables, linked and checksummed', async (t) => {
+  if (!qemuAvailable()) {
+    t.skip(QEMU_MISSING);
+    return;
+  }
+  const opts = CONFIGS[1][1];
+  const dir = mkdtempSync(join(tmpdir(), 'partita-seabios-'));
+  try {
+    const fwCfgArgs: string[] = [];
+    for (const f of acpiFirmwareFiles(opts)) {
+      const file = f.name.replaceAll('/', '_');
+      writeFileSync(join(dir, file), f.data);
+      fwCfgArgs.push('-fw_cfg', `name=${f.name},file=${file}`);
+    }
+    // QEMU's own tables off, ours given as fw_cfg files; SeaBIOS's debug log on port 0x402. When SeaBIOS has
+    // given up booting (no disks), its RAM is saved through the monitor: low 1 MiB (RSDP) and the top 1 MiB
+    // (where SeaBIOS's high zone puts etc/acpi/tables).
+    const memory = 128 * MIB;
+    const child = spawn(
+      QEMU,
+      [
+        ...['-M', 'pc,acpi=off', '-accel', 'tcg', '-m', '128M', '-display', 'none', '-nodefaults', '-no-user-config'],
+        ...[
+          '-monitor',
+          'stdio',
+          '-chardev',
+          'file,path=seabios.log,id=dbg',
+          '-device',
+          'isa-debugcon,iobase=0x402,chardev=dbg',
+        ],
+        ...fwCfgArgs,
+      ],
+      { cwd: dir, stdio: ['pipe', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const log = () => {
+      try {
+        return readFileSync(join(dir, 'seabios.log'), 'latin1');
+      } catch {
+        return '';
+      }
+    };
+    const started = Date.now();
+    while (!/No bootable device|Booting from/.test(log())) {
+      if (Date.now() - started > HANG_GUARD_MS || child.exitCode !== null) {
+        child.kill('SIGKILL');
+        assert.fail(`SeaBIOS did not reach the boot stage (hang guard):\n${stderr}\n${log().slice(-2000)}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    child.stdin.write(`pmemsave 0 0x100000 "low.bin"\npmemsave ${memory - MIB} 0x100000 "high.bin"\nquit\n`);
+    assert.equal(await exited, 0, stderr);
+    const text = log();
+    assert.doesNotMatch(text, /internal error|WARNING/, 'SeaBIOS ran the loader without complaint');
+    const ram = new Uint8Array(memory);
+    ram.set(readFileSync(join(dir, 'low.bin')), 0);
+    ram.set(readFileSync(join(dir, 'high.bin')), memory - MIB);
+    const w = walk(ram);
+    assert.equal(Buffer.from(ram.subarray(w.rsdp + 9, w.rsdp + 15)).toString('latin1'), 'PRTITA', 'our RSDP');
+    assert.match(text, new RegExp(`ACPI: parse DSDT at 0x0*${w.tables.get('DSDT')!.address.toString(16)}`));
+    const direct = new Map(buildAcpiTables(opts).tables.map((x) => [x.signature, x.bytes]));
+    for (const sig of ['APIC', 'DSDT', 'MCFG'])
+      assert.deepEqual(w.tables.get(sig)?.bytes, direct.get(sig), `${sig} as in direct boot`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
