@@ -61,8 +61,8 @@ export interface FirmwareConfigInput {
   readonly bootFailWaitMs?: number;
   /** SeaBIOS's serial console (sercon) on this UART port, e.g. 0x3F8; default off. */
   readonly serialConsolePort?: number;
-  /** FADT reset register, HW-reduced sleep port, interrupt overrides and a FACS, as for direct boot. */
-  readonly acpi?: Pick<AcpiOptions, 'reset' | 'sleepPort' | 'overrides' | 'facs'>;
+  /** FADT reset register, HW-reduced sleep port and interrupt overrides, as for direct boot. */
+  readonly acpi?: Pick<AcpiOptions, 'reset' | 'sleepPort' | 'overrides'>;
 }
 
 /** The firmware's own boot retry delay (SeaBIOS boot.c): stated explicitly, so both firmwares agree. */

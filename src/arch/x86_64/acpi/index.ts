@@ -15,8 +15,7 @@ import type { Aml } from './aml.js';
 import { buildFadt, FADT_LENGTH, type FadtOptions, type LegacyDevices } from './fadt.js';
 import { buildMadt, MAX_XAPIC_ID, type InterruptOverride } from './madt.js';
 import { buildRsdp, RSDP_LENGTH, RSDP_V1_LENGTH } from './rsdp.js';
-import { fixChecksum, SDT_CHECKSUM_OFFSET, SDT_HEADER_SIZE } from './sdt.js';
-import { buildFacs, FACS_ALIGN, FACS_LENGTH } from './facs.js';
+import { SDT_CHECKSUM_OFFSET, SDT_HEADER_SIZE } from './sdt.js';
 import { TABLE_LOADER_FILE, TableLoader } from './table-loader.js';
 import { buildXsdt, xsdtLength } from './xsdt.js';
 
@@ -44,17 +43,12 @@ export interface AcpiOptions {
   readonly tables?: readonly Uint8Array[];
   /** Where the RSDP goes (16-byte aligned, in [0xE0000, 0x100000)); default ACPI_TABLES_START. */
   readonly base?: number;
-  /**
-   * A FACS (64-byte aligned, right after the FADT, whose FIRMWARE_CTRL points at it): for a full fixed-hardware
-   * platform. Default none (a hardware-reduced FADT needs none).
-   */
-  readonly facs?: boolean;
 }
 
 export interface AcpiTable {
   readonly address: number;
   readonly bytes: Uint8Array;
-  /** Table signature ("XSDT", "FACP", "FACS", "APIC", "DSDT"), or "RSD PTR " for the RSDP. */
+  /** Table signature ("XSDT", "FACP", "APIC", "DSDT"), or "RSD PTR " for the RSDP. */
   readonly signature: string;
 }
 
@@ -98,7 +92,6 @@ const alignUp = (v: number): number => Math.ceil(v / ALIGN) * ALIGN;
 interface TableContent {
   readonly dsdt: Uint8Array;
   readonly madt: Uint8Array;
-  readonly facs?: Uint8Array;
   readonly extra: readonly Uint8Array[];
 }
 
@@ -106,7 +99,6 @@ interface TableContent {
 interface TablePlacement {
   readonly xsdt: number;
   readonly fadt: number;
-  readonly facs?: number;
   readonly madt: number;
   readonly dsdt: number;
   readonly extra: readonly number[];
@@ -125,17 +117,13 @@ function buildContent(opts: AcpiOptions): TableContent {
     ioapicAddress: opts.ioapicAddress,
     overrides: opts.overrides,
   });
-  return { dsdt, madt, facs: opts.facs ? buildFacs() : undefined, extra: opts.tables ?? [] };
+  return { dsdt, madt, extra: opts.tables ?? [] };
 }
 
-/**
- * The tables one after the other from `xsdt`, each 16-byte aligned: XSDT, FADT, the FACS if any (64-byte
- * aligned), MADT, DSDT, the devices' tables.
- */
+/** The tables one after the other from `xsdt`, each 16-byte aligned: XSDT, FADT, MADT, DSDT, the devices' tables. */
 function placeTables(content: TableContent, xsdt: number): TablePlacement {
   const fadt = alignUp(xsdt + xsdtLength(2 + content.extra.length));
-  const facs = content.facs ? Math.ceil((fadt + FADT_LENGTH) / FACS_ALIGN) * FACS_ALIGN : undefined;
-  const madt = alignUp(facs === undefined ? fadt + FADT_LENGTH : facs + FACS_LENGTH);
+  const madt = alignUp(fadt + FADT_LENGTH);
   const dsdt = alignUp(madt + content.madt.length);
   let end = dsdt + content.dsdt.length;
   const extra = content.extra.map((t) => {
@@ -143,22 +131,16 @@ function placeTables(content: TableContent, xsdt: number): TablePlacement {
     end = at + t.length;
     return at;
   });
-  return { xsdt, fadt, facs, madt, dsdt, extra, end };
+  return { xsdt, fadt, madt, dsdt, extra, end };
 }
 
 /** Every table but the RSDP, in placement order, with its pointers filled from `at`. */
 function linkTables(opts: AcpiOptions, content: TableContent, at: TablePlacement): AcpiTable[] {
   const fadt = buildFadt({ dsdtAddress: at.dsdt, legacy: opts.legacy, reset: opts.reset, sleepPort: opts.sleepPort });
-  if (content.facs && at.facs !== undefined) {
-    // FIRMWARE_CTRL only: X_FIRMWARE_CTRL is for a FACS above 4 GiB and must be 0 when FIRMWARE_CTRL is not.
-    new DataView(fadt.buffer).setUint32(FADT_FIRMWARE_CTRL, at.facs, true);
-    fixChecksum(fadt, SDT_CHECKSUM_OFFSET);
-  }
   const xsdt = buildXsdt([at.fadt, at.madt, ...at.extra]);
   return [
     { address: at.xsdt, bytes: xsdt, signature: 'XSDT' },
     { address: at.fadt, bytes: fadt, signature: 'FACP' },
-    ...(content.facs && at.facs !== undefined ? [{ address: at.facs, bytes: content.facs, signature: 'FACS' }] : []),
     { address: at.madt, bytes: content.madt, signature: 'APIC' },
     { address: at.dsdt, bytes: content.dsdt, signature: 'DSDT' },
     ...content.extra.map((bytes, i) => ({
@@ -207,7 +189,6 @@ const RSDP_XSDT_ADDRESS = 24;
 const RSDP_CHECKSUM = 8;
 const RSDP_EXTENDED_CHECKSUM = 32;
 const XSDT_FIRST_ENTRY = SDT_HEADER_SIZE;
-const FADT_FIRMWARE_CTRL = 36;
 const FADT_DSDT = 40;
 const FADT_X_DSDT = 140;
 
@@ -220,8 +201,7 @@ export interface FirmwareFile {
  * The same tables as buildAcpiTables() for firmware to install (SeaBIOS, OVMF): etc/acpi/rsdp, etc/acpi/tables
  * and etc/table-loader. Every pointer field holds the offset of its target inside etc/acpi/tables and every
  * checksum byte is 0; the loader allocates both files, adds the allocation addresses to the pointers (RSDP →
- * XSDT, XSDT → each table, FADT → DSDT through DSDT and X_DSDT, FADT → FACS if any) and then computes every
- * checksum.
+ * XSDT, XSDT → each table, FADT → DSDT through DSDT and X_DSDT) and then computes every checksum.
  */
 export function acpiFirmwareFiles(opts: Omit<AcpiOptions, 'base'>): FirmwareFile[] {
   const content = buildContent(opts);
@@ -230,7 +210,7 @@ export function acpiFirmwareFiles(opts: Omit<AcpiOptions, 'base'>): FirmwareFile
   const blob = new Uint8Array(at.end);
   for (const t of linked) {
     blob.set(t.bytes, t.address);
-    if (t.signature !== 'FACS') blob[t.address + SDT_CHECKSUM_OFFSET] = 0; // the FACS has no checksum
+    blob[t.address + SDT_CHECKSUM_OFFSET] = 0;
   }
   const rsdp = buildRsdp(at.xsdt);
   rsdp[RSDP_CHECKSUM] = 0;
@@ -246,10 +226,7 @@ export function acpiFirmwareFiles(opts: Omit<AcpiOptions, 'base'>): FirmwareFile
       const entries = (t.bytes.length - XSDT_FIRST_ENTRY) / 8;
       for (let i = 0; i < entries; i++) loader.addPointer(T, T, t.address + XSDT_FIRST_ENTRY + 8 * i, 8);
     } else if (t.signature === 'FACP') {
-      if (at.facs !== undefined) loader.addPointer(T, T, t.address + FADT_FIRMWARE_CTRL, 4);
       loader.addPointer(T, T, t.address + FADT_DSDT, 4).addPointer(T, T, t.address + FADT_X_DSDT, 8);
-    } else if (t.signature === 'FACS') {
-      continue;
     }
     loader.addChecksum(T, t.address + SDT_CHECKSUM_OFFSET, t.address, t.bytes.length);
   }
