@@ -126,7 +126,7 @@ function walk(ram: Uint8Array): Walked {
       rsdp = a;
       break;
     }
-  assert.ok(rsdp >= FSEG.start, 'RSDP found in the F segment');
+  assert.ok(rsdp >= 0, 'RSDP found by scanning 0xE0000-0xFFFFF');
   assert.equal(sum8(ram, rsdp, rsdp + 36), 0, 'RSDP extended checksum');
   assert.equal(ram[rsdp + 15], 2, 'RSDP revision 2');
   assert.equal(dv.getUint32(rsdp + 16, true), 0, 'no RSDT');
@@ -153,6 +153,16 @@ function walk(ram: Uint8Array): Walked {
   assert.equal(dv.getUint32(fadt.address + 40, true), dsdt, 'FADT DSDT and X_DSDT agree');
   table(dsdt, 'DSDT');
   assert.ok(tables.has('APIC'), 'the XSDT points at a MADT');
+  // A FACS, if any, through FIRMWARE_CTRL (X_FIRMWARE_CTRL is for one above 4 GiB): 64-byte aligned, no checksum.
+  const facs = dv.getUint32(fadt.address + 36, true);
+  const xfacs = Number(dv.getBigUint64(fadt.address + 132, true));
+  assert.ok(xfacs === 0 || xfacs === facs, 'X_FIRMWARE_CTRL is 0 or agrees with FIRMWARE_CTRL');
+  if (facs !== 0) {
+    assert.equal(facs % 64, 0, 'FACS alignment');
+    assert.equal(ascii(facs, 4), 'FACS');
+    assert.equal(dv.getUint32(facs + 4, true), 64);
+    tables.set('FACS', { address: facs, bytes: ram.slice(facs, facs + 64) });
+  }
   return { rsdp, tables, xsdtEntries };
 }
 
@@ -227,7 +237,16 @@ for (const [label, opts] of CONFIGS) {
       );
     });
 
-    const direct = buildAcpiTables(opts);
+    const directRam = new Uint8Array(2 * MIB);
+    const direct = buildAcpiTables(opts, { write: (gpa, data) => directRam.set(data, gpa) });
+    assert.deepEqual(
+      [...walk(directRam).tables.keys()].sort(),
+      direct.tables
+        .map((x) => x.signature)
+        .filter((x) => x !== 'RSD PTR ')
+        .sort(),
+      'direct boot links the same tables',
+    );
     const directBySig = new Map(direct.tables.map((t) => [t.signature, t.bytes]));
     const results = [
       runLoader(files, 0x7f_0000, 'seabios'),
@@ -238,6 +257,7 @@ for (const [label, opts] of CONFIGS) {
     for (const [i, w] of walked.entries()) {
       const { at } = results[i];
       assert.equal(w.rsdp, at.get(ACPI_RSDP_FILE)!.address);
+      assert.ok(w.rsdp >= FSEG.start && w.rsdp + 36 <= FSEG.end, 'the RSDP is in the F segment');
       const blob = at.get(ACPI_TABLES_FILE)!;
       for (const [sig, t] of w.tables)
         assert.ok(t.address >= blob.address && t.address < blob.address + blob.size, `${sig} is in the tables file`);
@@ -252,7 +272,8 @@ for (const [label, opts] of CONFIGS) {
           const c = Uint8Array.from(b);
           c[9] = 0;
           if (sig === 'XSDT') c.fill(0, 36);
-          if (sig === 'FACP') c.fill(0, 40, 44).fill(0, 140, 148);
+          if (sig === 'FACP') c.fill(0, 36, 44).fill(0, 132, 148);
+          if (sig === 'FACS') c[9] = b[9]; // part of its Hardware Signature: a FACS has no checksum
           return Buffer.from(c).toString('hex');
         };
         assert.equal(mask(t.bytes), mask(d), `${sig} as in direct boot`);
