@@ -18,11 +18,20 @@ import type { PlatformDescription } from './device-set.js';
 /** KVM's identity-map page and TSS (three pages) right after it: reserved in the memory map, as QEMU does. */
 const KVM_PRIVATE_PAGES = { base: KVM_IDENTITY_MAP_ADDRESS, size: 4 * 4096 } as const;
 
-/** One boot device, in priority order. */
+/**
+ * One boot device, in priority order. The paths are the ones QEMU writes for the same devices (checked against
+ * QEMU 7.2's "boot order:" in SeaBIOS's log), so SeaBIOS (boot.c bootprio_find_*) and OVMF (QemuBootOrderLib)
+ * match them as they match QEMU's.
+ */
 export type BootDevice =
-  /** A PCI function that boots as a whole (a virtio-blk disk, a device with an option ROM): /pci@i0cf8/NAME@slot[,fn]. */
+  /** Any PCI function that boots as a whole (a device with an option ROM): /pci@i0cf8/NAME@slot[,fn], NAME `*`. */
   | { readonly kind: 'pci'; readonly slot: number; readonly fn?: number; readonly name?: string }
-  /** A disk on an AHCI port: /pci@i0cf8/NAME@slot[,fn]/drive@port/disk@0. */
+  /** A virtio-blk disk: /pci@i0cf8/scsi@slot[,fn]/disk@0,0 (its PCI class is SCSI). */
+  | { readonly kind: 'virtio-blk'; readonly slot: number; readonly fn?: number }
+  /**
+   * A disk or CD on an AHCI port: /pci@i0cf8/NAME@slot[,fn]/drive@port/disk@0. NAME is QEMU's for its ICH9 AHCI
+   * ("pci8086,2922", which OVMF turns into a Sata() node); SeaBIOS matches any name.
+   */
   | {
       readonly kind: 'ahci';
       readonly slot: number;
@@ -30,8 +39,11 @@ export type BootDevice =
       readonly port: number;
       readonly name?: string;
     }
-  /** Network boot through a NIC's option ROM: /pci@i0cf8/ethernet@slot/ethernet-phy@0. */
+  /** Network boot through a NIC's option ROM: /pci@i0cf8/ethernet@slot[,fn]/ethernet-phy@0. */
   | { readonly kind: 'net'; readonly slot: number; readonly fn?: number };
+
+/** QEMU's OpenFirmware name of its AHCI controller (ICH9, 8086:2922: no class name, so "pciVVVV,DDDD"). */
+export const AHCI_NODE_NAME = 'pci8086,2922';
 
 export interface FirmwareConfigInput {
   /** Boot CPUs (vCPUs); their APIC IDs in vCPU order (the first is the BSP). */
@@ -93,16 +105,18 @@ export function bootDevicePath(d: BootDevice): string {
   const fn = d.fn ?? 0;
   checkRange(fn, 0, 7, 'PCI function');
   const at = fn ? `${d.slot.toString(16)},${fn.toString(16)}` : d.slot.toString(16);
-  const nodeName = (n: string | undefined): string => {
-    if (n !== undefined && !/^[a-z0-9,.+_-]+$/i.test(n)) throw new RangeError(`boot device node name '${n}'`);
-    return n ?? '*';
+  const nodeName = (n: string | undefined, otherwise: string): string => {
+    if (n !== undefined && !/^(\*|[a-z0-9,.+_-]+)$/i.test(n)) throw new RangeError(`boot device node name '${n}'`);
+    return n ?? otherwise;
   };
   switch (d.kind) {
     case 'pci':
-      return `/pci@i0cf8/${nodeName(d.name)}@${at}`;
+      return `/pci@i0cf8/${nodeName(d.name, '*')}@${at}`;
+    case 'virtio-blk':
+      return `/pci@i0cf8/scsi@${at}/disk@0,0`;
     case 'ahci':
       checkRange(d.port, 0, 31, 'AHCI port');
-      return `/pci@i0cf8/${nodeName(d.name)}@${at}/drive@${d.port.toString(16)}/disk@0`;
+      return `/pci@i0cf8/${nodeName(d.name, AHCI_NODE_NAME)}@${at}/drive@${d.port.toString(16)}/disk@0`;
     case 'net':
       return `/pci@i0cf8/ethernet@${at}/ethernet-phy@0`;
   }

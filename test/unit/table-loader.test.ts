@@ -7,7 +7,7 @@
 // devices created and described, files added to the fw-cfg device, read back by a "firmware" over fw_cfg DMA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +43,8 @@ import {
   type BootDevice,
 } from '../../src/vmm/firmware-config.js';
 import type { PlatformDescription } from '../../src/vmm/device-set.js';
+import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
+import { HANG_GUARD_MS } from '../support/partita.js';
 
 const iasl = !spawnSync('iasl', ['-v']).error;
 
@@ -124,13 +126,13 @@ function walk(ram: Uint8Array): Walked {
       rsdp = a;
       break;
     }
-  assert.ok(rsdp >= FSEG.start, 'RSDP found in the F segment');
+  assert.ok(rsdp >= 0, 'RSDP found by scanning 0xE0000-0xFFFFF');
   assert.equal(sum8(ram, rsdp, rsdp + 36), 0, 'RSDP extended checksum');
   assert.equal(ram[rsdp + 15], 2, 'RSDP revision 2');
   assert.equal(dv.getUint32(rsdp + 16, true), 0, 'no RSDT');
   const tables = new Map<string, { address: number; bytes: Uint8Array }>();
   const table = (address: number, sig: string) => {
-    assert.ok(address > 0 && address < RAM_BYTES, `${sig} at 0x${address.toString(16)}`);
+    assert.ok(address > 0 && address < ram.length, `${sig} at 0x${address.toString(16)}`);
     assert.equal(ascii(address, 4), sig, `table at 0x${address.toString(16)}`);
     const len = dv.getUint32(address + 4, true);
     assert.equal(sum8(ram, address, address + len), 0, `${sig} checksum`);
@@ -151,6 +153,16 @@ function walk(ram: Uint8Array): Walked {
   assert.equal(dv.getUint32(fadt.address + 40, true), dsdt, 'FADT DSDT and X_DSDT agree');
   table(dsdt, 'DSDT');
   assert.ok(tables.has('APIC'), 'the XSDT points at a MADT');
+  // A FACS, if any, through FIRMWARE_CTRL (X_FIRMWARE_CTRL is for one above 4 GiB): 64-byte aligned, no checksum.
+  const facs = dv.getUint32(fadt.address + 36, true);
+  const xfacs = Number(dv.getBigUint64(fadt.address + 132, true));
+  assert.ok(xfacs === 0 || xfacs === facs, 'X_FIRMWARE_CTRL is 0 or agrees with FIRMWARE_CTRL');
+  if (facs !== 0) {
+    assert.equal(facs % 64, 0, 'FACS alignment');
+    assert.equal(ascii(facs, 4), 'FACS');
+    assert.equal(dv.getUint32(facs + 4, true), 64);
+    tables.set('FACS', { address: facs, bytes: ram.slice(facs, facs + 64) });
+  }
   return { rsdp, tables, xsdtEntries };
 }
 
@@ -225,7 +237,16 @@ for (const [label, opts] of CONFIGS) {
       );
     });
 
-    const direct = buildAcpiTables(opts);
+    const directRam = new Uint8Array(2 * MIB);
+    const direct = buildAcpiTables(opts, { write: (gpa, data) => directRam.set(data, gpa) });
+    assert.deepEqual(
+      [...walk(directRam).tables.keys()].sort(),
+      direct.tables
+        .map((x) => x.signature)
+        .filter((x) => x !== 'RSD PTR ')
+        .sort(),
+      'direct boot links the same tables',
+    );
     const directBySig = new Map(direct.tables.map((t) => [t.signature, t.bytes]));
     const results = [
       runLoader(files, 0x7f_0000, 'seabios'),
@@ -236,6 +257,7 @@ for (const [label, opts] of CONFIGS) {
     for (const [i, w] of walked.entries()) {
       const { at } = results[i];
       assert.equal(w.rsdp, at.get(ACPI_RSDP_FILE)!.address);
+      assert.ok(w.rsdp >= FSEG.start && w.rsdp + 36 <= FSEG.end, 'the RSDP is in the F segment');
       const blob = at.get(ACPI_TABLES_FILE)!;
       for (const [sig, t] of w.tables)
         assert.ok(t.address >= blob.address && t.address < blob.address + blob.size, `${sig} is in the tables file`);
@@ -250,7 +272,8 @@ for (const [label, opts] of CONFIGS) {
           const c = Uint8Array.from(b);
           c[9] = 0;
           if (sig === 'XSDT') c.fill(0, 36);
-          if (sig === 'FACP') c.fill(0, 40, 44).fill(0, 140, 148);
+          if (sig === 'FACP') c.fill(0, 36, 44).fill(0, 132, 148);
+          if (sig === 'FACS') c[9] = b[9]; // part of its Hardware Signature: a FACS has no checksum
           return Buffer.from(c).toString('hex');
         };
         assert.equal(mask(t.bytes), mask(d), `${sig} as in direct boot`);
@@ -425,31 +448,44 @@ function globPrefix(glob: string, str: string): boolean {
   }
 }
 
-test('bootorder: OpenFirmware paths SeaBIOS finds its devices by, in the order given', () => {
+test('bootorder: the OpenFirmware paths QEMU writes, found by SeaBIOS, in the order given', () => {
   const devices: BootDevice[] = [
-    { kind: 'ahci', slot: 3, fn: 1, port: 2 },
-    { kind: 'pci', slot: 5 },
-    { kind: 'net', slot: 0x1a },
-    { kind: 'ahci', slot: 4, port: 0, name: 'pci8086,2922' },
+    { kind: 'ahci', slot: 3, port: 2 },
+    { kind: 'virtio-blk', slot: 5 },
+    { kind: 'net', slot: 6 },
   ];
-  const text = Buffer.from(bootOrderFile(devices)).toString('latin1');
+  // What QEMU 7.2 writes for -device ahci,addr=3 + ide-hd on ahci.2, virtio-blk-pci,addr=5, e1000,addr=6 with
+  // bootindex 1, 2, 3 and -boot strict=on (SeaBIOS's debug log, "boot order:").
+  const text = Buffer.from(bootOrderFile(devices, true)).toString('latin1');
   assert.equal(
     text,
-    '/pci@i0cf8/*@3,1/drive@2/disk@0\n/pci@i0cf8/*@5\n/pci@i0cf8/ethernet@1a/ethernet-phy@0\n' +
-      '/pci@i0cf8/pci8086,2922@4/drive@0/disk@0\0',
+    '/pci@i0cf8/pci8086,2922@3/drive@2/disk@0\n/pci@i0cf8/scsi@5/disk@0,0\n/pci@i0cf8/ethernet@6/ethernet-phy@0\nHALT\0',
   );
-  assert.equal(Buffer.from(bootOrderFile(devices.slice(1, 2), true)).toString('latin1'), '/pci@i0cf8/*@5\nHALT\0');
-  // What SeaBIOS searches for (boot.c): bootprio_find_ata_device, _pci_device, _pci_rom; first match wins.
-  const lines = text.replace(/\0$/, '').split('\n');
+  const more: BootDevice[] = [
+    { kind: 'ahci', slot: 3, fn: 1, port: 0x1f, name: '*' },
+    { kind: 'pci', slot: 0x1a },
+    { kind: 'pci', slot: 2, fn: 3, name: 'display' },
+  ];
+  assert.deepEqual(more.map(bootDevicePath), [
+    '/pci@i0cf8/*@3,1/drive@1f/disk@0',
+    '/pci@i0cf8/*@1a',
+    '/pci@i0cf8/display@2,3',
+  ]);
+  assert.equal(Buffer.from(bootOrderFile(more.slice(1, 2))).toString('latin1'), '/pci@i0cf8/*@1a\0', 'no HALT');
+  // What SeaBIOS searches for (boot.c, as its log shows): the first line the glob is a prefix of wins.
+  const lines = [...text.replace(/\0$/, '').split('\n'), ...more.map(bootDevicePath)];
   const prio = (glob: string) => lines.findIndex((l) => globPrefix(glob, l)) + 1;
-  assert.equal(prio('/pci@i0cf8/*@3,1/drive@2/disk@0'), 1, 'AHCI 00:03.1 port 2');
-  assert.equal(prio('/pci@i0cf8/*@3,1/drive@0/disk@0'), 0, 'another port of it is not listed');
-  assert.equal(prio('/pci@i0cf8/*@5'), 2, 'virtio-blk at 00:05.0');
-  assert.equal(prio('/pci@i0cf8/*@1a'), 3, 'the NIC option ROM at 00:1a.0');
-  assert.equal(prio('/pci@i0cf8/*@4/drive@0/disk@0'), 4);
-  assert.equal(prio('/pci@i0cf8/*@6'), 0);
-  assert.equal(bootDevicePath({ kind: 'pci', slot: 2, fn: 3 }), '/pci@i0cf8/*@2,3');
+  assert.equal(prio('/pci@i0cf8/*@3/drive@2/disk@0'), 1, 'AHCI 00:03.0 port 2 (bootprio_find_ata_device)');
+  assert.equal(prio('/pci@i0cf8/*@3/drive@0/disk@0'), 0, 'another port of it is not listed');
+  assert.equal(prio('/pci@i0cf8/*@5'), 2, 'virtio-blk at 00:05.0 (bootprio_find_pci_device)');
+  assert.equal(prio('/pci@i0cf8/*@6'), 3, "the NIC's option ROM at 00:06.0 (bootprio_find_pci_rom)");
+  assert.equal(prio('HALT'), 4);
+  assert.equal(prio('/pci@i0cf8/*@3,1/drive@1f/disk@0'), 5, 'a literal * in the path matches too');
+  assert.equal(prio('/pci@i0cf8/*@1a'), 6);
+  assert.equal(prio('/pci@i0cf8/*@2,3'), 7);
+  assert.equal(prio('/pci@i0cf8/*@2'), 0, 'function 0 is not function 3');
   assert.throws(() => bootDevicePath({ kind: 'pci', slot: 32 }), RangeError);
+  assert.throws(() => bootDevicePath({ kind: 'net', slot: 3, fn: 8 }), RangeError);
   assert.throws(() => bootDevicePath({ kind: 'ahci', slot: 3, port: 32 }), RangeError);
   assert.throws(() => bootDevicePath({ kind: 'pci', slot: 3, name: 'a/b' }), RangeError);
 });
@@ -461,7 +497,7 @@ test('firmwareConfigFiles: every file, the small settings, the devices’ files,
     apicIds: [0, 1, 2],
     memory: 256 * MIB,
     platform: platformOf({ firmwareFiles: [rom] }),
-    bootOrder: [{ kind: 'pci', slot: 5 }],
+    bootOrder: [{ kind: 'virtio-blk', slot: 5 }],
     serialConsolePort: 0x3f8,
     bootFailWaitMs: 5000,
   });
@@ -484,7 +520,7 @@ test('firmwareConfigFiles: every file, the small settings, the devices’ files,
   assert.deepEqual([...byName.get('etc/boot-fail-wait')!], [0x88, 0x13, 0, 0]);
   assert.deepEqual([...byName.get('etc/sercon-port')!], [0xf8, 0x03]);
   assert.equal(byName.get(rom.name), rom.data);
-  assert.equal(Buffer.from(byName.get('bootorder')!).toString('latin1'), '/pci@i0cf8/*@5\0');
+  assert.equal(Buffer.from(byName.get('bootorder')!).toString('latin1'), '/pci@i0cf8/scsi@5/disk@0,0\0');
   assert.deepEqual(parseE820(byName.get('etc/e820')!)[0], { base: 0, size: 256 * MIB, type: 1 });
   // The ACPI files describe the 3 CPUs.
   const w = walk(runLoader(byName, 0x7f_0000, 'seabios').ram);
@@ -572,5 +608,75 @@ test('end to end: devices described, files added to fw-cfg, read back by a firmw
     );
   } finally {
     memory.release();
+  }
+});
+
+test('real SeaBIOS (QEMU -M pc,acpi=off) runs the handover: it installs these tables, linked and checksummed', async (t) => {
+  if (!qemuAvailable()) {
+    t.skip(QEMU_MISSING);
+    return;
+  }
+  const opts = CONFIGS[1][1];
+  const dir = mkdtempSync(join(tmpdir(), 'partita-seabios-'));
+  try {
+    const fwCfgArgs: string[] = [];
+    for (const f of acpiFirmwareFiles(opts)) {
+      const file = f.name.replaceAll('/', '_');
+      writeFileSync(join(dir, file), f.data);
+      fwCfgArgs.push('-fw_cfg', `name=${f.name},file=${file}`);
+    }
+    // QEMU's own tables off, ours given as fw_cfg files; SeaBIOS's debug log on port 0x402. When SeaBIOS has
+    // given up booting (no disks), its RAM is saved through the monitor: low 1 MiB (RSDP) and the top 1 MiB
+    // (where SeaBIOS's high zone puts etc/acpi/tables).
+    const memory = 128 * MIB;
+    const child = spawn(
+      QEMU,
+      [
+        ...['-M', 'pc,acpi=off', '-accel', 'tcg', '-m', '128M', '-display', 'none', '-nodefaults', '-no-user-config'],
+        ...[
+          '-monitor',
+          'stdio',
+          '-chardev',
+          'file,path=seabios.log,id=dbg',
+          '-device',
+          'isa-debugcon,iobase=0x402,chardev=dbg',
+        ],
+        ...fwCfgArgs,
+      ],
+      { cwd: dir, stdio: ['pipe', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const log = () => {
+      try {
+        return readFileSync(join(dir, 'seabios.log'), 'latin1');
+      } catch {
+        return '';
+      }
+    };
+    const started = Date.now();
+    while (!/No bootable device|Booting from/.test(log())) {
+      if (Date.now() - started > HANG_GUARD_MS || child.exitCode !== null) {
+        child.kill('SIGKILL');
+        assert.fail(`SeaBIOS did not reach the boot stage (hang guard):\n${stderr}\n${log().slice(-2000)}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    child.stdin.write(`pmemsave 0 0x100000 "low.bin"\npmemsave ${memory - MIB} 0x100000 "high.bin"\nquit\n`);
+    assert.equal(await exited, 0, stderr);
+    const text = log();
+    assert.doesNotMatch(text, /internal error|WARNING/, 'SeaBIOS ran the loader without complaint');
+    const ram = new Uint8Array(memory);
+    ram.set(readFileSync(join(dir, 'low.bin')), 0);
+    ram.set(readFileSync(join(dir, 'high.bin')), memory - MIB);
+    const w = walk(ram);
+    assert.equal(Buffer.from(ram.subarray(w.rsdp + 9, w.rsdp + 15)).toString('latin1'), 'PRTITA', 'our RSDP');
+    assert.match(text, new RegExp(`ACPI: parse DSDT at 0x0*${w.tables.get('DSDT')!.address.toString(16)}`));
+    const direct = new Map(buildAcpiTables(opts).tables.map((x) => [x.signature, x.bytes]));
+    for (const sig of ['APIC', 'DSDT', 'MCFG'])
+      assert.deepEqual(w.tables.get(sig)?.bytes, direct.get(sig), `${sig} as in direct boot`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
