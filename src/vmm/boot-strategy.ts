@@ -200,7 +200,7 @@ export function bootDevices(
           if ((kind === 'cdrom' && drive.type === 'cdrom') || (kind === 'disk' && drive.type === 'disk'))
             out.push({ kind: 'ahci', slot: d.pciSlot!, port });
         });
-      } else if (kind === 'disk' && d.kind === 'virtio-blk') out.push({ kind: 'pci', slot: d.pciSlot });
+      } else if (kind === 'disk' && d.kind === 'virtio-blk') out.push({ kind: 'virtio-blk', slot: d.pciSlot });
       else if (kind === 'net' && d.kind === 'virtio-net') out.push({ kind: 'net', slot: d.pciSlot });
     }
   }

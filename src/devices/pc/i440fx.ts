@@ -78,6 +78,10 @@ export class I440fxHostBridge implements PciFunction {
       deviceId: I440FX_DEVICE_ID,
       revision: I440FX_REVISION,
       classCode: 0x060000,
+      // QEMU's subsystem IDs (Red Hat/Qumranet 1af4:1100): SeaBIOS identifies QEMU by them at 00:00.0 and only
+      // then reads fw_cfg; OVMF's QEMU platform code expects the same.
+      subsystemVendorId: 0x1af4,
+      subsystemId: 0x1100,
     };
     if (initialize) {
       this.config.initialize(id);

@@ -145,6 +145,10 @@ export class Piix4PowerManagement implements PciFunction {
       deviceId: PIIX4_PM_DEVICE_ID,
       revision: PIIX4_PM_REVISION,
       classCode: 0x068000,
+      // QEMU's subsystem IDs (Red Hat/Qumranet 1af4:1100): SeaBIOS identifies QEMU by them at 00:00.0 and only
+      // then reads fw_cfg; OVMF's QEMU platform code expects the same.
+      subsystemVendorId: 0x1af4,
+      subsystemId: 0x1100,
       interruptPin: 1,
     };
     if (initialize) {
