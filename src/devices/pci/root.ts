@@ -52,6 +52,8 @@ export interface PciRootWindows {
   readonly mmio32: { readonly base: number; readonly end: number };
   /** The I/O port window for I/O BARs: [base, end). */
   readonly io: { readonly base: number; readonly end: number };
+  /** A second 32-bit memory window above ECAM (the PC platform): [base, end). */
+  readonly mmioHigh?: { readonly base: number; readonly end: number };
 }
 
 /** Where this machine's PCI windows are: QEMU microvm's places, so one test guest finds PCI alike on both. */
@@ -60,6 +62,20 @@ export const PCI_ROOT_WINDOWS: PciRootWindows = {
   mmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
   io: { base: PCI_IO_BASE, end: PCI_IO_END },
 };
+
+/**
+ * The PC platform (i440FX): firmware places BARs top-down from just below the I/O APIC (SeaBIOS's window ends at
+ * 0xFEC00000, as on QEMU's pc machine), so the bus also decodes [0xF0000000, 0xFEC00000) above ECAM.
+ */
+export const PC_PCI_ROOT_WINDOWS: PciRootWindows = {
+  ...PCI_ROOT_WINDOWS,
+  mmioHigh: { base: 0xf000_0000, end: 0xfec0_0000 },
+};
+
+/** The windows of a chipset. */
+export function pciRootWindows(chipset: PciChipset | undefined): PciRootWindows {
+  return chipset === 'i440fx' ? PC_PCI_ROOT_WINDOWS : PCI_ROOT_WINDOWS;
+}
 
 /**
  * \_SB_.PCI0 and the motherboard resource device that claims ECAM. `intx` undefined: no _PRT (the i440FX's PIIX3
@@ -86,6 +102,7 @@ export function pciRootAml(p: PciRootWindows, intx: readonly PciInterrupt[] | un
           wordIo(0x0000, 0x0cf7),
           wordIo(p.io.base, p.io.end - 1),
           dwordMemory(p.mmio32.base, p.mmio32.end - 1),
+          ...(p.mmioHigh ? [dwordMemory(p.mmioHigh.base, p.mmioHigh.end - 1)] : []),
         ),
       ),
       ...(intx ? [name('_PRT', pkg(...prt))] : []),
@@ -133,7 +150,7 @@ export const pciRootModel: DeviceModel<PciRootState> = {
     return { hostBridge: bridge.config.shared, chipset };
   },
   describe: (state, platform) => {
-    const w = PCI_ROOT_WINDOWS;
+    const w = pciRootWindows(state.chipset);
     return {
       acpi: pciRootAml(w, state.chipset === 'i440fx' ? undefined : platform.pciInterrupts),
       acpiTables: [buildMcfg([{ base: w.ecam.base, segment: 0, startBus: 0, endBus: w.ecam.endBus }])],
@@ -141,7 +158,7 @@ export const pciRootModel: DeviceModel<PciRootState> = {
     };
   },
   attach(state, ctx) {
-    const w = PCI_ROOT_WINDOWS;
+    const w = pciRootWindows(state.chipset);
     const bridge =
       state.chipset === 'i440fx' ? new I440fxHostBridge(state.hostBridge) : new PciHostBridge(state.hostBridge);
     ctx.pci.add(devfn(0), bridge);
@@ -157,6 +174,10 @@ export const pciRootModel: DeviceModel<PciRootState> = {
       w.mmio32.end - w.mmio32.base,
       ctx.pci.memoryWindow(w.mmio32.base, w.mmio32.end - w.mmio32.base),
     );
+    if (w.mmioHigh) {
+      const { base, end } = w.mmioHigh;
+      ctx.mmio.register(base, end - base, ctx.pci.memoryWindow(base, end - base));
+    }
     ctx.pio.register(w.io.base, w.io.end - w.io.base, ctx.pci.ioWindow(w.io.base, w.io.end - w.io.base));
     const config = new Uint8Array(state.hostBridge);
     return {
