@@ -33,6 +33,7 @@ import {
   type BootStrategy,
 } from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
+import type { SerialSocketOptions } from './serial-socket.js';
 import { formatSize } from '../base/units.js';
 import { MAX_INPUT_FILE_BYTES, readWholeFile } from '../host/input-file.js';
 
@@ -45,6 +46,10 @@ export interface RunOptions {
   readonly stats?: boolean;
   /** Lets another thread pause, resume or stop the VM (the daemon does; the CLI uses console keys and signals). */
   readonly control?: VmControl;
+  /** `--control PATH`: serve the control channel (status/pause/resume/stop/screenshot) on this UNIX socket. */
+  readonly controlSocket?: string;
+  /** `--serial unix:PATH`: serve the serial console on a UNIX socket; `serialOutputFd` is then the log's fd. */
+  readonly serialSocket?: SerialSocketOptions;
 }
 
 /** A configuration or input problem the user can fix: one clear line, exit status 2. */
@@ -123,7 +128,11 @@ export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
   const control = run.control ?? new VmControl();
   // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
   const worker =
-    spec.cpus > 1 || run.serialInput !== 'none' || spec.devices.length > 0
+    spec.cpus > 1 ||
+    run.serialInput !== 'none' ||
+    spec.devices.length > 0 ||
+    run.controlSocket !== undefined ||
+    run.serialSocket !== undefined
       ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
       : undefined;
   worker?.unref();
@@ -241,6 +250,8 @@ function runBuilt(
       aps: vcpus.slice(1).map((v) => ({ id: v.id, fd: v.fd })),
       serialOutputFd: run.serialOutputFd,
       serialInput: run.serialInput,
+      controlSocket: run.controlSocket,
+      serialSocket: run.serialSocket,
     };
     worker.postMessage(data);
   }
