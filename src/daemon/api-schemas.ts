@@ -4,6 +4,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { MachineSpecSchema, MAX_VCPUS, type MachineSpec } from '../spec/machine-spec.js';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
+import type { DeviceOptions } from '../devices/model.js';
 
 /** A VM name: a file name in the library, never a path. */
 export const VM_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
@@ -65,7 +66,7 @@ export const PatchBodySchema = Type.Object(
   },
   { additionalProperties: false },
 );
-export type PatchBody = Static<typeof PatchBodySchema>;
+export type PatchBody = Omit<Static<typeof PatchBodySchema>, 'addDevices'> & { addDevices?: DeviceOptions[] };
 
 export const StartBodySchema = Type.Object(
   { headless: Type.Optional(Type.Boolean()) },

@@ -62,7 +62,7 @@ export function diskDevice(path: string, _os: GuestOs): DeviceOptions {
 /** An installer ISO. Until the AHCI/ATAPI drive is registered it is a read-only virtio-blk disk. */
 export function cdromDevice(path: string, registry: DeviceRegistry = deviceRegistry): DeviceOptions {
   if (registry.get('ahci-cdrom')) return { kind: 'ahci-cdrom', path };
-  return { kind: 'virtio-blk', path, readonly: true };
+  return { kind: 'virtio-blk', path, readOnly: true };
 }
 
 const DEFAULT_MEMORY: Record<GuestOs, number> = { linux: 2 * GIB, windows: 4 * GIB, other: 512 * MIB };
@@ -284,7 +284,7 @@ export class VmLibrary {
     }
     const dir = join(this.vmsDir, name);
     spec.devices.forEach((d, i) => {
-      const readonly = d.readonly === true;
+      const readonly = d.readOnly === true;
       const files = new Set([...(this.registry.get(d.kind)?.diskImages?.(d) ?? [])]);
       if (typeof d.path === 'string') files.add(d.path);
       for (const file of files) {
@@ -303,18 +303,18 @@ export class VmLibrary {
   }
 
   private refuseSharedImages(name: string, spec: MachineSpec, where: (specPath: string) => string): void {
-    const others = new Map<string, { vm: string; readonly: boolean }>();
+    const others = new Map<string, { vm: string; readOnly: boolean }>();
     for (const other of this.list()) {
       if (other.name === name) continue;
       for (const d of other.spec.devices)
         for (const image of this.registry.get(d.kind)?.diskImages?.(d) ?? [])
-          others.set(fileKey(image), { vm: other.name, readonly: d.readonly === true });
+          others.set(fileKey(image), { vm: other.name, readOnly: d.readOnly === true });
     }
     spec.devices.forEach((d, i) => {
       for (const image of this.registry.get(d.kind)?.diskImages?.(d) ?? []) {
         const holder = others.get(fileKey(image));
         // Two readers of one ISO may coexist in the library (they still cannot run at once: the VMM locks it).
-        if (holder && !(holder.readonly && d.readonly === true))
+        if (holder && !(holder.readOnly && d.readOnly === true))
           throw conflict(`the image '${image}' (${where(`/devices/${i}/path`)}) belongs to the VM '${holder.vm}'`);
       }
     });
