@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Socket } from 'node:net';
 import type { WebSocket } from 'ws';
+import type { IncomingMessage } from 'node:http';
 import type { Supervisor } from './supervisor.js';
 import {
   CreateBodySchema,
@@ -45,7 +46,10 @@ function validationError(error: FastifyError, body: unknown): { error: string; p
   if (!v) return { error: error.message, path: '' };
   const params = v.params as Record<string, unknown>;
   if (v.keyword === 'additionalProperties' && typeof params.additionalProperty === 'string')
-    return { error: `unknown field '${params.additionalProperty}'`, path: `${v.instancePath}/${params.additionalProperty}` };
+    return {
+      error: `unknown field '${params.additionalProperty}'`,
+      path: `${v.instancePath}/${params.additionalProperty}`,
+    };
   if (v.keyword === 'required' && typeof params.missingProperty === 'string')
     return { error: `'${params.missingProperty}' is required`, path: `${v.instancePath}/${params.missingProperty}` };
   const name = (body as { name?: unknown } | undefined)?.name;
@@ -72,11 +76,15 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     // Fastify's default Ajv removes unknown fields and coerces types: a body is taken as sent, or refused.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
     bodyLimit: 1024 * 1024,
+    // Closing (a daemon restart) does not wait for idle keep-alive clients or refused WebSocket upgrades.
+    forceCloseConnections: true,
   });
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error instanceof DaemonError)
-      return reply.code(error.status).send({ error: error.message, ...(error.path !== undefined ? { path: error.path } : {}) });
+      return reply
+        .code(error.status)
+        .send({ error: error.message, ...(error.path !== undefined ? { path: error.path } : {}) });
     if (error.validation) return reply.code(400).send(validationError(error, request.body));
     if (error.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || error instanceof SyntaxError)
       return reply.code(400).send({ error: `not valid JSON: ${error.message}`, path: '' });
@@ -86,15 +94,14 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     return reply.code(500).send({ error: error.message });
   });
 
-  if (options.token !== undefined) {
-    const token = options.token;
+  const token = options.token;
+  if (token !== undefined) {
     app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
       if (!request.url.startsWith('/api/') && request.url !== '/api') return; // the UI's static files
+      // WebSocket upgrades are checked by verifyClient below, before fastify routes them.
+      if (request.headers.upgrade?.toLowerCase() === 'websocket') return;
       const header = request.headers.authorization;
-      let given = header?.startsWith('Bearer ') ? header.slice(7) : undefined;
-      // Browsers cannot set headers on a WebSocket: the upgrade alone may carry ?token=.
-      if (given === undefined && request.headers.upgrade?.toLowerCase() === 'websocket')
-        given = (request.query as Record<string, string | undefined>).token;
+      const given = header?.startsWith('Bearer ') ? header.slice(7) : undefined;
       if (!tokenMatches(given, token)) return reply.code(401).send({ error: 'a valid bearer token is required' });
     });
   }
@@ -105,7 +112,31 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
     },
   });
-  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+  await app.register(websocket, {
+    options: {
+      maxPayload: 1024 * 1024,
+      // Browsers cannot set headers on a WebSocket: an upgrade may carry the token as ?token= instead.
+      ...(token !== undefined
+        ? {
+            verifyClient: (
+              info: { req: IncomingMessage },
+              done: (ok: boolean, code?: number, message?: string) => void,
+            ) => {
+              const header = info.req.headers.authorization;
+              const query = new URL(info.req.url ?? '/', 'http://localhost').searchParams.get('token') ?? undefined;
+              const given = header?.startsWith('Bearer ') ? header.slice(7) : query;
+              if (tokenMatches(given, token)) done(true);
+              else done(false, 401, 'a valid bearer token is required');
+            },
+          }
+        : {}),
+    },
+  });
+  // Closing ends every WebSocket at once: a polite close handshake with a client that is gone would hold the
+  // shutdown (a daemon restart) for ws's 30 s close timeout.
+  app.addHook('preClose', async () => {
+    for (const client of app.websocketServer.clients) client.terminate();
+  });
 
   // An empty body is an empty object for the action routes (POST …/start with no body is fine).
   const emptyIsObject = async (request: FastifyRequest): Promise<void> => {
@@ -128,7 +159,12 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   app.get(
     '/api/vms',
-    { schema: { querystring: Type.Object({ all: Type.Optional(Type.String()) }), response: { 200: Type.Array(VmRecordSchema) } } },
+    {
+      schema: {
+        querystring: Type.Object({ all: Type.Optional(Type.String()) }),
+        response: { 200: Type.Array(VmRecordSchema) },
+      },
+    },
     async () => supervisor.list(),
   );
 
@@ -241,7 +277,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const { name } = request.params;
       if (!library.has(name)) return socket.close(4404, `no VM named '${name}'`);
       const path = join(library.vmDir(name), 'vnc.sock');
-      if (!supervisor.isActive(name) || !existsSync(path)) return socket.close(4409, `vm '${name}' has no display running`);
+      if (!supervisor.isActive(name) || !existsSync(path))
+        return socket.close(4409, `vm '${name}' has no display running`);
       bridge(socket, connect(path));
     },
   );

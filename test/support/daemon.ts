@@ -62,7 +62,11 @@ export async function startTestDaemon(
 }
 
 /** Waits until `check` holds; only a hang guard bounds it (never a pass/fail by speed). */
-export async function until<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, guardMs = 120_000): Promise<T> {
+export async function until<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  guardMs = 120_000,
+): Promise<T> {
   const end = Date.now() + guardMs;
   for (;;) {
     const v = await check();
