@@ -15,6 +15,7 @@ import { KvmUnavailableError } from '../kvm/system.js';
 import { imageDemoCommand } from './image.js';
 import { BootImageError } from '../boot/errors.js';
 import { DeviceOptionError, parseConsole, parseDisk, parseNet } from './device-options.js';
+import { DAEMON_VERB_NAMES, VERB_USAGE } from './verb-names.js';
 
 const USAGE_RUN = `Usage: partita run --kernel FILE [options]
        partita run --spec VM.json [--serial …] [--stats]
@@ -60,6 +61,7 @@ Commands:
   run          boot a kernel in a new VM (partita run --help)
   spec         print the machine spec (JSON) that 'partita run' options describe
   image demo   fetch and build the demo Linux guest (Debian cloud kernel + busybox initramfs) into the cache
+${VERB_USAGE}
 
 Options:
   -h, --help       this help
@@ -388,6 +390,17 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (command === 'run') return runCommand(rest);
     if (command === 'spec') return specCommand(rest);
+    // The daemon and its client are loaded only for their commands: `partita run` starts without them.
+    if (command === 'serve') {
+      const [{ serveCommand }, { VerbError }] = await Promise.all([import('./serve.js'), import('./verbs.js')]);
+      try {
+        return await serveCommand(rest, version());
+      } catch (e) {
+        if (e instanceof VerbError) fail(e.message, e.status);
+        throw e;
+      }
+    }
+    if (DAEMON_VERB_NAMES.includes(command)) return await (await import('./verbs.js')).runVerb(command, rest);
     if (command === 'image') {
       const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
       if (positionals[0] !== 'demo' || positionals.length !== 1)
