@@ -118,9 +118,10 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
     const stored = this.library.get(name);
     const live = this.running.get(name);
     if (!live) {
-      const { pid: _pid, ...rest } = stored;
-      const state = stored.state === 'crashed' ? 'crashed' : 'stopped';
-      return { ...rest, state };
+      // No VMM: whatever the record last said, the VM is not running (and has no pid).
+      const rest: VmRecord = { ...stored };
+      delete rest.pid;
+      return { ...rest, state: stored.state === 'crashed' ? 'crashed' : 'stopped' };
     }
     return { ...stored, state: live.state, pid: live.pid };
   }
@@ -177,7 +178,8 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
       if (this.running.has(name)) throw wrongState(name, record.state, 'already');
       const dir = this.library.vmDir(name);
       // The spec the VMM runs, without a serial section: --serial below says how this run is connected.
-      const { serial: _serial, ...spec } = record.spec;
+      const spec = { ...record.spec };
+      delete spec.serial;
       const specPath = join(dir, 'spec.json');
       writeFileAtomic(specPath, JSON.stringify(spec, null, 2) + '\n', 0o600);
       const sockets = this.socketPaths(name);
