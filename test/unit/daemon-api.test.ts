@@ -247,3 +247,45 @@ test('OpenAPI document and status are served', async () => {
     await d.destroy();
   }
 });
+
+test('records come back whole through the response schemas: device options, firmware boot', async () => {
+  const d = await startTestDaemon();
+  try {
+    const iso = join(d.dataDir, 'install.iso');
+    writeFileSync(iso, Buffer.alloc(4096));
+    const fw = join(d.dataDir, 'bios.bin');
+    writeFileSync(fw, Buffer.alloc(65536));
+    const created = await d.client.request<VmRecord>('POST', '/api/vms', {
+      name: 'fw',
+      os: 'other',
+      firmware: fw,
+      cdrom: iso,
+      disk: 1 << 20,
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const got = (await d.client.request<VmRecord>('GET', '/api/vms/fw')).body;
+    assert.deepEqual(got.spec.boot, { kind: 'firmware', firmware: fw });
+    assert.deepEqual(got.spec.devices, [
+      { kind: 'virtio-blk', path: join(d.dataDir, 'vms', 'fw', 'disk0.img') },
+      { kind: 'virtio-blk', path: iso, readOnly: true },
+    ]);
+    assert.deepEqual(got, JSON.parse(readFileSync(join(d.dataDir, 'vms', 'fw', 'vm.json'), 'utf8')));
+    const patched = await d.client.request<VmRecord>('PATCH', '/api/vms/fw', {
+      addDevices: [{ kind: 'virtio-net', backend: { kind: 'user' }, mac: '52:54:00:12:34:56' }],
+    });
+    assert.equal(patched.status, 200, JSON.stringify(patched.body));
+    assert.deepEqual(patched.body.spec.devices[2], {
+      kind: 'virtio-net',
+      backend: { kind: 'user' },
+      mac: '52:54:00:12:34:56',
+    });
+    const isos = await d.client.request<{ path: string; size: number }[]>('GET', '/api/isos');
+    assert.deepEqual(isos.body, []);
+    writeFileSync(join(d.dataDir, 'isos', 'debian.iso'), Buffer.alloc(2048));
+    assert.deepEqual((await d.client.request('GET', '/api/isos')).body, [
+      { path: join(d.dataDir, 'isos', 'debian.iso'), size: 2048 },
+    ]);
+  } finally {
+    await d.destroy();
+  }
+});
