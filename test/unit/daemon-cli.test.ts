@@ -10,13 +10,21 @@ import { partitaBin } from '../support/partita.js';
 import { startTestDaemon, until } from '../support/daemon.js';
 import type { VmRecord } from '../../src/daemon/api-schemas.js';
 
-function partita(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+function partita(
+  args: string[],
+  onStdout?: (text: string, write: (s: string) => void) => void,
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [partitaBin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [partitaBin, ...args], {
+      stdio: [onStdout ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.stdout!.on('data', (b: Buffer) => {
+      stdout += b.toString();
+      onStdout?.(stdout, (s) => child.stdin!.write(s));
+    });
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
     child.on('error', reject);
     child.on('close', (status) => resolve({ status, stdout, stderr }));
   });
@@ -88,6 +96,18 @@ test('verbs: create, list, start, status, set, stop, delete; one-line errors wit
     assert.equal(capture.status, 1);
     oneLine(capture, /no display/);
     assert.match((await partita(['status', 'web', ...s])).stdout, /vm 'web' running \(pid \d+\)/);
+    // The console: the guest's output, our keys to it, Ctrl-] to leave (the VM keeps running).
+    let sent = false;
+    const con = await partita(['console', 'web', ...s], (text, write) => {
+      if (!sent && text.includes('hello from the fake guest')) {
+        sent = true;
+        write('hi there');
+      }
+      if (text.includes('echo: hi there')) write('\x1d');
+    });
+    assert.equal(con.status, 0, con.stderr);
+    assert.match(con.stdout, /hello from the fake guest with 2 vCPUs\n[^]*echo: hi there/);
+    assert.match(con.stderr, /Ctrl-\] or Ctrl-A x leaves/);
     assert.match((await partita(['pause', 'web', ...s])).stdout, /vm 'web' is paused/);
     assert.match((await partita(['resume', 'web', ...s])).stdout, /vm 'web' is running/);
     assert.match((await partita(['stop', 'web', ...s])).stdout, /vm 'web' is stopped/);
