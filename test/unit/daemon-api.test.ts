@@ -289,3 +289,43 @@ test('records come back whole through the response schemas: device options, firm
     await d.destroy();
   }
 });
+
+test('the vnc WebSocket bridges bytes to <vm dir>/vnc.sock while the VM runs, and refuses otherwise', async () => {
+  const d = await startTestDaemon();
+  const { createServer } = await import('node:net');
+  const rfb = createServer((c) => {
+    c.write('RFB 003.008\n');
+    c.on('data', (b: Buffer) => c.write(Buffer.concat([Buffer.from('got:'), b])));
+  });
+  try {
+    await d.client.request('POST', '/api/vms', { name: 'gui', kernel: kernelFile(d) });
+    const closed = (ws: WebSocket): Promise<number> => new Promise((ok) => ws.once('close', (code) => ok(code)));
+    const notRunning = new WebSocket(wsUrl(d, '/api/vms/gui/vnc'));
+    assert.equal(await closed(notRunning), 4409);
+    const unknown = new WebSocket(wsUrl(d, '/api/vms/nope/vnc'));
+    assert.equal(await closed(unknown), 4404);
+
+    await d.client.request('POST', '/api/vms/gui/start', {});
+    await until(
+      'running',
+      async () => (await d.client.request<VmRecord>('GET', '/api/vms/gui')).body.state === 'running',
+    );
+    await new Promise<void>((ok) => rfb.listen(join(d.dataDir, 'vms', 'gui', 'vnc.sock'), ok));
+    const ws = await openWs(wsUrl(d, '/api/vms/gui/vnc'));
+    let got = Buffer.alloc(0);
+    ws.on('message', (m: Buffer, isBinary: boolean) => {
+      assert.equal(isBinary, true);
+      got = Buffer.concat([got, m]);
+    });
+    await until('the RFB greeting', () => got.toString() === 'RFB 003.008\n');
+    ws.send(Buffer.from([0, 1, 2, 255]));
+    await until('the reply', () => got.length === 12 + 8);
+    assert.deepEqual([...got.subarray(12)], [...Buffer.from('got:'), 0, 1, 2, 255]);
+    const end = closed(ws);
+    ws.close();
+    await end;
+  } finally {
+    rfb.close();
+    await d.destroy();
+  }
+});
