@@ -47,6 +47,8 @@ export class DaemonClient {
           method,
           path,
           headers,
+          // No pooled keep-alive sockets: a restarted daemon on the same path would get a dead one (EPIPE).
+          agent: false,
           ...(this.endpoint.socketPath
             ? { socketPath: this.endpoint.socketPath }
             : { host: this.endpoint.host, port: this.endpoint.port }),

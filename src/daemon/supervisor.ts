@@ -412,16 +412,21 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
           this.settle(name, 'crashed', 'the daemon lost track of its VMM (no state file)');
         continue;
       }
-      const why = await reattachProblem(files);
-      if (why === undefined) {
+      const check = await reattachProblem(files);
+      if (check.why === undefined) {
         const live = this.track(name, files);
-        const answer = await controlRequest(files.control, 'status', 2000).catch(() => undefined);
-        live.state = answer?.ok && answer.state === 'paused' ? 'paused' : 'running';
+        const answer = check.answering
+          ? await controlRequest(files.control, 'status', 2000).catch(() => undefined)
+          : undefined;
+        // A VMM still building its VM (no control channel yet) is taken back as 'starting' and followed.
+        live.state = !answer?.ok ? 'starting' : answer.state === 'paused' ? 'paused' : 'running';
         this.setState(name, live.state, { pid: files.pid });
         this.watchForeign(name, live);
+        if (live.state === 'starting') void this.waitUntilUp(name, live);
         reattached.push(name);
         continue;
       }
+      const why = check.why;
       refused.push({ name, why });
       rmSync(stateFile, { force: true });
       const reported = readStatusFile(files.statusFile);
@@ -455,20 +460,36 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 }
 
-/** Why the process in a state file is not (provably) the VMM we started, or undefined when it is. */
-export async function reattachProblem(files: VmmStateFile): Promise<string | undefined> {
+/**
+ * Whether the process in a state file is (provably) the VMM we started: the same PID with the same start time
+ * (a reused PID is another process), running with our control socket on its command line (a state file from
+ * before a reboot cannot name an unrelated process that happens to match), and, unless it is still building its
+ * VM, answering 'status' there for that PID. Returns why not, or how it answers.
+ */
+export async function reattachProblem(
+  files: VmmStateFile,
+): Promise<{ answering: boolean; why?: undefined } | { why: string }> {
   const now = processStartTime(files.pid);
-  if (now === undefined) return `process ${files.pid} is gone`;
+  if (now === undefined) return { why: `process ${files.pid} is gone` };
   if (now !== files.startTime)
-    return `PID ${files.pid} now belongs to another process (started at ${now}, not ${files.startTime})`;
-  if (isZombie(files.pid)) return `process ${files.pid} has exited`;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const answer = await controlRequest(files.control, 'status', 1000).catch(() => undefined);
-    if (answer?.ok && answer.pid === files.pid) return undefined;
-    if (answer?.ok) return `the control socket answers for process ${answer.pid}, not ${files.pid}`;
-    await sleep(200);
+    return { why: `PID ${files.pid} now belongs to another process (started at ${now}, not ${files.startTime})` };
+  if (isZombie(files.pid)) return { why: `process ${files.pid} has exited` };
+  const argv = processArgv(files.pid);
+  const at = argv.indexOf('--control');
+  if (at < 0 || argv[at + 1] !== files.control)
+    return { why: `process ${files.pid} is not a VMM (no --control ${files.control} on its command line)` };
+  const answer = await controlRequest(files.control, 'status', 1000).catch(() => undefined);
+  if (answer?.ok && answer.pid !== files.pid)
+    return { why: `the control socket answers for process ${answer.pid}, not ${files.pid}` };
+  return { answering: answer?.ok === true };
+}
+
+function processArgv(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return [];
   }
-  return `process ${files.pid} does not answer on its control socket ${files.control}`;
 }
 
 function wrongState(

@@ -91,6 +91,30 @@ test('a restarted daemon reattaches to its running VMMs, then stops them through
   }
 });
 
+test('a VMM still building its VM when the daemon restarts is taken back as starting, then running', async () => {
+  process.env.FAKE_VMM_SLOW_MS = '3000';
+  let d = await startTestDaemon();
+  try {
+    const kernel = join(d.dataDir, 'k');
+    writeFileSync(kernel, 'k');
+    await d.client.request('POST', '/api/vms', { name: 'slow', kernel });
+    const started = (await d.client.request<VmRecord>('POST', '/api/vms/slow/start', {})).body;
+    await d.close();
+    d = await d.restart();
+    assert.deepEqual(d.daemon.reattached, ['slow']);
+    const r = (await d.client.request<VmRecord>('GET', '/api/vms/slow')).body;
+    assert.ok(['starting', 'running'].includes(r.state), r.state); // 'running' only on a very slow machine
+    assert.equal(r.pid, started.pid);
+    await until(
+      'running',
+      async () => (await d.client.request<VmRecord>('GET', '/api/vms/slow')).body.state === 'running',
+    );
+  } finally {
+    delete process.env.FAKE_VMM_SLOW_MS;
+    await d.destroy();
+  }
+});
+
 test('reattach refuses a reused PID and a process that does not answer, and never signals them', async () => {
   const d = await startTestDaemon();
   const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
@@ -123,7 +147,7 @@ test('reattach refuses a reused PID and a process that does not answer, and neve
       assert.deepEqual(again.daemon.reattached, []);
       const why = Object.fromEntries(again.daemon.refused.map((r) => [r.name, r.why]));
       assert.match(why.reused, /another process/);
-      assert.match(why.foreign, /does not answer/);
+      assert.match(why.foreign, /not a VMM/);
       assert.match(why.gone, /gone/);
       for (const name of ['reused', 'foreign', 'gone']) {
         const r = (await again.client.request<VmRecord>('GET', `/api/vms/${name}`)).body;
