@@ -1,5 +1,5 @@
 // The `partita` command line.
-import { fstatSync, openSync, readFileSync, statSync } from 'node:fs';
+import { fstatSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, runMachine, type RunOptions } from '../vmm/machine.js';
@@ -22,6 +22,7 @@ import {
   parseNet,
   type AhciDiskOption,
 } from './device-options.js';
+import { DAEMON_VERB_NAMES, VERB_USAGE } from './verb-names.js';
 
 /** Debian's SeaBIOS (package seabios): what `--bios` without a path boots. */
 export const DEFAULT_BIOS = '/usr/share/seabios/bios-256k.bin';
@@ -41,7 +42,12 @@ Options:
   --cpus N             number of vCPUs (1-64, default 1)
   --topology T         sockets=S,cores=C,threads=T (product = --cpus; default: one socket of N cores)
   --memory SIZE        guest RAM, e.g. 512M, 4G, 128G (default 512M, at most 1T); allocated lazily
-  --serial MODE        stdio (default), none, or file:PATH (appended to, never truncated; not a disk image)
+  --serial MODE        stdio (default), none, file:PATH (appended to, never truncated; not a disk image), or
+                       unix:PATH: a UNIX socket any number of clients attach to (output to all, input from any),
+                       with the output appended to --serial-log FILE
+  --serial-log FILE    the log of --serial unix:PATH (required with it)
+  --control PATH       serve the control channel (newline-delimited JSON: status, pause, resume, stop,
+                       screenshot) on this UNIX socket; the daemon drives its VMs through it
   --cpu PROFILE        CPUID profile: host or compat (default: compat on emulated KVM, host otherwise)
   --disk PATH[,readonly][,serial=ID][,queues=N][,packed]
                        virtio-blk disk on a raw image (locked: one VM at a time); repeatable
@@ -51,6 +57,8 @@ Options:
   --rng                virtio-rng fed from the host's getrandom
   --console PATH       virtio-console port to a file (guest output, appended to, never truncated; not a
                        disk image) or a UNIX socket (both ways)
+  --status-file FILE   when the VM stops, write why there ({"status","kind","message"} JSON): a daemon that
+                       reattached to this VMM (not its parent) learns its outcome from it
   --stats              print the VM's exit counts when it stops
   -h, --help           this help
 
@@ -75,6 +83,7 @@ Commands:
   run          boot a kernel in a new VM (partita run --help)
   spec         print the machine spec (JSON) that 'partita run' options describe
   image demo   fetch and build the demo Linux guest (Debian cloud kernel + busybox initramfs) into the cache
+${VERB_USAGE}
 
 Options:
   -h, --help       this help
@@ -129,6 +138,9 @@ const RUN_OPTIONS = {
   topology: { type: 'string' },
   memory: { type: 'string' },
   serial: { type: 'string' },
+  'serial-log': { type: 'string' },
+  control: { type: 'string' },
+  'status-file': { type: 'string' },
   cpu: { type: 'string' },
   disk: { type: 'string', multiple: true },
   net: { type: 'string', multiple: true },
@@ -328,8 +340,32 @@ function checkedSpec(values: RunValues): MachineSpec {
   }
 }
 
-/** Where the guest's serial console goes: this terminal (with input), a file, or nowhere. */
-function serialOutput(serial: string, spec: MachineSpec): Pick<RunOptions, 'serialOutputFd' | 'serialInput'> {
+/** Where the guest's serial console goes: this terminal (with input), a file, a socket, or nowhere. */
+function serialOutput(
+  serial: string,
+  spec: MachineSpec,
+  log: string | undefined,
+): Pick<RunOptions, 'serialOutputFd' | 'serialInput' | 'serialSocket'> {
+  if (log !== undefined && !serial.startsWith('unix:'))
+    throw new UsageError('--serial-log FILE goes with --serial unix:PATH only');
+  if (serial.startsWith('unix:') && serial.length > 5) {
+    if (log === undefined)
+      throw new UsageError('--serial unix:PATH needs --serial-log FILE (the output is kept there)');
+    let fd: number;
+    try {
+      fd = openOutputFile(log, { disks: machineDiskImages(spec.devices) });
+    } catch (e) {
+      if (e instanceof OutputFileError) throw new UsageError(`--serial-log: ${e.message}`);
+      throw new UsageError(
+        `--serial-log: cannot open '${log}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
+    }
+    return {
+      serialOutputFd: fd,
+      serialInput: 'none',
+      serialSocket: { path: serial.slice(5), logPath: log, logStart: fstatSync(fd).size },
+    };
+  }
   if (serial === 'stdio') return { serialOutputFd: 1, serialInput: serialInputMode() };
   if (serial === 'none') return { serialOutputFd: openSync('/dev/null', 'w'), serialInput: 'none' };
   if (serial.startsWith('file:') && serial.length > 5) {
@@ -344,7 +380,7 @@ function serialOutput(serial: string, spec: MachineSpec): Pick<RunOptions, 'seri
       );
     }
   }
-  throw new UsageError(`--serial '${serial}' is not stdio, none or file:PATH`);
+  throw new UsageError(`--serial '${serial}' is not stdio, none, file:PATH or unix:PATH`);
 }
 
 /**
@@ -376,7 +412,7 @@ function specCommand(args: string[]): number {
   const spec = checkedSpec(values);
   const serial = values.serial as string | undefined;
   const withSerial: MachineSpec =
-    serial === undefined || serial === 'stdio'
+    serial === undefined || serial === 'stdio' || serial.startsWith('unix:')
       ? spec
       : { ...spec, serial: serial === 'none' ? { output: 'none' } : { output: 'file', path: serial.slice(5) } };
   process.stdout.write(JSON.stringify(withSerial, null, 2) + '\n');
@@ -400,9 +436,12 @@ function runCommand(args: string[]): number {
       : specSerial.output === 'none'
         ? 'none'
         : `file:${specSerial.path}`);
+  const control = values.control as string | undefined;
+  if (control === '') throw new UsageError('--control needs a socket path');
   const run: RunOptions = {
-    ...serialOutput(serialFlag, spec),
+    ...serialOutput(serialFlag, spec, values['serial-log'] as string | undefined),
     stats: values.stats === true,
+    ...(control !== undefined ? { controlSocket: control } : {}),
     ...(values.screenshot !== undefined
       ? { screenshotFd: screenOutput('--screenshot', values.screenshot as string, spec) }
       : {}),
@@ -418,6 +457,11 @@ function runCommand(args: string[]): number {
   }
   try {
     const { reason } = runMachine(spec, run);
+    const statusFile = values['status-file'] as string | undefined;
+    if (statusFile !== undefined) {
+      const { status, kind, message } = reason;
+      writeFileSync(statusFile, JSON.stringify({ status, kind, message: message.split('\n')[0] }) + '\n');
+    }
     if (reason.kind !== 'guest-exit')
       process.stderr.write(`${raw ? '\r\n' : ''}partita: ${reason.message.replace(/\n/g, raw ? '\r\n' : '\n')}\n`);
     return reason.status;
@@ -452,6 +496,17 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (command === 'run') return runCommand(rest);
     if (command === 'spec') return specCommand(rest);
+    // The daemon and its client are loaded only for their commands: `partita run` starts without them.
+    if (command === 'serve') {
+      const [{ serveCommand }, { VerbError }] = await Promise.all([import('./serve.js'), import('./verbs.js')]);
+      try {
+        return await serveCommand(rest, version());
+      } catch (e) {
+        if (e instanceof VerbError) fail(e.message, e.status);
+        throw e;
+      }
+    }
+    if (DAEMON_VERB_NAMES.includes(command)) return await (await import('./verbs.js')).runVerb(command, rest);
     if (command === 'image') {
       const { values, positionals } = parse(rest, { refresh: { type: 'boolean' } });
       if (positionals[0] !== 'demo' || positionals.length !== 1)

@@ -16,6 +16,8 @@ import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
 import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
 import type { AttachedDevice } from '../devices/model.js';
 import { EventFdDispatcher } from '../devices/virtio/runner.js';
+import { serveControl } from './control-server.js';
+import { serveSerialSocket, type SerialSocketOptions } from './serial-socket.js';
 
 export interface IoThreadData {
   readonly control: SharedArrayBuffer;
@@ -26,6 +28,10 @@ export interface IoThreadData {
   readonly aps: readonly { readonly id: number; readonly fd: number }[];
   readonly serialOutputFd: number;
   readonly serialInput: 'tty' | 'stream' | 'none';
+  /** `--control PATH`: the control channel's socket (control-server.ts). */
+  readonly controlSocket?: string;
+  /** `--serial unix:PATH`: the serial console on a socket, following the log the UART writes. */
+  readonly serialSocket?: SerialSocketOptions;
 }
 
 function startApplicationProcessors(data: IoThreadData, ctx: VcpuExitContext): void {
@@ -119,6 +125,12 @@ function main(data: IoThreadData): void {
   if (data.serialInput !== 'none' && uart) {
     feedSerialInput(openInput(data.serialInput), uart, control, data.serialInput === 'tty');
   }
+  if (data.serialSocket) {
+    const hub = serveSerialSocket(data.serialSocket.path, data.serialSocket.logPath, data.serialSocket.logStart);
+    if (uart) feedSerialInput(hub.input, uart, control, false);
+  }
+  // Last: once the control channel answers, the VM is up (the daemon's 'starting' ends there).
+  if (data.controlSocket) serveControl(data.controlSocket, control);
 }
 
 /** Devices' host sides (virtio backends) run here, woken by their eventfds through one epoll watcher. */

@@ -42,6 +42,7 @@ import {
 } from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
 import { PowerOnState } from './machine-reset.js';
+import type { SerialSocketOptions } from './serial-socket.js';
 import { formatSize } from '../base/units.js';
 import { MAX_INPUT_FILE_BYTES, readWholeFile } from '../host/input-file.js';
 
@@ -61,6 +62,10 @@ export interface RunOptions {
   readonly screenTextFd?: number;
   /** Lets another thread pause, resume or stop the VM (the daemon does; the CLI uses console keys and signals). */
   readonly control?: VmControl;
+  /** `--control PATH`: serve the control channel (status/pause/resume/stop/screenshot) on this UNIX socket. */
+  readonly controlSocket?: string;
+  /** `--serial unix:PATH`: serve the serial console on a UNIX socket; `serialOutputFd` is then the log's fd. */
+  readonly serialSocket?: SerialSocketOptions;
 }
 
 /** A configuration or input problem the user can fix: one clear line, exit status 2. */
@@ -139,8 +144,12 @@ export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
   const control = run.control ?? new VmControl();
   // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
   const worker =
-    // (Firmware boot's platform has host sides too: the CMOS clock's interrupts.)
-    spec.cpus > 1 || run.serialInput !== 'none' || spec.devices.length > 0 || spec.boot.kind === 'firmware'
+    spec.cpus > 1 ||
+    run.serialInput !== 'none' ||
+    spec.devices.length > 0 ||
+    spec.boot.kind === 'firmware' || // the PC platform has host sides too: the CMOS clock's interrupts
+    run.controlSocket !== undefined ||
+    run.serialSocket !== undefined
       ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
       : undefined;
   worker?.unref();
@@ -282,6 +291,8 @@ function runBuilt(
       aps: vcpus.slice(1).map((v) => ({ id: v.id, fd: v.fd })),
       serialOutputFd: run.serialOutputFd,
       serialInput: run.serialInput,
+      controlSocket: run.controlSocket,
+      serialSocket: run.serialSocket,
     };
     worker.postMessage(data);
   }
