@@ -19,8 +19,9 @@ function publish(next: Notice[]): void {
 
 export function notify(kind: Notice['kind'], text: string): void {
   const id = nextId++;
-  publish([...notices.filter((n) => n.text !== text), { id, kind, text }]);
-  if (kind === 'info') setTimeout(() => dismiss(id), 4000);
+  // The newest few only: a burst of confirmations must not cover the page.
+  publish([...notices.filter((n) => n.text !== text), { id, kind, text }].slice(-3));
+  if (kind === 'info') setTimeout(() => dismiss(id), 3000);
 }
 
 export function notifyError(what: string, e: unknown): void {

@@ -108,7 +108,7 @@ export function Settings({ vm, onRecord }: { vm: VmRecord; onRecord(r: VmRecord)
       )}
       <fieldset disabled={!editable || busy} class="panel">
         <legend>Hardware</legend>
-        <form onSubmit={save} class="field-row three" noValidate>
+        <form onSubmit={save} class="field-row actions-row" noValidate>
           <Field id="set-cpus" label="CPUs" error={errors.cpus}>
             <input
               id="set-cpus"
@@ -131,7 +131,7 @@ export function Settings({ vm, onRecord }: { vm: VmRecord; onRecord(r: VmRecord)
               onInput={(e) => setMemoryMiB(e.currentTarget.valueAsNumber)}
             />
           </Field>
-          <div class="field align-end">
+          <div>
             <button
               type="submit"
               class="button button-primary"

@@ -34,6 +34,12 @@ export function VmLibrary({ library }: { library: Library }) {
   if (vms.length === 0)
     return (
       <div class="empty" data-testid="library-empty">
+        <div class="empty-art" aria-hidden="true">
+          <svg viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="1.6" stroke-linecap="round">
+            <rect x="2.5" y="4" width="19" height="12.5" rx="2" />
+            <path d="M8 20h8M12 16.5V20M9.5 10.2l2 1.8 3-3.5" />
+          </svg>
+        </div>
         <h2>No virtual machines yet</h2>
         <p class="muted">Create one from an ISO image, a disk, or a kernel to boot directly.</p>
         <button type="button" class="button button-primary" onClick={() => navigate({ page: 'new' })}>
