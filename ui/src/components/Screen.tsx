@@ -9,10 +9,13 @@ import { COMBOS, KEY, textToStrokes, type KeyStroke } from '../keys';
 import { notifyError } from '../notices';
 import { Icon } from './Icon';
 
+/** The Keyboard Lock API (Chromium; not yet in TypeScript's DOM types). */
+type NavigatorWithKeyboard = Navigator & { keyboard?: { lock?(keys?: string[]): Promise<void> } };
+
 type Link = 'idle' | 'connecting' | 'connected' | 'disconnected';
 
 export function Screen({ vm }: { vm: VmRecord }) {
-  const frame = useRef<HTMLDivElement>(null);
+  const wrap = useRef<HTMLDivElement>(null);
   const target = useRef<HTMLDivElement>(null);
   const rfb = useRef<RFB | null>(null);
   const [link, setLink] = useState<Link>('idle');
@@ -20,6 +23,7 @@ export function Screen({ vm }: { vm: VmRecord }) {
   const [fit, setFit] = useState(true);
   const [attempt, setAttempt] = useState(0);
   const [typing, setTyping] = useState(false);
+  const [isFullscreen, setIsFullscreen] = useState(false);
   const live = vm.state === 'running' || vm.state === 'paused';
 
   useEffect(() => {
@@ -63,6 +67,12 @@ export function Screen({ vm }: { vm: VmRecord }) {
     if (rfb.current) rfb.current.scaleViewport = fit;
   }, [fit]);
 
+  useEffect(() => {
+    const onChange = () => setIsFullscreen(document.fullscreenElement === wrap.current && wrap.current !== null);
+    document.addEventListener('fullscreenchange', onChange);
+    return () => document.removeEventListener('fullscreenchange', onChange);
+  }, []);
+
   const press = (keys: KeyStroke[]) => {
     const client = rfb.current;
     if (!client || link !== 'connected') return;
@@ -75,11 +85,17 @@ export function Screen({ vm }: { vm: VmRecord }) {
     for (const { stroke, shift } of textToStrokes(text)) press(shift ? [KEY.shift, stroke] : [stroke]);
   };
 
+  // Fullscreen takes the toolbar along (its keys stay reachable) and, where the browser has the Keyboard Lock API
+  // (Chromium), captures Escape, Alt+Tab and the like for the guest while fullscreen lasts.
   const fullscreen = () => {
-    const el = frame.current;
+    const el = wrap.current;
     if (!el) return;
     if (document.fullscreenElement) void document.exitFullscreen();
-    else el.requestFullscreen().catch((e: Error) => notifyError('Fullscreen refused', e));
+    else
+      el.requestFullscreen().then(
+        () => (navigator as NavigatorWithKeyboard).keyboard?.lock?.().catch(() => undefined),
+        (e: Error) => notifyError('Fullscreen refused', e),
+      );
   };
 
   if (!vm.display)
@@ -91,7 +107,7 @@ export function Screen({ vm }: { vm: VmRecord }) {
 
   const connected = link === 'connected';
   return (
-    <div class="screen-wrap">
+    <div class="screen-wrap" ref={wrap}>
       <div class="toolbar" role="toolbar" aria-label="Screen controls">
         <div class="segmented small" role="radiogroup" aria-label="Scaling">
           <button
@@ -120,9 +136,9 @@ export function Screen({ vm }: { vm: VmRecord }) {
           class="button small"
           onClick={fullscreen}
           data-testid="fullscreen"
-          aria-label="Fullscreen"
+          aria-pressed={isFullscreen}
         >
-          <Icon name="fullscreen" /> Fullscreen
+          <Icon name="fullscreen" /> {isFullscreen ? 'Exit fullscreen' : 'Fullscreen'}
         </button>
         <span class="toolbar-sep" />
         <button
@@ -177,7 +193,7 @@ export function Screen({ vm }: { vm: VmRecord }) {
                 : 'Not running'}
         </span>
       </div>
-      <div ref={frame} class={`screen-frame ${fit ? 'fit' : 'actual'}`}>
+      <div class={`screen-frame ${fit ? 'fit' : 'actual'}`}>
         <div ref={target} class="screen-target" data-testid="screen" />
         {!connected && (
           <div class="screen-overlay">
