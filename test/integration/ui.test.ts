@@ -143,6 +143,16 @@ async function waitForState(page: Page, states: readonly string[]): Promise<stri
   return (await badge.getAttribute('data-state')) ?? '';
 }
 
+async function apiPost<T>(daemon: Daemon, path: string, body: unknown): Promise<T> {
+  const r = await fetch(`${daemon.base}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${daemon.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  assert.ok(r.ok, `POST ${path}: ${r.status} ${await r.clone().text()}`);
+  return (await r.json()) as T;
+}
+
 async function apiGet<T>(daemon: Daemon, path: string): Promise<T> {
   const r = await fetch(`${daemon.base}${path}`, { headers: { authorization: `Bearer ${daemon.token}` } });
   assert.equal(r.status, 200, `GET ${path}: ${await r.clone().text()}`);
@@ -294,6 +304,22 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon): Promise<vo
   await waitForState(page, ['running']);
   await page.getByTestId('vm-page').getByTestId('vm-stop').click();
   await waitForState(page, ['stopped']);
+
+  // A guest that triple-faults: its card says crashed, with the daemon's one-line reason.
+  await apiPost(daemon, '/api/vms', {
+    name: 'boom',
+    os: 'other',
+    memory: 64 * 1024 * 1024,
+    kernel: guest('triple-fault'),
+  });
+  await page.goto(`${daemon.base}/?token=${encodeURIComponent(daemon.token)}#/`);
+  const boom = page.getByTestId('vm-card-boom');
+  await boom.getByTestId('vm-start').click();
+  await page.waitForSelector('[data-testid="vm-card-boom"] [data-testid="vm-state"][data-state="crashed"]', {
+    timeout: HANG_GUARD_MS,
+  });
+  assert.notEqual((await boom.getByTestId('vm-message').innerText()).trim(), '', 'a crashed VM shows why');
+  await shot(page, 'library-crashed');
 
   // A firmware VM with a screen: the RFB canvas shows what the firmware draws.
   await page.getByTestId('new-vm').click();
