@@ -46,6 +46,7 @@ export function CreateWizard({ onCreated }: { onCreated(r: VmRecord): void }) {
   const [kernel, setKernel] = useState('');
   const [initrd, setInitrd] = useState('');
   const [cmdline, setCmdline] = useState('');
+  const [firmware, setFirmware] = useState<'bios' | 'uefi'>('bios');
   const [isos, setIsos] = useState<IsoImage[] | null>(null);
   const [errors, setErrors] = useState<Errors>({});
   const [busy, setBusy] = useState(false);
@@ -73,6 +74,7 @@ export function CreateWizard({ onCreated }: { onCreated(r: VmRecord): void }) {
     const body: CreateVmBody = { name: name.trim(), os, cpus, memory: Math.round(memoryMiB) * MiB };
     if (diskGiB > 0) body.disk = Math.round(diskGiB * GiB);
     if (boot === 'iso') body.cdrom = cdrom.trim();
+    if (boot !== 'kernel') body.firmware = firmware;
     if (boot === 'kernel') {
       body.kernel = kernel.trim();
       if (initrd.trim()) body.initrd = initrd.trim();
@@ -252,6 +254,38 @@ export function CreateWizard({ onCreated }: { onCreated(r: VmRecord): void }) {
           </>
         )}
         {boot === 'none' && <p class="muted">The VM starts its firmware with an empty disk (set its size below).</p>}
+        {boot !== 'kernel' && (
+          <div class="field">
+            <span class="label" id="firmware-label">
+              Firmware
+            </span>
+            <div class="segmented small" role="radiogroup" aria-labelledby="firmware-label">
+              {(
+                [
+                  ['bios', 'BIOS (SeaBIOS)'],
+                  ['uefi', 'UEFI (OVMF)'],
+                ] as const
+              ).map(([value, label]) => (
+                <button
+                  type="button"
+                  key={value}
+                  role="radio"
+                  aria-checked={firmware === value}
+                  class={firmware === value ? 'selected' : ''}
+                  data-testid={`firmware-${value}`}
+                  onClick={() => setFirmware(value)}
+                >
+                  {label}
+                </button>
+              ))}
+            </div>
+            {errors.firmware && (
+              <small class="field-error" role="alert" data-testid="error-firmware">
+                {errors.firmware}
+              </small>
+            )}
+          </div>
+        )}
       </section>
 
       <section class="wizard-step">

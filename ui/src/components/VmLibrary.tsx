@@ -14,6 +14,13 @@ export function bootSummary(vm: VmRecord): string {
   return cdrom ? `firmware · ${baseName(String(cdrom.path))}` : 'firmware';
 }
 
+/** The message worth showing under a VM: why it crashed, or how its last run ended (not a bare "stopped"). */
+export function stopMessage(vm: VmRecord): string | null {
+  if (!vm.message || (vm.state !== 'crashed' && vm.state !== 'stopped')) return null;
+  if (vm.state === 'stopped' && vm.message.trim().toLowerCase() === 'stopped') return null;
+  return vm.message;
+}
+
 export function baseName(path: string): string {
   return path.split('/').pop() || path;
 }
@@ -93,7 +100,7 @@ export function VmLibrary({ library }: { library: Library }) {
                 </dd>
               </div>
             </dl>
-            {vm.message && (vm.state === 'crashed' || vm.state === 'stopped') && (
+            {stopMessage(vm) && (
               <p class={vm.state === 'crashed' ? 'vm-message error-text' : 'vm-message muted'} data-testid="vm-message">
                 {vm.message}
               </p>

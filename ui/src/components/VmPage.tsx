@@ -4,7 +4,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { api, ApiError, formatBytes, type VmRecord } from '../api';
 import { navigate, type Library } from '../store';
 import { Console } from './Console';
-import { bootSummary } from './VmLibrary';
+import { bootSummary, stopMessage } from './VmLibrary';
 import { OsIcon } from './OsIcon';
 import { Screen } from './Screen';
 import { Settings } from './Settings';
@@ -68,13 +68,13 @@ export function VmPage({ name, tab, library }: { name: string; tab?: string; lib
         <StateBadge state={vm.state} message={vm.message} />
         <VmActions vm={vm} onRecord={library.put} />
       </div>
-      {vm.message && (vm.state === 'crashed' || vm.state === 'stopped') && (
+      {stopMessage(vm) && (
         <p
           class={vm.state === 'crashed' ? 'callout callout-error' : 'callout'}
           role={vm.state === 'crashed' ? 'alert' : undefined}
           data-testid="vm-message"
         >
-          {vm.state === 'crashed' ? 'The VM crashed: ' : 'Last stop: '}
+          {vm.state === 'crashed' ? 'The VM crashed: ' : 'Last run: '}
           {vm.message}
           {vm.exitStatus !== undefined ? ` (exit status ${vm.exitStatus})` : ''}
         </p>
