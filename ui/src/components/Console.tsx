@@ -19,13 +19,13 @@ export function Console({ vm }: { vm: VmRecord }) {
   const term = useRef<Terminal | null>(null);
   const socket = useRef<WebSocket | null>(null);
   const [link, setLink] = useState<Link>('idle');
-  const live = vm.state === 'running' || vm.state === 'paused' || vm.state === 'starting';
+  const live = vm.state === 'running' || vm.state === 'paused';
 
   // One terminal for the page's life: keyboard input goes to whatever socket is open.
   useEffect(() => {
     if (!host.current) return;
     const t = new Terminal({
-      convertEol: false,
+      convertEol: true, // guests that print a bare \n (test guests, early boot) still start a new line at column 0
       cursorBlink: true,
       fontFamily: 'ui-monospace, "JetBrains Mono", "DejaVu Sans Mono", Menlo, Consolas, monospace',
       fontSize: 14,
@@ -54,24 +54,40 @@ export function Console({ vm }: { vm: VmRecord }) {
     };
   }, []);
 
+  // Connects while the VM runs; a socket the daemon closes (the VMM restarting, a console not ready yet) is
+  // reopened after a short pause for as long as the VM is live.
   useEffect(() => {
     if (!live) {
       setLink('idle');
       return;
     }
-    setLink('connecting');
-    const s = new WebSocket(api.consoleUrl(vm.name));
-    s.binaryType = 'arraybuffer';
-    s.onopen = () => setLink('connected');
-    s.onmessage = (m) => {
-      const data = m.data instanceof ArrayBuffer ? new Uint8Array(m.data) : String(m.data);
-      term.current?.write(data);
+    let current: WebSocket | null = null;
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    let done = false;
+    const connect = () => {
+      setLink('connecting');
+      const s = new WebSocket(api.consoleUrl(vm.name));
+      s.binaryType = 'arraybuffer';
+      s.onopen = () => setLink('connected');
+      s.onmessage = (m) => {
+        const data = m.data instanceof ArrayBuffer ? new Uint8Array(m.data) : String(m.data);
+        term.current?.write(data);
+      };
+      s.onclose = () => {
+        if (socket.current === s) socket.current = null;
+        if (done) return;
+        setLink('closed');
+        retry = setTimeout(connect, 1000);
+      };
+      current = s;
+      socket.current = s;
     };
-    s.onclose = () => setLink('closed');
-    socket.current = s;
+    connect();
     return () => {
+      done = true;
+      clearTimeout(retry);
       socket.current = null;
-      s.close();
+      current?.close();
     };
   }, [vm.name, live]);
 

@@ -24,6 +24,8 @@ export function Screen({ vm }: { vm: VmRecord }) {
   const [attempt, setAttempt] = useState(0);
   const [typing, setTyping] = useState(false);
   const [isFullscreen, setIsFullscreen] = useState(false);
+  // Reconnects without a click after a lost connection (the display comes up a moment after the VM runs).
+  const autoRetries = useRef(0);
   const live = vm.state === 'running' || vm.state === 'paused';
 
   useEffect(() => {
@@ -46,17 +48,29 @@ export function Screen({ vm }: { vm: VmRecord }) {
     client.resizeSession = false;
     client.focusOnClick = true;
     client.background = 'transparent';
-    client.addEventListener('connect', () => setLink('connected'));
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    let disposed = false;
+    client.addEventListener('connect', () => {
+      autoRetries.current = 0;
+      setLink('connected');
+    });
     client.addEventListener('disconnect', (e) => {
+      if (disposed) return; // our own disconnect() on leaving the page or reconnecting
       const clean = (e as CustomEvent<{ clean: boolean }>).detail?.clean;
       setLink('disconnected');
       setReason(clean ? 'the connection was closed' : 'the connection was lost');
+      if (autoRetries.current < 5) {
+        autoRetries.current++;
+        retry = setTimeout(() => setAttempt((n) => n + 1), 1000 * autoRetries.current);
+      }
     });
     client.addEventListener('securityfailure', (e) =>
       setReason(`security failure: ${(e as CustomEvent<{ reason?: string }>).detail?.reason ?? 'refused'}`),
     );
     rfb.current = client;
     return () => {
+      disposed = true;
+      clearTimeout(retry);
       rfb.current = null;
       client.disconnect();
     };
@@ -202,7 +216,14 @@ export function Screen({ vm }: { vm: VmRecord }) {
             ) : link === 'disconnected' ? (
               <>
                 <p>Screen disconnected: {reason}</p>
-                <button type="button" class="button" onClick={() => setAttempt((n) => n + 1)}>
+                <button
+                  type="button"
+                  class="button"
+                  onClick={() => {
+                    autoRetries.current = 0;
+                    setAttempt((n) => n + 1);
+                  }}
+                >
                   Reconnect
                 </button>
               </>
