@@ -64,7 +64,17 @@ export function useLibrary(): Library {
         if (event.type === 'state') {
           setVms((list) =>
             list
-              ? list.map((v) => (v.name === event.name ? { ...v, state: event.state, message: event.message } : v))
+              ? list.map((v) =>
+                  v.name !== event.name
+                    ? v
+                    : {
+                        ...v,
+                        state: event.state,
+                        message: event.message,
+                        // A VM that is down has no VMM process (the refetch brings the exact record).
+                        pid: event.state === 'stopped' || event.state === 'crashed' ? undefined : v.pid,
+                      },
+                )
               : list,
           );
         }
