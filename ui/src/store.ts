@@ -11,7 +11,7 @@ export interface Library {
   error: ApiError | null;
   connection: Connection;
   refresh(): void;
-  /** Put a record the API just answered with into the list (after start/stop/patch…), without a refetch. */
+  /** Put a record the API just answered with into the list (after start/stop/patch…) at once, then refetch. */
   put(record: VmRecord): void;
 }
 
@@ -33,12 +33,15 @@ export function useLibrary(): Library {
     );
   };
 
-  const put = (record: VmRecord) =>
+  const put = (record: VmRecord) => {
     setVms((list) => {
       if (!list) return list;
       const others = list.filter((v) => v.name !== record.name);
       return [...others, record].sort((a, b) => a.name.localeCompare(b.name));
     });
+    // An answer can arrive after a later state event on the events socket: the refetch has the last word.
+    refresh();
+  };
 
   useEffect(() => {
     let socket: WebSocket | null = null;
