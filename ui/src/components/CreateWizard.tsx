@@ -55,6 +55,16 @@ export function CreateWizard({ onCreated }: { onCreated(r: VmRecord): void }) {
     api.isos().then(setIsos, () => setIsos([]));
   }, []);
 
+  // The first field at fault gets the focus (and scrolls into view), so its message is where the user looks.
+  useEffect(() => {
+    const first = FIELDS.find((f) => errors[f]);
+    const input = first && (document.getElementById(first) as HTMLInputElement | null);
+    if (input) {
+      input.focus();
+      input.scrollIntoView({ block: 'center' });
+    }
+  }, [errors]);
+
   const choosePreset = (preset: OsKind) => {
     setOs(preset);
     setCpus(PRESETS[preset].cpus);
