@@ -69,7 +69,24 @@ export async function startDaemon(home: string): Promise<Daemon> {
   );
   const base = `http://127.0.0.1:${port}`;
   const tokenFile = join(dataHome, 'partita', 'token');
+  // The daemon leaves VMMs running when it exits (a new daemon reattaches to them): a test that ends, failed or
+  // not, kills its VMs first.
+  const killVms = async (token: string) => {
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    const vms = (await fetch(`${base}/api/vms`, { headers }).then((r) => r.json())) as {
+      name: string;
+      state: string;
+    }[];
+    for (const vm of vms)
+      if (vm.state !== 'stopped' && vm.state !== 'crashed')
+        await fetch(`${base}/api/vms/${encodeURIComponent(vm.name)}/stop`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ kill: true }),
+        });
+  };
   const stop = async () => {
+    if (!exited && existsSync(tokenFile)) await killVms(readFileSync(tokenFile, 'utf8').trim()).catch(() => undefined);
     if (!exited) child.kill('SIGTERM');
     const guard = setTimeout(() => child.kill('SIGKILL'), 30_000);
     await gone;
