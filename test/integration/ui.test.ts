@@ -205,9 +205,10 @@ test(
     );
     const home = mkdtempSync(join(tmpdir(), 'partita-ui-'));
     const daemon = await startDaemon(home);
-    const browser = await launchBrowser(join(home, 'chromium-profile'));
+    let browser: BrowserContext | undefined;
     const pageErrors: string[] = [];
     try {
+      browser = await launchBrowser(join(home, 'chromium-profile'));
       const page = await browser.newPage();
       page.setDefaultTimeout(HANG_GUARD_MS);
       page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -286,7 +287,7 @@ test(
       t.diagnostic(`daemon output:\n${lastLines(daemon.output(), 30)}`);
       throw e;
     } finally {
-      await browser.close();
+      await browser?.close();
       await daemon.stop();
       rmSync(home, { recursive: true, force: true });
     }
