@@ -51,18 +51,35 @@ export const FIRMWARE_IMAGES: Readonly<Record<string, string>> = {
   uefi: '/usr/share/OVMF/OVMF_CODE.fd',
 };
 
-/** Device kinds that give a VM a screen (RFB, screenshots). The std VGA lands with the display work. */
-export const DISPLAY_KINDS: ReadonlySet<string> = new Set(['std-vga', 'vga']);
+/** Device kinds that give a VM a screen (RFB, screenshots). */
+export const DISPLAY_KINDS: ReadonlySet<string> = new Set(['std-vga']);
 
-/** A new disk of a VM. virtio-blk until the AHCI disk lands (the lead may pick AHCI for Windows here). */
-export function diskDevice(path: string, _os: GuestOs): DeviceOptions {
-  return { kind: 'virtio-blk', path };
-}
-
-/** An installer ISO. Until the AHCI/ATAPI drive is registered it is a read-only virtio-blk disk. */
-export function cdromDevice(path: string, registry: DeviceRegistry = deviceRegistry): DeviceOptions {
-  if (registry.get('ahci-cdrom')) return { kind: 'ahci-cdrom', path };
-  return { kind: 'virtio-blk', path, readOnly: true };
+/**
+ * The devices of a new VM. Firmware-booted VMs are PCs with a screen (std VGA) and an AHCI controller for the
+ * installer CD; their new disk is SATA for Windows (which has no virtio driver on its installer) and virtio-blk
+ * otherwise. Kernel-booted VMs get virtio-blk only (their console is the serial port).
+ */
+export function newVmDevices(opts: {
+  readonly firmware: boolean;
+  readonly os: GuestOs;
+  readonly disk?: string;
+  readonly cdrom?: string;
+}): DeviceOptions[] {
+  if (!opts.firmware) {
+    const devices: DeviceOptions[] = [];
+    if (opts.disk) devices.push({ kind: 'virtio-blk', path: opts.disk });
+    if (opts.cdrom) devices.push({ kind: 'virtio-blk', path: opts.cdrom, readOnly: true });
+    return devices;
+  }
+  const devices: DeviceOptions[] = [{ kind: 'std-vga' }];
+  const drives: { type: 'disk' | 'cdrom'; path: string }[] = [];
+  if (opts.disk) {
+    if (opts.os === 'windows') drives.push({ type: 'disk', path: opts.disk });
+    else devices.push({ kind: 'virtio-blk', path: opts.disk });
+  }
+  if (opts.cdrom) drives.push({ type: 'cdrom', path: opts.cdrom });
+  if (drives.length) devices.push({ kind: 'ahci', drives });
+  return devices;
 }
 
 const DEFAULT_MEMORY: Record<GuestOs, number> = { linux: 2 * GIB, windows: 4 * GIB, other: 512 * MIB };
@@ -134,11 +151,13 @@ export class VmLibrary {
     const dir = join(this.vmsDir, body.name);
     if (existsSync(dir)) throw conflict(`a VM named '${body.name}' exists already`);
     const os: GuestOs = body.os ?? 'linux';
-    const devices: DeviceOptions[] = [];
     const diskPath = join(dir, 'disk0.img');
-    if (body.disk !== undefined) devices.push(diskDevice(diskPath, os));
-    if (body.cdrom !== undefined)
-      devices.push(cdromDevice(existingFile(body.cdrom, '/cdrom', 'ISO image'), this.registry));
+    const devices = newVmDevices({
+      firmware: body.kernel === undefined,
+      os,
+      ...(body.disk !== undefined ? { disk: diskPath } : {}),
+      ...(body.cdrom !== undefined ? { cdrom: existingFile(body.cdrom, '/cdrom', 'ISO image') } : {}),
+    });
     let boot: MachineSpec['boot'];
     if (body.kernel !== undefined) {
       boot = {
@@ -154,6 +173,8 @@ export class VmLibrary {
       boot = {
         kind: 'firmware',
         firmware: existingFile(FIRMWARE_IMAGES[firmware] ?? firmware, '/firmware', 'firmware'),
+        // An installer CD boots first; once installed (or if it does not boot) the disk does.
+        ...(body.cdrom !== undefined ? { bootOrder: ['cdrom', 'disk'] as ('cdrom' | 'disk')[] } : {}),
       };
     }
     const spec: MachineSpec = {

@@ -9,6 +9,7 @@ import { isMainThread, parentPort } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import { native } from '../native/index.js';
 import { VmControl } from './control.js';
+import { screenshotPng, stdVgaDisplay } from '../devices/display/vga-renderer.js';
 import { attachDevices, serveDevices, type SharedDeviceState } from './device-set.js';
 import { GuestMemory, type MemoryRegionDescriptor } from '../base/guest-memory.js';
 import { Vcpu, type VcpuExitContext } from './vcpu.js';
@@ -16,7 +17,7 @@ import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
 import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
 import type { AttachedDevice } from '../devices/model.js';
 import { EventFdDispatcher } from '../devices/virtio/runner.js';
-import { serveControl } from './control-server.js';
+import { serveControl, setScreenshotHook } from './control-server.js';
 import { serveSerialSocket, type SerialSocketOptions } from './serial-socket.js';
 
 export interface IoThreadData {
@@ -129,6 +130,9 @@ function main(data: IoThreadData): void {
     const hub = serveSerialSocket(data.serialSocket.path, data.serialSocket.logPath, data.serialSocket.logStart);
     if (uart) feedSerialInput(hub.input, uart, control, false);
   }
+  // The control channel's screenshot: the std VGA's screen as a PNG.
+  const vga = devices.find('std-vga');
+  if (stdVgaDisplay(vga)) setScreenshotHook(() => screenshotPng(vga));
   // Last: once the control channel answers, the VM is up (the daemon's 'starting' ends there).
   if (data.controlSocket) serveControl(data.controlSocket, control);
 }

@@ -7,7 +7,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
@@ -18,8 +28,20 @@ const SEABIOS = '/usr/share/seabios/bios-256k.bin';
 const GRUB_ISO = join(repoRoot, 'build/images/grub.iso');
 const NO_IMAGE = `no GRUB test image (${GRUB_ISO}): apt-get install grub-pc-bin xorriso mtools, then node scripts/build-images.mjs (SKIPPED)`;
 const NO_SEABIOS = `no SeaBIOS (${SEABIOS}): apt-get install seabios (SKIPPED)`;
-/** Where screenshots and firmware logs are kept for a person to look at (gitignored). */
-const ARTIFACTS = join(repoRoot, 'test-artifacts');
+/**
+ * Where screenshots and firmware logs are kept for a person to look at (gitignored): test-artifacts/, or
+ * PARTITA_ARTIFACTS, or a temporary folder when the tree is read-only (npm run test:nested).
+ */
+const ARTIFACTS = ((): string => {
+  const dir = process.env.PARTITA_ARTIFACTS ?? join(repoRoot, 'test-artifacts');
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, constants.W_OK);
+    return dir;
+  } catch {
+    return mkdtempSync(join(tmpdir(), 'partita-artifacts-'));
+  }
+})();
 const GUARD_MS = 15 * 60_000;
 
 /** GRUB's menu has been drawn completely on the serial console. */
@@ -78,7 +100,6 @@ for (const path of BOOT_PATHS) {
     if (!haveKvm) return t.skip(NO_KVM);
     const skip = skipReason();
     if (skip) return t.skip(skip);
-    mkdirSync(ARTIFACTS, { recursive: true });
     const dir = mkdtempSync(join(tmpdir(), 'partita-fw-'));
     try {
       // A private copy: the image is locked while a VM uses it, and tests run side by side.
