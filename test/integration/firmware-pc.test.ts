@@ -235,3 +235,23 @@ test('--bios without seabios installed names the package', (t) => {
   assert.equal(r.status, 2);
   assert.match(r.stderr, /apt-get install seabios/);
 });
+
+test('network boot: iPXE (virtio-net option ROM) gets a DHCP lease from passt', async (t) => {
+  if (!haveKvm) return t.skip(NO_KVM);
+  if (!existsSync(SEABIOS)) return t.skip(NO_SEABIOS);
+  if (!existsSync('/usr/lib/ipxe/qemu/pxe-virtio.rom'))
+    return t.skip('no iPXE ROM (/usr/lib/ipxe/qemu/pxe-virtio.rom): apt-get install ipxe-qemu (SKIPPED)');
+  if (spawnSync('passt', ['--version'], { stdio: 'ignore' }).error)
+    return t.skip('no passt: apt-get install passt (SKIPPED)');
+  // Without a display SeaBIOS mirrors the BIOS console (and so iPXE's messages) to COM1.
+  const leased = (out: string): boolean => /Configuring \(net0 [0-9a-f:]+\)[. ]*ok/.test(out);
+  const r = await runPartita(
+    ['run', '--bios', '--display', 'none', '--memory', '256M', '--net', 'user', '--boot', 'order=net'],
+    {
+      stopWhen: leased,
+      timeoutMs: GUARD_MS,
+    },
+  );
+  assert.ok(leased(r.stdout), `iPXE's DHCP on the serial console:\n${r.stdout.slice(-2000)}\n${r.stderr}`);
+  assert.match(r.stdout, /iPXE/);
+});
