@@ -75,13 +75,26 @@ test('vga-renderer: text mode 3 renders 720x400, each cell from the font in plan
 test('vga-renderer: the ninth dot repeats the eighth for line-drawing characters; 8-dot mode is 640 wide', () => {
   const { m, r } = textScreen();
   m.outw(0x3d4, 0x200a);
-  m.writeMem(0xb8000, [0xc4, 0x07, 0x41, 0x07]);
+  m.writeMem(0xb8000, [0xc4, 0x07, 0x41, 0x07, 0xb1, 0x07, 0xaf, 0x07]);
   const f = r.render();
+  let repeated = 0;
   for (let y = 0; y < 16; y++) {
-    const want = testGlyphRow(0xc4, y) & 1 ? ega(0x07) : ega(0);
-    assert.deepEqual(pixel(f, 8, y), want, `line graphics ninth dot, row ${y}`);
+    for (const [col, ch] of [
+      [0, 0xc4],
+      [2, 0xb1], // QEMU's range starts at B0h
+    ]) {
+      const want = testGlyphRow(ch, y) & 1 ? ega(0x07) : ega(0);
+      if (testGlyphRow(ch, y) & 1) repeated++;
+      assert.deepEqual(pixel(f, col * 9 + 8, y), want, `line graphics ${ch.toString(16)}: ninth dot, row ${y}`);
+    }
     assert.deepEqual(pixel(f, 17, y), ega(0), 'ordinary characters have a background ninth dot');
+    assert.deepEqual(pixel(f, 35, y), ega(0), 'AFh is no line-graphics character');
   }
+  assert.ok(repeated > 4, 'the test font has eighth dots to repeat');
+  m.inb(0x3da);
+  m.outb(0x3c0, 0x30); // mode control, palette source kept on
+  m.outb(0x3c0, 0x08); // line graphics off
+  for (let y = 0; y < 16; y++) assert.deepEqual(pixel(r.render(), 8, y), ega(0), 'line graphics disabled');
   m.outw(0x3c4, 0x0101); // 8-dot characters
   assert.deepEqual(r.size(), { width: 640, height: 400 });
   assertCellWidth8(r.render(), 1, 0x41);
