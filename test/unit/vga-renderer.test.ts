@@ -335,6 +335,21 @@ test('vga-renderer: screenshotPng of the attached device decodes to the rendered
   assert.throws(() => screenshotPng(undefined), /no std-vga/);
 });
 
+test('vga-renderer: screenText() reads the text screen (code page 437), undefined in graphics modes', () => {
+  const { m, r } = textScreen();
+  m.writeMem(
+    0xb8000 + 160,
+    [...Buffer.from('GNU GRUB')].flatMap((c) => [c, 0x07]),
+  );
+  m.writeMem(0xb8000 + 320, [0xda, 0x07, 0xc4, 0x07, 0xbf, 0x07]);
+  const lines = r.screenText()!;
+  assert.equal(lines.length, 25);
+  assert.equal(lines[1].trimEnd(), 'GNU GRUB');
+  assert.equal(lines[2].slice(0, 3), '┌─┐');
+  m.outw(0x3ce, 0x0506);
+  assert.equal(r.screenText(), undefined);
+});
+
 test('vga-renderer: with VRAM mapped, changes() reads KVM dirty log pages and merges writes that came through exits', () => {
   const m = vgaMachine({ accept: true });
   m.configWrite(0x10, 4, LFB);

@@ -260,6 +260,25 @@ export class VgaRenderer implements DisplaySource {
     }
   }
 
+  /**
+   * The text on screen, one line per row (code page 437 as Unicode, trailing spaces kept), or undefined when the
+   * screen is not in a text mode: for tests waiting for a boot menu and the control API.
+   */
+  screenText(): string[] | undefined {
+    const l = this.layout();
+    if (l.kind !== 'text') return undefined;
+    const lines: string[] = [];
+    for (let row = 0; row < l.rows; row++) {
+      let line = '';
+      for (let col = 0; col < l.cols; col++) {
+        const ch = this.cell(l, row, col) & 0xff;
+        line += ch >= 0x80 ? CP437_HIGH[ch - 0x80] : ch >= 0x20 && ch < 0x7f ? String.fromCharCode(ch) : ' ';
+      }
+      lines.push(line);
+    }
+    return lines;
+  }
+
   // ---- VGA graphics modes ------------------------------------------------------------------------------------
 
   private renderVgaGraphics(l: VgaGraphicsLayout, out: Uint32Array): void {
@@ -468,6 +487,10 @@ export class VgaRenderer implements DisplaySource {
     return rects;
   }
 }
+
+/** Code page 437, characters 80h-FFh (the VGA BIOS font's glyphs). */
+const CP437_HIGH =
+  'ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0';
 
 const expand5 = (v: number): number => (v << 3) | (v >> 2);
 const expand6 = (v: number): number => (v << 2) | (v >> 4);
