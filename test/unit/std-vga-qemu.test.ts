@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { stdVgaDisplay } from '../../src/devices/display/vga-renderer.js';
+import { DISPI, VRAM_SIZE } from '../../src/devices/display/std-vga.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
 import { vgaMachine } from '../support/vga-machine.js';
 
@@ -47,6 +48,20 @@ class Qmp {
   }
   async outb(port: number, value: number): Promise<void> {
     await this.hmp(`o /b 0x${port.toString(16)} 0x${value.toString(16)}`);
+  }
+  /** A Bochs VBE DISPI register, through ports 0x1CE/0x1CF. */
+  async dispi(index: number): Promise<number> {
+    await this.hmp(`o /h 0x1ce 0x${index.toString(16)}`);
+    const text = await this.hmp('i /h 0x1cf');
+    const m = /=\s*0x([0-9a-f]+)/i.exec(text);
+    if (!m) throw new Error(`i /h 0x1cf: ${text}`);
+    return parseInt(m[1], 16);
+  }
+  /** BAR0 of the std VGA once the firmware has placed it. */
+  async vgaBar0(): Promise<string | undefined> {
+    const pci = await this.hmp('info pci');
+    const at = /BAR0: 32 bit prefetchable memory at (0x[0-9a-f]+)/.exec(pci.slice(pci.indexOf('1234:1111')));
+    return at && /^0x[0-9a-f]{1,8}$/.test(at[1]) && Number(at[1]) !== 0 ? at[1] : undefined;
   }
 }
 
@@ -206,6 +221,104 @@ test(
         `a menu box of line-drawing characters:\n${lines.join('\n')}`,
       );
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'std-vga vs QEMU: GRUB in a 1024x768x32 VBE mode (gfxterm) renders pixel for pixel as QEMU shows it',
+  { timeout: 300_000 },
+  async (t) => {
+    if (!qemuAvailable()) return t.skip(QEMU_MISSING);
+    const dir = mkdtempSync(join(tmpdir(), 'partita-grub-vbe-'));
+    const qemuArgs = ['-M', 'pc', '-vga', 'std', '-display', 'none', '-qmp', 'stdio', '-nic', 'none', '-m', '128'];
+    let child: ChildProcessWithoutNullStreams | undefined;
+    try {
+      mkdirSync(join(dir, 'root/boot/grub'), { recursive: true });
+      writeFileSync(
+        join(dir, 'root/boot/grub/grub.cfg'),
+        'set timeout=-1\ninsmod all_video\nloadfont unicode\nset gfxmode=1024x768x32\nterminal_output gfxterm\n' +
+          "menuentry 'Partita graphics entry' { true }\n",
+      );
+      const iso = join(dir, 'grub.iso');
+      const mk = spawnSync('grub-mkrescue', ['-o', iso, join(dir, 'root')], { encoding: 'utf8' });
+      if (mk.error || mk.status !== 0) return t.skip(`grub-mkrescue cannot build an ISO: ${mk.stderr}`);
+      child = spawn(QEMU, [...qemuArgs, '-no-user-config', '-cdrom', iso, '-boot', 'd'], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      const qmp = new Qmp(child);
+      await qmp.command('qmp_capabilities');
+      const vramFile = join(dir, 'vram.bin');
+      const bytes = VRAM_SIZE; // all of it: GRUB flips between pages (Y_OFFSET)
+      // Wait (hang guard: the test's timeout) for the VBE mode and then for the menu to be drawn: two dumps alike.
+      let bar0: string | undefined;
+      let previous = Buffer.alloc(0);
+      const deadline = Date.now() + 240_000;
+      for (; ; await new Promise((r) => setTimeout(r, 1000))) {
+        if (Date.now() > deadline) throw new Error('GRUB did not reach its graphical menu (hang guard)');
+        bar0 ??= await qmp.vgaBar0();
+        if (!bar0 || !((await qmp.dispi(DISPI.ENABLE)) & 1) || (await qmp.dispi(DISPI.XRES)) !== 1024) continue;
+        await qmp.hmp(`pmemsave ${bar0} ${bytes} "${vramFile}"`);
+        const vram = readFileSync(vramFile);
+        if (vram.equals(previous) && vram.some((b) => b !== 0)) break;
+        previous = vram;
+      }
+      await qmp.command('stop');
+      const regs = new Map<number, number>();
+      for (const i of [
+        DISPI.XRES,
+        DISPI.YRES,
+        DISPI.BPP,
+        DISPI.ENABLE,
+        DISPI.VIRT_WIDTH,
+        DISPI.X_OFFSET,
+        DISPI.Y_OFFSET,
+      ])
+        regs.set(i, await qmp.dispi(i));
+      const virtHeight = await qmp.dispi(DISPI.VIRT_HEIGHT);
+      await qmp.hmp(`pmemsave ${bar0} ${bytes} "${vramFile}"`);
+      const shot = join(dir, 'screen.ppm');
+      await qmp.hmp(`screendump "${shot}"`);
+
+      const m = vgaMachine();
+      m.inb(0x3da);
+      m.outb(0x3c0, 0x20);
+      for (const i of [DISPI.BPP, DISPI.XRES, DISPI.YRES]) m.dispi(i, regs.get(i)!);
+      m.dispi(DISPI.ENABLE, regs.get(DISPI.ENABLE)! | 0x80);
+      for (const i of [DISPI.VIRT_WIDTH, DISPI.X_OFFSET, DISPI.Y_OFFSET]) m.dispi(i, regs.get(i)!);
+      assert.equal(m.dispi(DISPI.VIRT_HEIGHT), virtHeight, 'VIRT_HEIGHT as QEMU computes it');
+      for (const [i, v] of regs) assert.equal(m.dispi(i) & ~0x80, v & ~0x80, `DISPI register ${i} as in QEMU`);
+      m.device.vga.regs.vram.set(readFileSync(vramFile));
+      const frame = stdVgaDisplay(m.device)!.render();
+      const ppm = readFileSync(shot);
+      const [, w, h] = ppm.toString('latin1', 0, 20).split(/\s+/).map(Number);
+      assert.deepEqual([frame.width, frame.height], [w, h]);
+      const pixels = ppm.subarray(ppm.length - w * h * 3);
+      let differing = 0;
+      const box = { x0: w, y0: h, x1: -1, y1: -1 };
+      let sample = '';
+      for (let i = 0; i < w * h; i++) {
+        const q = i * 3;
+        const o = i * 4;
+        if (pixels[q] === frame.rgba[o] && pixels[q + 1] === frame.rgba[o + 1] && pixels[q + 2] === frame.rgba[o + 2])
+          continue;
+        differing++;
+        const [x, y] = [i % w, Math.floor(i / w)];
+        Object.assign(box, {
+          x0: Math.min(box.x0, x),
+          y0: Math.min(box.y0, y),
+          x1: Math.max(box.x1, x),
+          y1: Math.max(box.y1, y),
+        });
+        sample ||= `(${x},${y}) QEMU ${[...pixels.subarray(q, q + 3)]} ours ${[...frame.rgba.subarray(o, o + 3)]}`;
+      }
+      assert.equal(differing, 0, `pixels that differ from QEMU, in ${JSON.stringify(box)}, first ${sample}`);
+      let lit = 0;
+      for (let i = 0; i < frame.rgba.length; i += 4) if (frame.rgba[i] | frame.rgba[i + 1] | frame.rgba[i + 2]) lit++;
+      assert.ok(lit > 1000, `GRUB drew its menu (${lit} lit pixels)`);
+    } finally {
+      child?.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     }
   },
