@@ -105,7 +105,9 @@ async function compareWithQemu(extraArgs: string[], ready: (lines: string[]) => 
     // Wait (hang guard: the test's timeout) until SeaBIOS has placed BAR0 and the screen is ready.
     let bar0 = '';
     let vram = Buffer.alloc(0);
+    const deadline = Date.now() + 240_000;
     for (; ; await new Promise((r) => setTimeout(r, 500))) {
+      if (Date.now() > deadline) throw new Error('the screen QEMU was to show did not appear (hang guard)');
       const pci = await qmp.hmp('info pci');
       const at = /BAR0: 32 bit prefetchable memory at (0x[0-9a-f]+)/.exec(pci.slice(pci.indexOf('1234:1111')));
       if (!at || !/^0x[0-9a-f]{1,8}$/.test(at[1]) || Number(at[1]) === 0) continue;
