@@ -178,7 +178,7 @@ async function compareWithQemu(extraArgs: string[], ready: (lines: string[]) => 
         }
       }
     assert.deepEqual([...differing].slice(0, 10), [], 'cells that differ from QEMU');
-    return stdVgaDisplay(m.device)!.screenText()!;
+    return stdVgaDisplay(m.device)!.screenText()!.split('\n');
   } finally {
     child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });

@@ -30,6 +30,13 @@ import {
 } from './std-vga.js';
 
 const PAGE = 4096;
+/** Code page 437 (the VGA BIOS font) as Unicode: control-code glyphs, ASCII, then the upper half. */
+const CP437 = [
+  ...'\u0000☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼',
+  ...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)),
+  ...'⌂ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀',
+  ...'αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0',
+].map((c) => (c === '\u0000' || c === '\u00a0' ? ' ' : c));
 /** The largest text screen rendered (CRTC values allow 256 × 2048 cells; no real mode comes near). */
 const MAX_TEXT_CELLS = 256 * 256;
 
@@ -149,6 +156,22 @@ export class VgaRenderer implements DisplaySource {
     };
   }
 
+  /**
+   * A text-mode screen as text, one line per row (trailing blanks dropped), characters through code page 437;
+   * undefined in graphics modes. What scripts and tests read instead of pixels.
+   */
+  screenText(): string | undefined {
+    const l = this.layout();
+    if (l.kind !== 'text') return undefined;
+    const lines: string[] = [];
+    for (let row = 0; row < l.rows; row++) {
+      let line = '';
+      for (let col = 0; col < l.cols; col++) line += CP437[this.cell(l, row, col) & 0xff];
+      lines.push(line.trimEnd());
+    }
+    return lines.join('\n') + '\n';
+  }
+
   render(): DisplayFrame {
     const l = this.layout();
     const rgba = new Uint8Array(l.width * l.height * 4);
@@ -258,25 +281,6 @@ export class VgaRenderer implements DisplaySource {
         }
       }
     }
-  }
-
-  /**
-   * The text on screen, one line per row (code page 437 as Unicode, trailing spaces kept), or undefined when the
-   * screen is not in a text mode: for tests waiting for a boot menu and the control API.
-   */
-  screenText(): string[] | undefined {
-    const l = this.layout();
-    if (l.kind !== 'text') return undefined;
-    const lines: string[] = [];
-    for (let row = 0; row < l.rows; row++) {
-      let line = '';
-      for (let col = 0; col < l.cols; col++) {
-        const ch = this.cell(l, row, col) & 0xff;
-        line += ch >= 0x80 ? CP437_HIGH[ch - 0x80] : ch >= 0x20 && ch < 0x7f ? String.fromCharCode(ch) : ' ';
-      }
-      lines.push(line);
-    }
-    return lines;
   }
 
   // ---- VGA graphics modes ------------------------------------------------------------------------------------
@@ -487,10 +491,6 @@ export class VgaRenderer implements DisplaySource {
     return rects;
   }
 }
-
-/** Code page 437, characters 80h-FFh (the VGA BIOS font's glyphs). */
-const CP437_HIGH =
-  'ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0';
 
 const expand5 = (v: number): number => (v << 3) | (v >> 2);
 const expand6 = (v: number): number => (v << 2) | (v >> 4);
