@@ -348,8 +348,14 @@ test('std-vga: BAR0 maps VRAM where the guest programs it; refused by KVM, VRAM 
   assert.equal(m.readMem(LFB + VRAM_SIZE - 1, 1)[0], 0x99, 'the last byte reads back');
 
   const a = vgaMachine({ accept: true });
+  const powerOn = a.device.saveState();
   placeBars(a);
   assert.equal(deviceMemoryAddress(a.state.vram), LFB, 'mapped at BAR0');
+  const placed = a.device.saveState();
+  a.device.restoreState(powerOn);
+  assert.equal(deviceMemoryAddress(a.state.vram), undefined, 'reset to power-on: unmapped');
+  a.device.restoreState(placed);
+  assert.equal(deviceMemoryAddress(a.state.vram), LFB, 'a restored BAR0 maps VRAM again');
   const moved = LFB + 0x0200_0000;
   a.configWrite(BAR0, 4, moved);
   assert.equal(deviceMemoryAddress(a.state.vram), moved, 'follows the BAR');
