@@ -11,7 +11,13 @@ import {
   STD_VGA_ROM_NAME,
   stdVgaModel,
   VRAM_SIZE,
+  isAttachedStdVga,
 } from '../../src/devices/display/std-vga.js';
+import { stdVgaDisplay } from '../../src/devices/display/vga-renderer.js';
+import { attachDevices, createDevices, describeDevices } from '../../src/vmm/device-set.js';
+import { validateMachineSpec } from '../../src/spec/validate.js';
+import { GuestMemory } from '../../src/base/guest-memory.js';
+import { PCI_MMIO32_BASE, PCI_MMIO32_END } from '../../src/arch/x86_64/layout.js';
 import { DeviceOpenError, DeviceStateError } from '../../src/devices/model.js';
 import { deviceMemoryAddress } from '../../src/base/device-memory.js';
 import {
@@ -20,6 +26,7 @@ import {
   MODE3,
   setVgaMode,
   testGlyphRow,
+  testDeviceMemory,
   textAccess,
   vgaMachine,
   type VgaMachine,
@@ -341,8 +348,14 @@ test('std-vga: BAR0 maps VRAM where the guest programs it; refused by KVM, VRAM 
   assert.equal(m.readMem(LFB + VRAM_SIZE - 1, 1)[0], 0x99, 'the last byte reads back');
 
   const a = vgaMachine({ accept: true });
+  const powerOn = a.device.saveState();
   placeBars(a);
   assert.equal(deviceMemoryAddress(a.state.vram), LFB, 'mapped at BAR0');
+  const placed = a.device.saveState();
+  a.device.restoreState(powerOn);
+  assert.equal(deviceMemoryAddress(a.state.vram), undefined, 'reset to power-on: unmapped');
+  a.device.restoreState(placed);
+  assert.equal(deviceMemoryAddress(a.state.vram), LFB, 'a restored BAR0 maps VRAM again');
   const moved = LFB + 0x0200_0000;
   a.configWrite(BAR0, 4, moved);
   assert.equal(deviceMemoryAddress(a.state.vram), moved, 'follows the BAR');
@@ -381,4 +394,40 @@ test('std-vga: save/restore carries registers, the DISPI mode and VRAM; a foreig
     () => n.device.restoreState({ ...snapshot, data: { ...snapshot.data, vramDeflated: 'AAAA' } }),
     DeviceStateError,
   );
+});
+
+test('std-vga: through the registry and device set (direct boot): BARs placed, VRAM placement tried, ports and window on the buses', () => {
+  const spec = validateMachineSpec({
+    version: 1,
+    cpus: 1,
+    memory: 64 << 20,
+    boot: { kind: 'kernel', kernel: '/k' },
+    devices: [{ kind: 'std-vga' }],
+  });
+  const shared = createDevices(spec.devices, { vmFd: -1, placeBars: true, deviceMemory: testDeviceMemory });
+  const host = { vmFd: -1, serialOutputFd: 1, stop: () => undefined, reset: () => undefined };
+  const set = attachDevices(shared, host, GuestMemory.allocateRanges([{ gpa: 0, size: 1 << 20 }]));
+  const vga = set.find('std-vga');
+  assert.ok(isAttachedStdVga(vga));
+  const bar0 = vga.vga.config.barBase(0)!;
+  assert.ok(
+    bar0 >= PCI_MMIO32_BASE && bar0 < PCI_MMIO32_END && bar0 % VRAM_SIZE === 0,
+    `BAR0 at 0x${bar0.toString(16)}`,
+  );
+  assert.equal(deviceMemoryAddress(vga.vga.state.vram), undefined, 'KVM (vmFd -1) refused the slot: served as MMIO');
+  set.mmio.write(bar0 + 8, Uint8Array.of(0x42));
+  assert.equal(vga.vga.regs.vram[8], 0x42);
+  set.pio.write(0x1ce, 2, DISPI.ID);
+  assert.equal(set.pio.read(0x1cf, 2), 0xb0c5, 'DISPI on the port bus');
+  set.pio.write(0x3c4, 2, 0x0e04); // chain-4
+  set.pio.write(0x3c4, 2, 0x0f02);
+  set.pio.write(0x3ce, 2, 0x0506);
+  set.mmio.write(0xa0010, Uint8Array.of(0x24));
+  assert.equal(vga.vga.regs.vram[0x10], 0x24, 'the legacy window on the MMIO bus');
+  const d = describeDevices(shared);
+  assert.ok(d.firmwareFiles.some((f) => f.name === 'pci1234,1111.rom'));
+  assert.equal(d.legacy.vga, true);
+  const display = stdVgaDisplay(vga);
+  assert.ok(display && stdVgaDisplay(vga) === display, 'one renderer per attached device');
+  assert.equal(stdVgaDisplay(set.devices[0].device), undefined, 'other devices have none');
 });

@@ -4,7 +4,7 @@
 // mode changes; hostile registers never throwing; the screenshot PNG decoding to the rendered frame.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DISPI } from '../../src/devices/display/std-vga.js';
+import { DISPI, VRAM_SIZE } from '../../src/devices/display/std-vga.js';
 import { screenshotPng, stdVgaDisplay, VgaRenderer } from '../../src/devices/display/vga-renderer.js';
 import { decodePng } from '../../src/display/png.js';
 import type { DisplayFrame, Rect } from '../../src/display/source.js';
@@ -26,6 +26,7 @@ const seededRandom = (seed: number): (() => number) => {
 };
 
 const LFB = 0xc000_0000;
+const VRAM_PAGES = VRAM_SIZE / 4096;
 
 function pixel(f: DisplayFrame, x: number, y: number): [number, number, number, number] {
   const at = (y * f.width + x) * 4;
@@ -74,13 +75,26 @@ test('vga-renderer: text mode 3 renders 720x400, each cell from the font in plan
 test('vga-renderer: the ninth dot repeats the eighth for line-drawing characters; 8-dot mode is 640 wide', () => {
   const { m, r } = textScreen();
   m.outw(0x3d4, 0x200a);
-  m.writeMem(0xb8000, [0xc4, 0x07, 0x41, 0x07]);
+  m.writeMem(0xb8000, [0xc4, 0x07, 0x41, 0x07, 0xb1, 0x07, 0xaf, 0x07]);
   const f = r.render();
+  let repeated = 0;
   for (let y = 0; y < 16; y++) {
-    const want = testGlyphRow(0xc4, y) & 1 ? ega(0x07) : ega(0);
-    assert.deepEqual(pixel(f, 8, y), want, `line graphics ninth dot, row ${y}`);
+    for (const [col, ch] of [
+      [0, 0xc4],
+      [2, 0xb1], // QEMU's range starts at B0h
+    ]) {
+      const want = testGlyphRow(ch, y) & 1 ? ega(0x07) : ega(0);
+      if (testGlyphRow(ch, y) & 1) repeated++;
+      assert.deepEqual(pixel(f, col * 9 + 8, y), want, `line graphics ${ch.toString(16)}: ninth dot, row ${y}`);
+    }
     assert.deepEqual(pixel(f, 17, y), ega(0), 'ordinary characters have a background ninth dot');
+    assert.deepEqual(pixel(f, 35, y), ega(0), 'AFh is no line-graphics character');
   }
+  assert.ok(repeated > 4, 'the test font has eighth dots to repeat');
+  m.inb(0x3da);
+  m.outb(0x3c0, 0x30); // mode control, palette source kept on
+  m.outb(0x3c0, 0x08); // line graphics off
+  for (let y = 0; y < 16; y++) assert.deepEqual(pixel(r.render(), 8, y), ega(0), 'line graphics disabled');
   m.outw(0x3c4, 0x0101); // 8-dot characters
   assert.deepEqual(r.size(), { width: 640, height: 400 });
   assertCellWidth8(r.render(), 1, 0x41);
@@ -319,4 +333,80 @@ test('vga-renderer: screenshotPng of the attached device decodes to the rendered
   assert.equal(decoded.height, 400);
   assert.ok(Buffer.from(decoded.rgba).equals(Buffer.from(frame.rgba)));
   assert.throws(() => screenshotPng(undefined), /no std-vga/);
+});
+
+test('vga-renderer: screenText() reads the text screen (code page 437), undefined in graphics modes', () => {
+  const { m, r } = textScreen();
+  m.writeMem(
+    0xb8000 + 160,
+    [...Buffer.from('GNU GRUB')].flatMap((c) => [c, 0x07]),
+  );
+  m.writeMem(0xb8000 + 320, [0xda, 0x07, 0xc4, 0x07, 0xbf, 0x07]);
+  const lines = r.screenText()!.split('\n');
+  assert.equal(lines.length, 26, '25 rows, each ending in a newline');
+  assert.equal(lines[1], 'GNU GRUB');
+  assert.equal(lines[2], '┌─┐');
+  m.outw(0x3ce, 0x0506);
+  assert.equal(r.screenText(), undefined);
+});
+
+test('vga-renderer: with VRAM mapped, changes() reads KVM dirty log pages and merges writes that came through exits', () => {
+  const m = vgaMachine({ accept: true });
+  m.configWrite(0x10, 4, LFB);
+  m.configWrite(0x04, 2, 2);
+  m.inb(0x3da);
+  m.outb(0x3c0, 0x20);
+  m.dispi(DISPI.XRES, 1024);
+  m.dispi(DISPI.YRES, 768);
+  m.dispi(DISPI.BPP, 32);
+  m.dispi(DISPI.ENABLE, 0x41);
+  const logs: Uint8Array[] = [];
+  let reads = 0;
+  const r = new VgaRenderer(m.state, 77, (vmFd, region) => {
+    assert.equal(vmFd, 77);
+    assert.equal(region.slot, m.state.vram.slot);
+    reads++;
+    return logs.shift() ?? new Uint8Array(VRAM_PAGES / 8);
+  });
+  r.changes(); // the whole screen once
+  const log = new Uint8Array(VRAM_PAGES / 8);
+  log[50 >> 3] |= 1 << (50 & 7); // the guest wrote page 50 directly (line 50 at 4 KiB per line)
+  logs.push(log);
+  m.device.vga.barWrite(0, 600 * 4096, Uint8Array.of(1)); // and line 600 through an exit
+  assert.deepEqual(r.changes(), [
+    { x: 0, y: 50, width: 1024, height: 1 },
+    { x: 0, y: 600, width: 1024, height: 1 },
+  ]);
+  assert.ok(reads >= 2, 'KVM log read on each call');
+  assert.deepEqual(r.changes(), []);
+});
+
+test('vga-renderer: mode 12h (640x480, 16 colours, planar) renders pixels written with write mode 2', () => {
+  const m = vgaMachine();
+  const mode12 = {
+    misc: 0xe3,
+    sequencer: [0x03, 0x01, 0x0f, 0x00, 0x06],
+    crtc: [
+      0x5f, 0x4f, 0x50, 0x82, 0x54, 0x80, 0x0b, 0x3e, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xea, 0x8c, 0xdf,
+      0x28, 0x00, 0xe7, 0x04, 0xe3, 0xff,
+    ],
+    attribute: [
+      0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f, 0x01, 0x00, 0x0f,
+      0x00, 0x00,
+    ],
+    graphics: [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x0f, 0xff],
+  };
+  setVgaMode(m, mode12);
+  const r = stdVgaDisplay(m.device)!;
+  assert.deepEqual(r.size(), { width: 640, height: 480 });
+  // Pixel (13, 100) in colour 12 (light red): write mode 2, bit mask selects pixel 13 % 8 = 5 of byte 1.
+  m.outw(0x3ce, 0x0205);
+  m.outw(0x3ce, ((0x80 >> 5) << 8) | 0x08);
+  const at = 0xa0000 + 100 * 80 + 1;
+  m.readMem(at, 1);
+  m.writeMem(at, [12]);
+  const f = r.render();
+  assert.deepEqual(pixel(f, 13, 100), ega(0x3c));
+  assert.deepEqual(pixel(f, 12, 100), ega(0));
+  assert.deepEqual(pixel(f, 14, 100), ega(0));
 });

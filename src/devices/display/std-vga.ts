@@ -852,6 +852,13 @@ export class StdVga implements PciFunction {
       this.regs.vram.set(vram);
       this.regs.markDirty(0, this.regs.vram.length);
     });
+    // VRAM follows the restored BAR0 (a reset's power-on state: unmapped until the firmware programs it again).
+    const region = this.state.vram;
+    const base = this.config.barBase(VRAM_BAR) || undefined;
+    if (deviceMemoryAddress(region) !== base) {
+      this.place(this.vmFd, region, undefined);
+      if (base !== undefined) this.place(this.vmFd, region, base);
+    }
   }
 }
 

@@ -260,7 +260,9 @@ export class VgaRenderer implements DisplaySource {
         const fg = palette[attr & 0x0f];
         const bg = palette[blinkEnabled ? (attr >> 4) & 0x07 : attr >> 4];
         const glyph = fonts[(attr >> 3) & 1] + ch * 32;
-        const ninth = l.cellWidth === 9 && lineGraphics && ch >= 0xc0 && ch <= 0xdf;
+        // Line graphics: FreeVGA says characters C0h-DFh; QEMU repeats the eighth dot from B0h (the shades
+        // differ), and screenshots follow QEMU so they compare equal to its screendump.
+        const ninth = l.cellWidth === 9 && lineGraphics && ch >= 0xb0 && ch <= 0xdf;
         const x0 = col * l.cellWidth * dot;
         for (let y = 0; y < l.cellHeight; y++) {
           let bits = vram[((glyph + y) << 2) | 2];
