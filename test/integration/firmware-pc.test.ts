@@ -255,3 +255,59 @@ test('network boot: iPXE (virtio-net option ROM) gets a DHCP lease from passt', 
   assert.ok(leased(r.stdout), `iPXE's DHCP on the serial console:\n${r.stdout.slice(-2000)}\n${r.stderr}`);
   assert.match(r.stdout, /iPXE/);
 });
+
+/** test/firmware/reset-ways.S as a 64 KiB ROM image (gcc + ld, as the test guests are built). */
+function resetWaysRom(dir: string): string {
+  const src = join(repoRoot, 'test/firmware/reset-ways.S');
+  const obj = join(dir, 'reset.o');
+  const rom = join(dir, 'reset.rom');
+  for (const [cmd, args] of [
+    ['gcc', ['-c', '-m32', src, '-o', obj]],
+    ['ld', ['-m', 'elf_i386', '-Ttext', '0', '--oformat', 'binary', '-o', rom, obj]],
+  ] as const) {
+    const r = spawnSync(cmd, args, { encoding: 'utf8' });
+    assert.equal(r.status, 0, `${cmd}: ${r.stderr}`);
+  }
+  return rom;
+}
+const RESET_WAYS_STATUS = (4 << 1) | 1;
+
+test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM survives: reference on QEMU', (t) => {
+  if (!qemuAvailable()) return t.skip(QEMU_MISSING);
+  const dir = mkdtempSync(join(tmpdir(), 'partita-reset-'));
+  try {
+    const accel = haveKvm ? ['-enable-kvm'] : ['-accel', 'tcg'];
+    const r = spawnSync(
+      QEMU,
+      [
+        '-M',
+        'pc',
+        ...accel,
+        '-nodefaults',
+        '-display',
+        'none',
+        '-bios',
+        resetWaysRom(dir),
+        '-device',
+        'isa-debug-exit,iobase=0xf4,iosize=4',
+      ],
+      { timeout: GUARD_MS },
+    );
+    assert.equal(r.status, RESET_WAYS_STATUS, `QEMU: ${r.stderr}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM survives: Partita', async (t) => {
+  if (!haveKvm) return t.skip(NO_KVM);
+  const dir = mkdtempSync(join(tmpdir(), 'partita-reset-'));
+  try {
+    const r = await runPartita(['run', '--bios', resetWaysRom(dir), '--display', 'none', '--serial', 'none'], {
+      timeoutMs: GUARD_MS,
+    });
+    assert.equal(r.status, RESET_WAYS_STATUS, r.stderr);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
