@@ -181,7 +181,7 @@ export class RfbConnection {
       this.close(`internal error: ${(err as Error).message}`);
       return;
     }
-    if (this.phase !== 'closed' && this.input.length > this.host.limits.maxPendingInput) {
+    if (this.isOpen && this.input.length > this.host.limits.maxPendingInput) {
       this.close(`${this.input.length} bytes of unparsed input`);
     }
   }
