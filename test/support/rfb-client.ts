@@ -95,6 +95,11 @@ export class FakeScreen implements DisplaySource {
     }
     this.pending.push({ x: x0, y: y0, width: w, height: h });
   }
+  /** Paints runs of 8 pixels, each a different colour (many colours, long runs: ZRLE's plain RLE). */
+  runs(x0: number, y0: number, w: number, h: number): void {
+    for (let y = y0; y < y0 + h; y++) for (let x = x0; x < x0 + w; x++) this.set(x, y, y & 255, (x >> 3) * 16, 77);
+    this.pending.push({ x: x0, y: y0, width: w, height: h });
+  }
   fill(x0: number, y0: number, w: number, h: number, r: number, g: number, b: number): void {
     for (let y = y0; y < y0 + h; y++) for (let x = x0; x < x0 + w; x++) this.set(x, y, r, g, b);
     this.pending.push({ x: x0, y: y0, width: w, height: h });
@@ -148,6 +153,8 @@ export class RfbTestClient {
   private zrleIn: Buffer[] = [];
   private zrleOutUsed = 0;
   readonly closed: Promise<void>;
+  /** ZRLE tile kinds decoded so far: 0 raw, 1 solid, 2 packed palette, 128 plain RLE, 130 palette RLE. */
+  readonly zrleKinds = new Set<number>();
 
   constructor(readonly socket: Duplex) {
     socket.on('data', (d: Buffer) => {
@@ -353,6 +360,7 @@ export class RfbTestClient {
         const tw = Math.min(64, w - tx);
         const tile = new Uint32Array(tw * th);
         const sub = data[o++];
+        this.zrleKinds.add(sub >= 130 ? 130 : sub >= 2 && sub <= 16 ? 2 : sub);
         if (sub === 0) for (let i = 0; i < tile.length; i++) tile[i] = cpixel();
         else if (sub === 1) tile.fill(cpixel());
         else if (sub <= 16) {
