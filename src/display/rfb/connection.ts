@@ -50,6 +50,8 @@ export interface RfbHost {
   leds(): number;
   /** A viewer is waiting for an update (or can take one again): poll soon. */
   wantPoll(): void;
+  /** A FramebufferUpdate of this many bytes went out. */
+  updateSent(bytes: number): void;
   closed(connection: RfbConnection): void;
   log(line: string): void;
 }
@@ -525,6 +527,7 @@ export class RfbConnection {
     const message = Buffer.concat([top, ...header, ...parts]);
     this.bytesSent += message.length;
     this.updatesSent++;
+    this.host.updateSent(message.length);
     this.write(message);
     if (this.requestPending) this.host.wantPoll();
   }

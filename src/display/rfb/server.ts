@@ -46,6 +46,9 @@ export class RfbServer {
   /** Polls done and frames rendered, for tests and the benchmark. */
   polls = 0;
   renders = 0;
+  /** FramebufferUpdates sent to all viewers, and their bytes. */
+  updatesSent = 0;
+  bytesSent = 0;
 
   constructor(private readonly options: RfbServerOptions) {
     const log = options.log ?? ((line: string) => process.stderr.write(`rfb: ${line}\n`));
@@ -63,6 +66,10 @@ export class RfbServer {
       frame: () => server.frame(),
       leds: () => server.leds(),
       wantPoll: () => server.schedulePoll(),
+      updateSent: (bytes) => {
+        server.updatesSent++;
+        server.bytesSent += bytes;
+      },
       closed: (c) => server.connections.delete(c),
       log,
     };
