@@ -136,7 +136,6 @@ function encodeZrleTile(
   o: number,
 ): number {
   const palette = new Map<number, number>();
-  let runs = 0;
   let plainRleSize = 0;
   let paletteRleSize = 0;
   for (let i = 0; i < tile.length;) {
@@ -144,13 +143,11 @@ function encodeZrleTile(
     let j = i + 1;
     while (j < tile.length && tile[j] === v) j++;
     const length = j - i;
-    runs++;
     plainRleSize += cp.size + runLengthBytes(length);
     paletteRleSize += length === 1 ? 1 : 1 + runLengthBytes(length);
     if (palette.size <= 127 && !palette.has(v)) palette.set(v, palette.size);
     i = j;
   }
-  void runs;
   const n = palette.size;
   if (n === 1) {
     out[o++] = 1;
