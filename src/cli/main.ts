@@ -70,6 +70,7 @@ Firmware boot (a PC: i440FX/PIIX chipset, fw_cfg, CMOS, PS/2, std VGA, AHCI):
   --boot order=LIST    boot order of device kinds: cd, disk, net (e.g. order=cd,disk)
   --display vga|none   the std VGA display (default vga with --bios)
   --screenshot FILE    write the screen as a PNG when the VM ends (guest exit, reset loop, Ctrl-A x, signal)
+  --vnc unix:PATH      serve the screen, keyboard and mouse over RFB (VNC) on a UNIX socket
   --screen-text FILE   write a text-mode screen as text (UTF-8) when the VM ends
   --firmware-log FILE  the firmware's debug log (port 0x402: SeaBIOS's log), appended to FILE
 
@@ -140,6 +141,7 @@ const RUN_OPTIONS = {
   serial: { type: 'string' },
   'serial-log': { type: 'string' },
   control: { type: 'string' },
+  vnc: { type: 'string' },
   'status-file': { type: 'string' },
   cpu: { type: 'string' },
   disk: { type: 'string', multiple: true },
@@ -400,6 +402,14 @@ function screenOutput(flag: string, path: string, spec: MachineSpec): number {
   }
 }
 
+/** --vnc unix:PATH: the RFB server's socket (local only: it offers no password). */
+function vncSocketPath(text: string, spec: MachineSpec): string {
+  if (!text.startsWith('unix:') || text.length <= 5) throw new UsageError(`--vnc '${text}' is not unix:PATH`);
+  if (!spec.devices.some((d) => d.kind === 'std-vga'))
+    throw new UsageError('--vnc needs a display: the machine has no std-vga (--display vga)');
+  return text.slice(5);
+}
+
 function specCommand(args: string[]): number {
   const { values, positionals } = parse(withBiosDefault(args), RUN_OPTIONS);
   if (values.help) {
@@ -442,6 +452,7 @@ function runCommand(args: string[]): number {
     ...serialOutput(serialFlag, spec, values['serial-log'] as string | undefined),
     stats: values.stats === true,
     ...(control !== undefined ? { controlSocket: control } : {}),
+    ...(values.vnc !== undefined ? { vncSocket: vncSocketPath(values.vnc as string, spec) } : {}),
     ...(values.screenshot !== undefined
       ? { screenshotFd: screenOutput('--screenshot', values.screenshot as string, spec) }
       : {}),

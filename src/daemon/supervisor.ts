@@ -204,6 +204,8 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
             join(dir, 'serial.log'),
             '--status-file',
             statusFile,
+            // The screen over RFB, which the daemon bridges to browsers (/api/vms/NAME/vnc) and native viewers.
+            ...(specHasDisplay(specPath) ? ['--vnc', `unix:${join(dir, 'vnc.sock')}`] : []),
           ],
           { detached: true, stdio: ['ignore', log, log], cwd: dir },
         );
@@ -540,5 +542,15 @@ export function lastLogLine(path: string): string | undefined {
     return lines.at(-1);
   } finally {
     closeSync(fd);
+  }
+}
+
+/** Whether a VM's spec file has a display device (then its VMM serves RFB). */
+function specHasDisplay(specPath: string): boolean {
+  try {
+    const spec = JSON.parse(readFileSync(specPath, 'utf8')) as { devices?: { kind?: unknown }[] };
+    return (spec.devices ?? []).some((d) => d.kind === 'std-vga');
+  } catch {
+    return false;
   }
 }

@@ -10,6 +10,8 @@ import type { Readable } from 'node:stream';
 import { native } from '../native/index.js';
 import { VmControl } from './control.js';
 import { screenshotPng, stdVgaDisplay } from '../devices/display/vga-renderer.js';
+import { i8042InputSink } from '../devices/legacy/i8042.js';
+import { startRfbServer } from '../display/rfb/server.js';
 import { attachDevices, serveDevices, type SharedDeviceState } from './device-set.js';
 import { GuestMemory, type MemoryRegionDescriptor } from '../base/guest-memory.js';
 import { Vcpu, type VcpuExitContext } from './vcpu.js';
@@ -33,6 +35,7 @@ export interface IoThreadData {
   readonly controlSocket?: string;
   /** `--serial unix:PATH`: the serial console on a socket, following the log the UART writes. */
   readonly serialSocket?: SerialSocketOptions;
+  readonly vncSocket?: string;
 }
 
 function startApplicationProcessors(data: IoThreadData, ctx: VcpuExitContext): void {
@@ -133,6 +136,17 @@ function main(data: IoThreadData): void {
   // The control channel's screenshot: the std VGA's screen as a PNG.
   const vga = devices.find('std-vga');
   if (stdVgaDisplay(vga)) setScreenshotHook(() => screenshotPng(vga));
+  // The screen over RFB: this thread's renderer is the one consumer of the framebuffer's dirty log.
+  const display = stdVgaDisplay(vga);
+  const input = i8042InputSink(devices.find('i8042'));
+  if (data.vncSocket && display && input)
+    void startRfbServer({
+      source: display,
+      input,
+      name: 'Partita',
+      listen: { unix: data.vncSocket },
+      log: (line) => void writeSync(2, `partita: rfb: ${line}\n`),
+    }).catch((e: Error) => writeSync(2, `partita: rfb: cannot listen on ${data.vncSocket}: ${e.message}\n`));
   // Last: once the control channel answers, the VM is up (the daemon's 'starting' ends there).
   if (data.controlSocket) serveControl(data.controlSocket, control);
 }

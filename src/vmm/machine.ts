@@ -66,6 +66,8 @@ export interface RunOptions {
   readonly controlSocket?: string;
   /** `--serial unix:PATH`: serve the serial console on a UNIX socket; `serialOutputFd` is then the log's fd. */
   readonly serialSocket?: SerialSocketOptions;
+  /** `--vnc unix:PATH`: serve the screen (std VGA) and keyboard/mouse (i8042) over RFB on this UNIX socket. */
+  readonly vncSocket?: string;
 }
 
 /** A configuration or input problem the user can fix: one clear line, exit status 2. */
@@ -149,7 +151,8 @@ export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
     spec.devices.length > 0 ||
     spec.boot.kind === 'firmware' || // the PC platform has host sides too: the CMOS clock's interrupts
     run.controlSocket !== undefined ||
-    run.serialSocket !== undefined
+    run.serialSocket !== undefined ||
+    run.vncSocket !== undefined
       ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
       : undefined;
   worker?.unref();
@@ -293,6 +296,7 @@ function runBuilt(
       serialInput: run.serialInput,
       controlSocket: run.controlSocket,
       serialSocket: run.serialSocket,
+      vncSocket: run.vncSocket,
     };
     worker.postMessage(data);
   }
