@@ -305,10 +305,16 @@ export class VmLibrary {
     }
     const dir = join(this.vmsDir, name);
     spec.devices.forEach((d, i) => {
-      const readonly = d.readOnly === true;
+      // Which of the device's files it only reads: an AHCI controller's CDs and read-only drives, else all or none.
+      const readOnlyFiles = new Set<string>();
+      if (d.kind === 'ahci' && Array.isArray(d.drives))
+        for (const drive of d.drives as { type?: string; path?: string; readonly?: boolean }[])
+          if (typeof drive.path === 'string' && (drive.type === 'cdrom' || drive.readonly === true))
+            readOnlyFiles.add(drive.path);
       const files = new Set([...(this.registry.get(d.kind)?.diskImages?.(d) ?? [])]);
       if (typeof d.path === 'string') files.add(d.path);
       for (const file of files) {
+        const readonly = d.readOnly === true || readOnlyFiles.has(file);
         const at = where(`/devices/${i}/path`);
         if (!isAbsolute(file)) throw badRequest(`'${file}' is not an absolute path`, at);
         if (insideDir(file, dir)) continue;

@@ -81,7 +81,7 @@ const BOOT_PATHS: readonly BootPath[] = [
       '-device',
       'ahci,id=ahci',
       '-drive',
-      `if=none,id=hd,format=raw,readonly=on,file=${image}`,
+      `if=none,id=hd,format=raw,file=${image}`,
       '-device',
       'ide-hd,drive=hd,bus=ahci.0',
       '-boot',

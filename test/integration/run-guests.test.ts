@@ -137,7 +137,7 @@ test('bad command lines give one clear line and a non-zero status', async (t) =>
     [['run', '--kernel', guest('hello'), '--memory', 'lots'], /^partita: --memory: "lots" is not a size/],
     [['run', '--kernel', guest('hello'), '--memory', '2T'], /^partita: --memory 2T is larger than the 1T limit/],
     [['run', '--kernel', guest('hello'), '--memory', '1K'], /^partita: --memory 1K is smaller than/],
-    [['run'], /^partita: run: --kernel FILE \(or --spec FILE\) is required/],
+    [['run'], /^partita: run: --kernel FILE, --bios \[FILE\] or --spec FILE is required/],
     [['run', '--kernel', join(dir, 'missing.elf')], /^partita: cannot read kernel '.*missing\.elf': no such file/],
     [['run', '--kernel', junk], /^partita: .*junk\.bin.*not a multiboot or PVH ELF kernel/],
     [['run', '--kernel', guest('hello'), '--cpus', 'many'], /^partita: --cpus 'many' is not a whole number/],
@@ -145,7 +145,7 @@ test('bad command lines give one clear line and a non-zero status', async (t) =>
     [['run', '--kernel', guest('hello'), '--cpus', '0'], /^partita: --cpus must be a whole number from 1 to 64/],
     [
       ['run', '--kernel', guest('hello'), '--serial', 'telnet'],
-      /^partita: --serial 'telnet' is not stdio, none or file:PATH/,
+      /^partita: --serial 'telnet' is not stdio, none, file:PATH or unix:PATH/,
     ],
     [['run', '--kernel', guest('hello'), '--initrd', join(dir, 'nope')], /^partita: cannot read initrd/],
     [['fly'], /^partita: unknown command 'fly'/],

@@ -264,17 +264,20 @@ test('records come back whole through the response schemas: device options, firm
     });
     assert.equal(created.status, 201, JSON.stringify(created.body));
     const got = (await d.client.request<VmRecord>('GET', '/api/vms/fw')).body;
-    assert.deepEqual(got.spec.boot, { kind: 'firmware', firmware: fw });
+    // A firmware VM is a PC with a screen; its installer CD sits on the AHCI controller and boots first.
+    assert.deepEqual(got.spec.boot, { kind: 'firmware', firmware: fw, bootOrder: ['cdrom', 'disk'] });
     assert.deepEqual(got.spec.devices, [
+      { kind: 'std-vga' },
       { kind: 'virtio-blk', path: join(d.dataDir, 'vms', 'fw', 'disk0.img') },
-      { kind: 'virtio-blk', path: iso, readOnly: true },
+      { kind: 'ahci', drives: [{ type: 'cdrom', path: iso }] },
     ]);
+    assert.equal(got.display, true);
     assert.deepEqual(got, JSON.parse(readFileSync(join(d.dataDir, 'vms', 'fw', 'vm.json'), 'utf8')));
     const patched = await d.client.request<VmRecord>('PATCH', '/api/vms/fw', {
       addDevices: [{ kind: 'virtio-net', backend: { kind: 'user' }, mac: '52:54:00:12:34:56' }],
     });
     assert.equal(patched.status, 200, JSON.stringify(patched.body));
-    assert.deepEqual(patched.body.spec.devices[2], {
+    assert.deepEqual(patched.body.spec.devices[3], {
       kind: 'virtio-net',
       backend: { kind: 'user' },
       mac: '52:54:00:12:34:56',
