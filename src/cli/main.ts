@@ -353,15 +353,7 @@ function serialOutput(
   if (serial.startsWith('unix:') && serial.length > 5) {
     if (log === undefined)
       throw new UsageError('--serial unix:PATH needs --serial-log FILE (the output is kept there)');
-    let fd: number;
-    try {
-      fd = openOutputFile(log, { disks: machineDiskImages(spec.devices) });
-    } catch (e) {
-      if (e instanceof OutputFileError) throw new UsageError(`--serial-log: ${e.message}`);
-      throw new UsageError(
-        `--serial-log: cannot open '${log}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
-      );
-    }
+    const fd = openOutput('--serial-log', log, spec);
     return {
       serialOutputFd: fd,
       serialInput: 'none',
@@ -372,15 +364,7 @@ function serialOutput(
   if (serial === 'none') return { serialOutputFd: openSync('/dev/null', 'w'), serialInput: 'none' };
   if (serial.startsWith('file:') && serial.length > 5) {
     // Appended to, never truncated, and never a disk image of this or another VM (src/host/output-file.ts).
-    const path = serial.slice(5);
-    try {
-      return { serialOutputFd: openOutputFile(path, { disks: machineDiskImages(spec.devices) }), serialInput: 'none' };
-    } catch (e) {
-      if (e instanceof OutputFileError) throw new UsageError(`--serial: ${e.message}`);
-      throw new UsageError(
-        `--serial: cannot open '${path}' for writing: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
-      );
-    }
+    return { serialOutputFd: openOutput('--serial', serial.slice(5), spec), serialInput: 'none' };
   }
   throw new UsageError(`--serial '${serial}' is not stdio, none, file:PATH or unix:PATH`);
 }
@@ -392,6 +376,14 @@ function serialOutput(
 function screenOutput(flag: string, path: string, spec: MachineSpec): number {
   if (!spec.devices.some((d) => d.kind === 'std-vga'))
     throw new UsageError(`${flag} needs a display: the machine has no std-vga (--display vga)`);
+  return openOutput(flag, path, spec);
+}
+
+/**
+ * A file the VMM writes for `flag` (src/host/output-file.ts: appended to, never a disk image of this VM or one a
+ * running VM holds, locked while open); a refusal is one line in the flag's words.
+ */
+function openOutput(flag: string, path: string, spec: MachineSpec): number {
   try {
     return openOutputFile(path, { disks: machineDiskImages(spec.devices) });
   } catch (e) {

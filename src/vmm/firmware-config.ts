@@ -14,6 +14,7 @@ import {
 } from '../arch/x86_64/layout.js';
 import { defaultIoapicId } from '../arch/x86_64/mptable.js';
 import type { PlatformDescription } from './device-set.js';
+import { le16, le32 } from '../base/little-endian.js';
 
 /** KVM's identity-map page and TSS (three pages) right after it: reserved in the memory map, as QEMU does. */
 const KVM_PRIVATE_PAGES = { base: KVM_IDENTITY_MAP_ADDRESS, size: 4 * 4096 } as const;
@@ -67,13 +68,6 @@ export interface FirmwareConfigInput {
 
 /** The firmware's own boot retry delay (SeaBIOS boot.c): stated explicitly, so both firmwares agree. */
 export const DEFAULT_BOOT_FAIL_WAIT_MS = 60_000;
-
-const le16 = (v: number): Uint8Array => Uint8Array.of(v & 0xff, (v >>> 8) & 0xff);
-const le32 = (v: number): Uint8Array => {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v, true);
-  return b;
-};
 
 function checkRange(v: number, min: number, max: number, what: string): void {
   if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${what} ${v} is outside ${min}..${max}`);

@@ -27,7 +27,7 @@ import {
   type DeviceMemoryRegion,
 } from '../../base/device-memory.js';
 import { devfn, type BarLocator, type PciBus, type PciFunction } from '../pci/bus.js';
-import { PCI_COMMAND, PCI_COMMAND_MEMORY, PciConfigSpace } from '../pci/config-space.js';
+import { PCI_COMMAND, PCI_COMMAND_MEMORY, PciConfigSpace, QEMU_SUBSYSTEM_IDS } from '../pci/config-space.js';
 import {
   bytesToJson,
   DeviceOpenError,
@@ -39,14 +39,13 @@ import {
   type DeviceSnapshot,
 } from '../model.js';
 import { buildEdid } from './edid.js';
+import { VGA_WINDOW_BASE, VGA_WINDOW_END } from '../../arch/x86_64/layout.js';
 
 export const STD_VGA_ROM_DEFAULT = '/usr/share/seabios/vgabios-stdvga.bin';
 /** SeaBIOS looks an option ROM up in fw_cfg under this name before it tries the function's ROM BAR. */
 export const STD_VGA_ROM_NAME = 'pci1234,1111.rom';
 export const VRAM_SIZE = 16 << 20;
 const MMIO_SIZE = 0x1000;
-export const VGA_WINDOW_BASE = 0xa0000;
-export const VGA_WINDOW_SIZE = 0x20000;
 const VRAM_BAR = 0;
 const MMIO_BAR = 2;
 const PAGE = 4096;
@@ -308,8 +307,7 @@ export class StdVga implements PciFunction {
       deviceId: 0x1111,
       classCode: 0x030000,
       revision: 2,
-      subsystemVendorId: 0x1af4,
-      subsystemId: 0x1100,
+      ...QEMU_SUBSYSTEM_IDS,
       interruptPin: 0,
     };
     if (initialize) this.config.initialize(id);
@@ -897,7 +895,7 @@ export function attachStdVga(
 ): AttachedStdVga {
   const vga = new StdVga(state, vmFd, place);
   for (const p of vga.portDevices()) buses.pio.register(p.base, p.length, p.device);
-  buses.mmio.register(VGA_WINDOW_BASE, VGA_WINDOW_SIZE, vga.windowDevice());
+  buses.mmio.register(VGA_WINDOW_BASE, VGA_WINDOW_END - VGA_WINDOW_BASE, vga.windowDevice());
   buses.pci.add(devfn(state.slot), vga);
   // Direct kernel boot placed BAR0 already: map VRAM there now (firmware boot: when the firmware programs it).
   if (vga.config.u16(PCI_COMMAND) & PCI_COMMAND_MEMORY) buses.pci.barsMoved();

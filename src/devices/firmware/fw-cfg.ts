@@ -29,6 +29,7 @@ import {
   type DeviceSnapshot,
   type MachineFacts,
 } from '../model.js';
+import { le16, le32, le64 } from '../../base/little-endian.js';
 
 export const FW_CFG_SELECTOR_PORT = 0x510;
 export const FW_CFG_DATA_PORT = 0x511;
@@ -109,18 +110,6 @@ export function addFwCfgFile(state: FwCfgState, fileName: string, data: Uint8Arr
   if (data.length > 0xffff_ffff) throw new RangeError(`fw_cfg: file '${fileName}' is larger than 4 GiB`);
   state.files.push({ name: fileName, data: Uint8Array.from(data) });
 }
-
-const le16 = (v: number): Uint8Array => Uint8Array.of(v & 0xff, (v >>> 8) & 0xff);
-const le32 = (v: number): Uint8Array => {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v, true);
-  return b;
-};
-const le64 = (v: number): Uint8Array => {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
-  return b;
-};
 
 /** The item table: keys → bytes. Deterministic, so every thread's copy is the same. */
 export function fwCfgItems(state: FwCfgState): Map<number, Uint8Array> {

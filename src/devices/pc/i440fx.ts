@@ -12,7 +12,7 @@
 //   - switching KVM memory slots on every PAM write would cost a slot rebuild per write from every thread for no
 //     guest that depends on it;
 //   - there is no SMM (the PIIX4 reports it as already set up, config byte 0x5B = 0x02), so SMRAM is never opened.
-import { PciConfigSpace } from '../pci/config-space.js';
+import { PciConfigSpace, QEMU_SUBSYSTEM_IDS } from '../pci/config-space.js';
 import type { PciFunction } from '../pci/bus.js';
 
 export const I440FX_VENDOR_ID = 0x8086;
@@ -78,10 +78,7 @@ export class I440fxHostBridge implements PciFunction {
       deviceId: I440FX_DEVICE_ID,
       revision: I440FX_REVISION,
       classCode: 0x060000,
-      // QEMU's subsystem IDs (Red Hat/Qumranet 1af4:1100): SeaBIOS identifies QEMU by them at 00:00.0 and only
-      // then reads fw_cfg; OVMF's QEMU platform code expects the same.
-      subsystemVendorId: 0x1af4,
-      subsystemId: 0x1100,
+      ...QEMU_SUBSYSTEM_IDS,
     };
     if (initialize) {
       this.config.initialize(id);

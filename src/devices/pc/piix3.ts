@@ -48,7 +48,7 @@ import {
   type JsonValue,
 } from '../model.js';
 import { devfn, type PciFunction } from '../pci/bus.js';
-import { CONFIG_SPACE_SIZE, PciConfigSpace } from '../pci/config-space.js';
+import { CONFIG_SPACE_SIZE, PciConfigSpace, QEMU_SUBSYSTEM_IDS } from '../pci/config-space.js';
 import {
   createPirqRouterBuffer,
   PIIX_PIRQRC,
@@ -115,10 +115,7 @@ export class Piix3IsaBridge implements PciFunction {
       vendorId: PIIX3_VENDOR_ID,
       deviceId: PIIX3_DEVICE_ID,
       classCode: 0x060100,
-      // QEMU's subsystem IDs (Red Hat/Qumranet 1af4:1100): SeaBIOS identifies QEMU by them at 00:00.0 and only
-      // then reads fw_cfg; OVMF's QEMU platform code expects the same.
-      subsystemVendorId: 0x1af4,
-      subsystemId: 0x1100,
+      ...QEMU_SUBSYSTEM_IDS,
       headerType: 0x80, // multi-function: firmware looks for functions 1-7 (the PM function at 3)
     };
     if (initialize) {

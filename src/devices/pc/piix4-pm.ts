@@ -34,7 +34,7 @@ import {
   type DeviceSnapshot,
 } from '../model.js';
 import { devfn, type PciFunction } from '../pci/bus.js';
-import { CONFIG_SPACE_SIZE, PciConfigSpace } from '../pci/config-space.js';
+import { CONFIG_SPACE_SIZE, PciConfigSpace, QEMU_SUBSYSTEM_IDS } from '../pci/config-space.js';
 
 export const PIIX4_PM_DEVICE_ID = 0x7113;
 export const PIIX4_PM_REVISION = 0x03;
@@ -145,10 +145,7 @@ export class Piix4PowerManagement implements PciFunction {
       deviceId: PIIX4_PM_DEVICE_ID,
       revision: PIIX4_PM_REVISION,
       classCode: 0x068000,
-      // QEMU's subsystem IDs (Red Hat/Qumranet 1af4:1100): SeaBIOS identifies QEMU by them at 00:00.0 and only
-      // then reads fw_cfg; OVMF's QEMU platform code expects the same.
-      subsystemVendorId: 0x1af4,
-      subsystemId: 0x1100,
+      ...QEMU_SUBSYSTEM_IDS,
       interruptPin: 1,
     };
     if (initialize) {

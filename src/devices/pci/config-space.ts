@@ -31,6 +31,12 @@ export const PCI_CAP_ID_VNDR = 0x09;
 export const PCI_CAP_ID_EXP = 0x10;
 export const PCI_CAP_ID_MSIX = 0x11;
 
+/**
+ * The subsystem IDs QEMU gives its emulated PCI functions (Red Hat/Qumranet 1af4:1100). Firmware's QEMU support keys
+ * on them: SeaBIOS identifies QEMU by the host bridge's and only then reads fw_cfg.
+ */
+export const QEMU_SUBSYSTEM_IDS = { subsystemVendorId: 0x1af4, subsystemId: 0x1100 } as const;
+
 export type BarKind = 'io' | 'mem32' | 'mem64';
 
 export interface BarDefinition {

@@ -54,6 +54,7 @@ import {
   PCI_STATUS,
   PCI_STATUS_INTERRUPT,
   PciConfigSpace,
+  QEMU_SUBSYSTEM_IDS,
 } from '../pci/config-space.js';
 import { openBlock } from '../virtio/block.js';
 import { AtaDisk, DISK_STATE_INTS, initialDiskState, type AtaDiskConfig } from './ata-disk.js';
@@ -320,8 +321,7 @@ export class AhciController implements PciFunction, AttachedDevice {
         deviceId: AHCI_DEVICE_ID,
         classCode: AHCI_CLASS,
         revision: 0x02,
-        subsystemVendorId: 0x1af4,
-        subsystemId: 0x1100,
+        ...QEMU_SUBSYSTEM_IDS,
         interruptPin: 1,
       });
     } else this.config.defineMasks({});
