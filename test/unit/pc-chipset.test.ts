@@ -461,3 +461,22 @@ test('bad guest input never throws: odd sizes and offsets over every chipset por
   assert.equal(configRead(pc.pio, 1, 0, 0, 4), 0x7000_8086, 'identity survives');
   assert.equal(configRead(pc.pio, 1, 3, 0x5b, 1), 0x02);
 });
+
+test('PIIX4 PM timer: a 32-bit read takes every byte from one instant (no tear across a carry)', () => {
+  // A clock that moves one tick at every look: a read that looked once per byte would mix 0xFF with later bytes.
+  let now = 0;
+  const clock = (): number => now++;
+  const pm = new Piix4PowerManagement(undefined, createPmState(clock), {
+    pmBase: PM,
+    sci: new IrqRecorder().line(9),
+    host: { stop: () => undefined },
+    clock,
+  });
+  pm.config.write(0x40, 4, PM | 1);
+  pm.config.write(0x80, 1, 1);
+  now = 0xff; // origin 0: the timer reads 0xFE at its first look
+  const first = pm.pmRead(8, 4);
+  assert.equal(first & 0xff, first, `one instant: ${first.toString(16)} has no bytes from after the carry`);
+  const second = pm.pmRead(8, 4);
+  assert.ok(second > first, `the timer runs forward: ${first.toString(16)} then ${second.toString(16)}`);
+});

@@ -242,11 +242,11 @@ export class Piix4PowerManagement implements PciFunction {
   }
 
   /** The value of the register holding byte `offset` of the block, and where that register starts. */
-  private register(offset: number): { start: number; value: number } {
+  private register(offset: number, timer = this.timer()): { start: number; value: number } {
     if (offset < PM1_EN) return { start: PM1_STS, value: this.pm1Status() };
     if (offset < PM1_CNT) return { start: PM1_EN, value: Atomics.load(this.w, W_PM1_EN) };
     if (offset < PM1_CNT + 2) return { start: PM1_CNT, value: Atomics.load(this.w, W_PM1_CNT) };
-    if (offset >= PM_TMR && offset < PM_TMR + 4) return { start: PM_TMR, value: this.timer() };
+    if (offset >= PM_TMR && offset < PM_TMR + 4) return { start: PM_TMR, value: timer };
     if (offset >= GPE0_STS && offset < GPE0_EN) return { start: GPE0_STS, value: Atomics.load(this.w, W_GPE_STS) };
     if (offset >= GPE0_EN && offset < GPE0_EN + 2) return { start: GPE0_EN, value: Atomics.load(this.w, W_GPE_EN) };
     // Processor control, C-state entry, global/device status and control: none of it exists here; reads are 0.
@@ -255,10 +255,13 @@ export class Piix4PowerManagement implements PciFunction {
 
   pmRead(offset: number, size: number): number {
     return this.lock.with(() => {
+      // The timer is read once per access: bytes taken at different instants would tear across a carry (a
+      // 32-bit read could then run backwards).
+      const timer = this.timer();
       let v = 0;
       for (let i = size - 1; i >= 0; i--) {
         const at = offset + i;
-        const r = this.register(at);
+        const r = this.register(at, timer);
         v = v * 256 + (Math.floor(r.value / 2 ** (8 * (at - r.start))) & 0xff);
       }
       this.updateSci(); // a timer overflow seen now raises its SCI now
