@@ -41,6 +41,7 @@ import {
   type BootStrategy,
 } from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
+import { ExitRing } from './exit-ring.js';
 import { PowerOnState } from './machine-reset.js';
 import type { SerialSocketOptions } from './serial-socket.js';
 import { formatSize } from '../base/units.js';
@@ -128,6 +129,8 @@ export interface RunResult {
 
 /** PARTITA_TRACE=1 prints start-up phases (ms since process start) to stderr: for measuring, not for users. */
 const tracing = process.env.PARTITA_TRACE === '1';
+/** PARTITA_TRACE=exits prints the last exits and the BSP's registers when the VM stops: for finding a hang. */
+const tracingExits = process.env.PARTITA_TRACE === 'exits';
 function trace(phase: string): void {
   if (tracing) process.stderr.write(`partita: ${performance.now().toFixed(1)} ms ${phase}\n`);
 }
@@ -304,9 +307,10 @@ function runBuilt(
   // Firmware boot reboots on a guest reset as a PC does; the power-on state is what a reset goes back to.
   const powerOn = spec.boot.kind === 'firmware' ? PowerOnState.capture(vm, bsp, devices) : undefined;
   trace('vCPUs ready, entering the guest');
+  const exitRing = tracingExits ? new ExitRing(400) : undefined;
   const exitContext = {
-    pio: devices.pio,
-    mmio: devices.mmio,
+    pio: exitRing ? exitRing.wrapPio(devices.pio) : devices.pio,
+    mmio: exitRing ? exitRing.wrapMmio(devices.mmio) : devices.mmio,
     control,
     memory: vm.memory,
     onKick: (vcpu: Vcpu) => {
@@ -345,6 +349,8 @@ function runBuilt(
     reason = bsp.runLoop(exitContext);
   }
   trace(`guest stopped (${reason.kind})`);
+  if (exitRing)
+    process.stderr.write(`${exitRing.dump()}\nmp_state ${bsp.getMpState()}\n${bsp.describeState(vm.memory)}\n`);
   if (run.screenshotFd !== undefined || run.screenTextFd !== undefined) saveScreen(devices, run);
   if (run.stats) printStats(control, devices);
   if (typeof tick === 'bigint') native.stopTick(tick);
