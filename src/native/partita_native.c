@@ -39,7 +39,7 @@ static int sig_kick(void) { return SIGRTMIN + 4; }
 
 static void kick_handler(int sig) { (void)sig; }
 
-// Host termination signals (SIGINT, SIGTERM, SIGHUP): recorded, and the thread that registered for them is
+// Host termination signals (SIGINT, SIGTERM, SIGHUP, and SIGQUIT: stop with a dump of the vCPUs): recorded, and the thread that registered for them is
 // kicked out of KVM_RUN so JavaScript sees the flag at once.
 static atomic_int pending_signal;
 static pthread_t signal_target;
@@ -538,7 +538,7 @@ static napi_value js_stop_tick(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : 0);
 }
 
-// watchTerminationSignals(immediateExitAddress): SIGINT, SIGTERM and SIGHUP set a flag and kick the calling
+// watchTerminationSignals(immediateExitAddress): SIGINT, SIGTERM, SIGHUP and SIGQUIT set a flag and kick the calling
 // thread (and set the given kvm_run.immediate_exit). pendingSignal(): the signal number seen, or 0.
 static napi_value js_watch_signals(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -551,7 +551,7 @@ static napi_value js_watch_signals(napi_env env, napi_callback_info info) {
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = term_handler;
   sigemptyset(&sa.sa_mask);
-  int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+  int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
   for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
     if (sigaction(sigs[i], &sa, NULL) < 0) return num(env, -errno);
   return num(env, 0);
@@ -560,7 +560,7 @@ static napi_value js_watch_signals(napi_env env, napi_callback_info info) {
 // restoreTerminationSignals(): back to the default actions, once no vCPU runs any more.
 static napi_value js_restore_signals(napi_env env, napi_callback_info info) {
   (void)info;
-  int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+  int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
   for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
   atomic_store(&signal_target_immediate_exit, NULL);
   return num(env, 0);

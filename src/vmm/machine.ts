@@ -10,6 +10,7 @@
 import { existsSync, ftruncateSync, statSync, writeSync } from 'node:fs';
 import { screenshotPng, stdVgaDisplay } from '../devices/display/vga-renderer.js';
 import { basename } from 'node:path';
+import { constants as osConstants } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { KvmSystem } from '../kvm/system.js';
 import { mpStates } from '../kvm/abi.js';
@@ -129,8 +130,13 @@ export interface RunResult {
 
 /** PARTITA_TRACE=1 prints start-up phases (ms since process start) to stderr: for measuring, not for users. */
 const tracing = process.env.PARTITA_TRACE === '1';
-/** PARTITA_TRACE=exits prints the last exits and the BSP's registers when the VM stops: for finding a hang. */
+const SIGQUIT = osConstants.signals.SIGQUIT;
+/**
+ * PARTITA_TRACE=exits prints the last exits and the BSP's registers when the VM stops, =state only the registers
+ * (no cost while the guest runs): for finding where a guest hangs.
+ */
 const tracingExits = process.env.PARTITA_TRACE === 'exits';
+const tracingState = tracingExits || process.env.PARTITA_TRACE === 'state';
 function trace(phase: string): void {
   if (tracing) process.stderr.write(`partita: ${performance.now().toFixed(1)} ms ${phase}\n`);
 }
@@ -315,6 +321,9 @@ function runBuilt(
     memory: vm.memory,
     onKick: (vcpu: Vcpu) => {
       const sig = native.pendingSignal();
+      // SIGQUIT, as a JVM's thread dump: where the guest is (a hung guest's registers), then the VM stops.
+      if (sig === SIGQUIT)
+        process.stderr.write(`partita: SIGQUIT: vCPU ${vcpu.id}\n${vcpu.describeState(vm.memory)}\n`);
       if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
       if (control.paused) control.waitWhilePaused();
       if (control.stopping) return control.reason();
@@ -349,8 +358,8 @@ function runBuilt(
     reason = bsp.runLoop(exitContext);
   }
   trace(`guest stopped (${reason.kind})`);
-  if (exitRing)
-    process.stderr.write(`${exitRing.dump()}\nmp_state ${bsp.getMpState()}\n${bsp.describeState(vm.memory)}\n`);
+  if (exitRing) process.stderr.write(`${exitRing.dump()}\n`);
+  if (tracingState) process.stderr.write(`BSP mp_state ${bsp.getMpState()}\n${bsp.describeState(vm.memory)}\n`);
   if (run.screenshotFd !== undefined || run.screenTextFd !== undefined) saveScreen(devices, run);
   if (run.stats) printStats(control, devices);
   if (typeof tick === 'bigint') native.stopTick(tick);

@@ -128,6 +128,19 @@ test('SIGTERM stops a running VM with status 128+15', { skip }, async () => {
   assert.match(r.stderr, /stopped by host signal 15/);
 });
 
+test('SIGQUIT stops a running VM and first shows where the guest was (registers, code at RIP)', { skip }, async () => {
+  const r = await runPartita(['run', '--kernel', guest('serial-echo')], {
+    keepStdinOpen: true,
+    stopWhen: (out) => out.includes('serial-echo: ready\n'),
+    stopSignal: 'SIGQUIT',
+  });
+  assert.equal(r.stoppedEarly, true, 'the guest got ready');
+  assert.equal(r.status, 131, r.stderr);
+  assert.match(r.stderr, /SIGQUIT: vCPU 0\n/);
+  assert.match(r.stderr, /RIP=[0-9a-f]{16}/);
+  assert.match(r.stderr, /stopped by host signal 3/);
+});
+
 test('bad command lines give one clear line and a non-zero status', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'partita-cli-'));
   const junk = join(dir, 'junk.bin');

@@ -84,8 +84,13 @@ export function lastLines(text: string, n: number): string {
 }
 
 export function runPartita(args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
-  return runProgram(process.execPath, [partitaBin, ...args], opts, `partita ${args.join(' ')}`);
+  // At the hang guard Partita gets SIGQUIT first: it stops the VM and prints the vCPU's registers, so a
+  // HangError shows where the guest was.
+  return runProgram(process.execPath, [partitaBin, ...args], opts, `partita ${args.join(' ')}`, 'SIGQUIT');
 }
+
+/** How long a program given its hang-guard signal may take to end before SIGKILL. */
+const GUARD_SIGNAL_GRACE_MS = 10_000;
 
 /** runPartita's machinery for any program (`what` names it in a HangError). */
 export function runProgram(
@@ -93,6 +98,7 @@ export function runProgram(
   args: readonly string[],
   opts: RunOptions = {},
   what = command,
+  guardSignal: NodeJS.Signals = 'SIGKILL',
 ): Promise<RunResult> {
   const started = Date.now();
   const guardMs = opts.timeoutMs ?? HANG_GUARD_MS;
@@ -106,9 +112,11 @@ export function runProgram(
     let timedOut = false;
     let stoppedEarly = false;
     const write = (s: string): void => void child.stdin?.write(s);
+    let graceTimer: NodeJS.Timeout | undefined;
     const timer = setTimeout(() => {
       timedOut = true;
-      child.kill('SIGKILL');
+      child.kill(guardSignal);
+      if (guardSignal !== 'SIGKILL') graceTimer = setTimeout(() => child.kill('SIGKILL'), GUARD_SIGNAL_GRACE_MS);
     }, guardMs);
     child.stdout!.on('data', (d: Buffer) => {
       stdout += d.toString('latin1');
@@ -131,6 +139,7 @@ export function runProgram(
     }
     child.on('close', (status, signal) => {
       clearTimeout(timer);
+      clearTimeout(graceTimer);
       const ms = Date.now() - started;
       if (timedOut) reject(new HangError(what, ms, stdout, stderr));
       else resolve({ stdout, stderr, status, signal, stoppedEarly, ms });
