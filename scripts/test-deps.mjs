@@ -15,6 +15,9 @@ const TOOLS = [
   { file: '/usr/lib/grub/i386-pc/modinfo.sh', pkg: 'grub-pc-bin', use: 'the GRUB test images' },
   { command: 'xorriso', args: ['--version'], pkg: 'xorriso', use: 'the GRUB test images (grub-mkrescue)' },
   { command: 'mformat', args: ['--version'], pkg: 'mtools', use: 'the GRUB test images (grub-mkrescue)' },
+  { file: '/usr/lib/ipxe/qemu/pxe-virtio.rom', pkg: 'ipxe-qemu', use: 'the network boot test (iPXE)' },
+  { command: 'vncsnapshot', args: ['-help'], pkg: 'vncsnapshot', use: 'the native RFB viewer test' },
+  { file: '/usr/bin/chromium', pkg: 'chromium', use: 'the web UI and noVNC browser tests' },
 ];
 
 const present = (t) =>
