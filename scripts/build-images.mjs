@@ -20,7 +20,9 @@ const missing = [
 if (!existsSync('/usr/lib/grub/i386-pc/modinfo.sh')) missing.push(['grub i386-pc', [], 'grub-pc-bin']);
 if (missing.length) {
   const pkgs = [...new Set(missing.map((m) => m[2]))].join(' ');
-  console.error(`partita: no GRUB test images (${missing.map((m) => m[0]).join(', ')} missing: apt-get install ${pkgs})`);
+  console.error(
+    `partita: no GRUB test images (${missing.map((m) => m[0]).join(', ')} missing: apt-get install ${pkgs})`,
+  );
   process.exit(0);
 }
 if (existsSync(out) && statSync(out).mtimeMs >= statSync(cfg).mtimeMs) process.exit(0);

@@ -21,9 +21,7 @@ const TOOLS = [
 ];
 
 const present = (t) =>
-  t.file
-    ? existsSync(t.file)
-    : spawnSync(t.command, t.args, { stdio: 'ignore' }).error === undefined;
+  t.file ? existsSync(t.file) : spawnSync(t.command, t.args, { stdio: 'ignore' }).error === undefined;
 const missing = TOOLS.filter((t) => !present(t));
 if (missing.length === 0) process.exit(0);
 

@@ -35,22 +35,22 @@ export class ExitRing {
   }
 
   wrapPio(bus: PortIoBus): PortIoBus {
-    const ring = this;
+    const record = this.record.bind(this);
     return Object.assign(Object.create(bus) as PortIoBus, {
       read(port: number, size: number): number {
         const v = bus.read(port, size);
-        ring.record(PIO_IN, port, size, v);
+        record(PIO_IN, port, size, v);
         return v;
       },
       write(port: number, size: number, value: number): void {
-        ring.record(PIO_OUT, port, size, value);
+        record(PIO_OUT, port, size, value);
         bus.write(port, size, value);
       },
     });
   }
 
   wrapMmio(bus: MmioBus): MmioBus {
-    const ring = this;
+    const record = this.record.bind(this);
     // The first (up to) 6 bytes of the data as a number: enough to recognise an access.
     const first = (d: Uint8Array): number => {
       let v = 0;
@@ -60,10 +60,10 @@ export class ExitRing {
     return Object.assign(Object.create(bus) as MmioBus, {
       read(address: number, data: Uint8Array): void {
         bus.read(address, data);
-        ring.record(MMIO_READ, address, data.length, first(data));
+        record(MMIO_READ, address, data.length, first(data));
       },
       write(address: number, data: Uint8Array): void {
-        ring.record(MMIO_WRITE, address, data.length, first(data));
+        record(MMIO_WRITE, address, data.length, first(data));
         bus.write(address, data);
       },
     });

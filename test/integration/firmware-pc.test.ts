@@ -7,20 +7,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import {
-  accessSync,
-  constants,
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
+import { artifactsDir, haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
 
 const NO_KVM = 'no /dev/kvm on this machine: Partita cannot run a VM here (SKIPPED, not passed)';
@@ -28,20 +18,7 @@ const SEABIOS = '/usr/share/seabios/bios-256k.bin';
 const GRUB_ISO = join(repoRoot, 'build/images/grub.iso');
 const NO_IMAGE = `no GRUB test image (${GRUB_ISO}): apt-get install grub-pc-bin xorriso mtools, then node scripts/build-images.mjs (SKIPPED)`;
 const NO_SEABIOS = `no SeaBIOS (${SEABIOS}): apt-get install seabios (SKIPPED)`;
-/**
- * Where screenshots and firmware logs are kept for a person to look at (gitignored): test-artifacts/, or
- * PARTITA_ARTIFACTS, or a temporary folder when the tree is read-only (npm run test:nested).
- */
-const ARTIFACTS = ((): string => {
-  const dir = process.env.PARTITA_ARTIFACTS ?? join(repoRoot, 'test-artifacts');
-  try {
-    mkdirSync(dir, { recursive: true });
-    accessSync(dir, constants.W_OK);
-    return dir;
-  } catch {
-    return mkdtempSync(join(tmpdir(), 'partita-artifacts-'));
-  }
-})();
+const ARTIFACTS = artifactsDir();
 const GUARD_MS = 15 * 60_000;
 
 /** GRUB's menu has been drawn completely on the serial console. */
@@ -182,7 +159,7 @@ for (const path of BOOT_PATHS) {
   });
 }
 
-test('firmware inputs: a missing or corrupt BIOS, a CD that is not ISO 9660, a tiny disk, a writable CD: one line, status 2, nothing written', async (t) => {
+test('firmware inputs: a missing or corrupt BIOS, a CD that is not ISO 9660, a tiny disk, a writable CD: one line, status 2, nothing written', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'partita-fw-bad-'));
   try {
     const zeros = join(dir, 'zeros.bin');

@@ -7,15 +7,17 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { guest, haveKvm, lastLines, partitaBin, repoRoot } from '../support/partita.js';
+import { artifactsDir, guest, haveKvm, lastLines, partitaBin, repoRoot } from '../support/partita.js';
+import { until as untilGuarded } from '../support/daemon.js';
 
 const CHROMIUM = process.env.PARTITA_CHROMIUM ?? '/usr/bin/chromium';
-const ARTIFACTS = join(repoRoot, 'test-artifacts');
+const ARTIFACTS = artifactsDir();
+const GRUB_ISO = join(repoRoot, 'build/images/grub.iso');
 /** Hang guard for one wait on the page (a VM booting under emulated KVM on a busy machine is slow). */
 const HANG_GUARD_MS = 3 * 60_000;
 
@@ -133,7 +135,6 @@ async function launchBrowser(profile: string): Promise<BrowserContext> {
 }
 
 async function shot(page: Page, name: string): Promise<void> {
-  mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: join(ARTIFACTS, `ui-${name}.png`) });
 }
 
@@ -179,13 +180,23 @@ async function apiGet<T>(daemon: Daemon, path: string): Promise<T> {
 /** The wizard: name, OS preset, boot source, CPUs/memory/disk; submits and returns nothing (the page moves on). */
 async function fillWizard(
   page: Page,
-  vm: { name: string; preset: 'linux' | 'windows' | 'other'; kernel?: string; memoryMiB: number; diskGiB: number },
+  vm: {
+    name: string;
+    preset: 'linux' | 'windows' | 'other';
+    kernel?: string;
+    cdrom?: string;
+    memoryMiB: number;
+    diskGiB: number;
+  },
 ): Promise<void> {
   await page.getByTestId('field-name').fill(vm.name);
   await page.getByTestId(`preset-${vm.preset}`).click();
   if (vm.kernel) {
     await page.getByTestId('boot-kernel').click();
     await page.getByTestId('field-kernel').fill(vm.kernel);
+  } else if (vm.cdrom) {
+    await page.getByTestId('boot-iso').click();
+    await page.getByTestId('field-cdrom').fill(vm.cdrom);
   } else await page.getByTestId('boot-none').click();
   await page.getByTestId('field-cpus').fill('1');
   await page.getByTestId('field-memory').fill(String(vm.memoryMiB));
@@ -279,7 +290,7 @@ test(
       await shot(page, 'library');
 
       await t.test('a running VM: console echo, q ends the guest, Stop, screen', { skip: vmSkip() }, async (t) =>
-        runVmPart(t, page, daemon),
+        runVmPart(t, page, daemon, home),
       );
 
       assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
@@ -298,7 +309,7 @@ function vmSkip(): string | false {
   return !haveKvm && 'SKIPPED: no /dev/kvm on this machine: the VM part (start, console, screen) needs KVM';
 }
 
-async function runVmPart(t: TestContext, page: Page, daemon: Daemon): Promise<void> {
+async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: string): Promise<void> {
   // Start from the library card; the VM page's console connects while the guest boots.
   await page.getByTestId('vm-card-echo').getByTestId('vm-start').click();
   await page.goto(`${daemon.base}/?token=${encodeURIComponent(daemon.token)}#/vm/echo/console`);
@@ -339,37 +350,66 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon): Promise<vo
   assert.notEqual((await boom.getByTestId('vm-message').innerText()).trim(), '', 'a crashed VM shows why');
   await shot(page, 'library-crashed');
 
-  // A firmware VM with a screen: the RFB canvas shows what the firmware draws.
-  await page.getByTestId('new-vm').click();
-  await fillWizard(page, { name: 'screen', preset: 'other', memoryMiB: 128, diskGiB: 0 });
-  await page.waitForSelector('[data-testid="vm-page"][data-vm="screen"]');
-  const record = await apiGet<{ display: boolean }>(daemon, '/api/vms/screen');
-  if (!record.display) {
-    t.diagnostic('SKIPPED the screen check: a firmware VM has no display in this build');
+  // A PC booting the GRUB test image from the wizard's ISO field: GRUB's menu on the screen (the RFB canvas
+  // pixel for pixel what the VMM's own PNG of the VGA screen shows), then keys pressed in the screen move
+  // through the menu (noVNC → RFB → the i8042 → GRUB) and GRUB says on serial which entry was chosen.
+  if (!existsSync(GRUB_ISO)) {
+    t.diagnostic(`SKIPPED the screen check: ${GRUB_ISO} is missing (node scripts/build-images.mjs)`);
     return;
   }
+  const iso = join(home, 'grub.iso');
+  copyFileSync(GRUB_ISO, iso);
+  await page.goto(`${daemon.base}/?token=${encodeURIComponent(daemon.token)}#/`);
+  await page.getByTestId('new-vm').click();
+  await fillWizard(page, { name: 'screen', preset: 'other', cdrom: iso, memoryMiB: 128, diskGiB: 0 });
+  await page.waitForSelector('[data-testid="vm-page"][data-vm="screen"]');
+  const record = await apiGet<{ display: boolean }>(daemon, '/api/vms/screen');
+  assert.equal(record.display, true, 'a firmware VM has a screen');
   await page.getByTestId('vm-page').getByTestId('vm-start').click();
   await waitForState(page, ['running']);
   await page.getByTestId('tab-screen').click();
   await page.waitForSelector('[data-testid="screen-link"][data-link="connected"]');
   const canvas = page.locator('[data-testid="screen"] canvas');
   await canvas.waitFor();
-  // Something drawn: the canvas holds more than one colour once the firmware has written to the screen.
-  // (A string: it runs in the page, and this file is compiled without the DOM's types.)
+  const serialLog = join(home, 'data', 'partita', 'vms', 'screen', 'serial.log');
+  const serial = (): string => (existsSync(serialLog) ? readFileSync(serialLog, 'latin1') : '');
+  const until = (what: string, check: () => boolean) => untilGuarded(what, check, HANG_GUARD_MS);
+  await until('GRUB’s menu on serial', () => serial().includes('Partita test: second entry'));
+  // The canvas against the VMM's PNG of the same screen (GET /api/vms/screen/screenshot), compared in the page.
+  // GRUB's menu waits for a key, so the screen settles; the comparison is retried until it holds (hang guard).
   await page.waitForFunction(
-    `(() => {
+    `(async () => {
       const c = document.querySelector('[data-testid="screen"] canvas');
-      if (!c || c.width === 0 || c.height === 0) return false;
-      const p = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      for (let i = 4; i < p.length; i += 4) if (p[i] !== p[0] || p[i + 1] !== p[1] || p[i + 2] !== p[2]) return true;
-      return false;
+      if (!c || c.width === 0) return false;
+      const r = await fetch('/api/vms/screen/screenshot', { headers: { authorization: 'Bearer ${daemon.token}' } });
+      if (!r.ok) return false;
+      const img = await createImageBitmap(await r.blob());
+      if (img.width !== c.width || img.height !== c.height) return false;
+      const ref = new OffscreenCanvas(img.width, img.height).getContext('2d');
+      ref.drawImage(img, 0, 0);
+      const want = ref.getImageData(0, 0, img.width, img.height).data;
+      const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let colours = new Set();
+      for (let i = 0; i < want.length; i += 4) {
+        if (want[i] !== got[i] || want[i + 1] !== got[i + 1] || want[i + 2] !== got[i + 2]) return false;
+        if (colours.size < 3) colours.add((want[i] << 16) | (want[i + 1] << 8) | want[i + 2]);
+      }
+      return colours.size >= 3; // GRUB's blue menu, its white text, the grey highlight: not a blank screen
     })()`,
     undefined,
-    { timeout: HANG_GUARD_MS },
+    { timeout: HANG_GUARD_MS, polling: 1000 },
   );
   const box = await canvas.boundingBox();
   assert.ok(box && box.width > 100 && box.height > 100, `the screen canvas is visible (${JSON.stringify(box)})`);
-  await shot(page, 'screen');
+  await shot(page, 'screen-grub');
+  // Down, then Enter, typed into the screen: GRUB runs the second entry, which says so on serial.
+  await canvas.click();
+  await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Enter');
+  await until('GRUB’s second entry chosen from the screen’s keyboard', () =>
+    serial().includes('partita-grub: second entry chosen'),
+  );
+  await shot(page, 'screen-grub-chosen');
   await page.getByTestId('vm-page').getByTestId('vm-stop').click();
   await waitForState(page, ['stopped']);
 }

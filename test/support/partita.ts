@@ -4,7 +4,8 @@
 // when the VM ends or as soon as `stopWhen` says the output the test checks is there; `timeoutMs` is only a
 // hang guard, and when it fires the run is rejected with what the guest had printed by then.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -145,4 +146,19 @@ export function runProgram(
       else resolve({ stdout, stderr, status, signal, stoppedEarly, ms });
     });
   });
+}
+
+/**
+ * Where tests keep screenshots and logs for a person to look at (gitignored): test-artifacts/, or
+ * PARTITA_ARTIFACTS, or a temporary folder when the tree is read-only (npm run test:nested).
+ */
+export function artifactsDir(): string {
+  const dir = process.env.PARTITA_ARTIFACTS ?? join(repoRoot, 'test-artifacts');
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, constants.W_OK);
+    return dir;
+  } catch {
+    return mkdtempSync(join(tmpdir(), 'partita-artifacts-'));
+  }
 }
