@@ -25,6 +25,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cache = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'partita', 'nested');
+const INITRAMFS = 'init-v2.cpio.gz';
 const MODULES = [
   'virtio',
   'virtio_ring',
@@ -40,6 +41,9 @@ const MODULES = [
   'ccp',
   'kvm',
   'kvm-amd',
+  'failover',
+  'net_failover',
+  'virtio_net',
 ];
 
 function need(tool, pkg) {
@@ -51,7 +55,8 @@ function need(tool, pkg) {
 
 /** Debian's kernel (the package linux-image-amd64 depends on) and busybox, unpacked once into the cache. */
 function prepare() {
-  const done = join(cache, 'init.cpio.gz');
+  // The file name carries the init's version: a cache made by an older init is rebuilt.
+  const done = join(cache, INITRAMFS);
   if (existsSync(done)) return;
   need('qemu-system-x86_64', 'qemu-system-x86');
   need('cpio', 'cpio');
@@ -77,7 +82,8 @@ function prepare() {
   const ir = join(cache, 'initramfs');
   for (const d of ['bin', 'mods', 'proc', 'sys', 'dev', 'mnt']) mkdirSync(join(ir, d), { recursive: true });
   copyFileSync(join(cache, 'root', 'bin', 'busybox'), join(ir, 'bin', 'busybox'));
-  for (const l of ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'cat']) symlinkSync('busybox', join(ir, 'bin', l));
+  for (const l of ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'cat', 'ip'])
+    symlinkSync('busybox', join(ir, 'bin', l));
   const moduleDir = join(cache, 'root', 'lib', 'modules');
   const kernel = join(moduleDir, readdirSync(moduleDir)[0], 'kernel');
   const found = execFileSync('find', [kernel, '-name', '*.ko*'], { encoding: 'utf8' }).trim().split('\n');
@@ -95,6 +101,11 @@ function prepare() {
       'mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro host /mnt',
       'mount -t devtmpfs dev /mnt/dev; mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys',
       'mount -t tmpfs tmp /mnt/tmp',
+      'mkdir -p /mnt/dev/shm && mount -t tmpfs shm /mnt/dev/shm', // Chromium's shared memory
+      // Loopback (the daemon's TCP API, the browser) and QEMU's user-mode network (passt needs an interface
+      // with a default route): QEMU's slirp is the gateway, 10.0.2.2.
+      'ip link set lo up',
+      'ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2',
       // The kernel hands unknown name=value parameters to init as environment variables: $script is ours.
       'chroot /mnt /bin/sh "$script"',
       'echo "nested-kvm: status $(cat /mnt/tmp/status 2>/dev/null)"',
@@ -138,11 +149,13 @@ const qemu = spawn(
     '-kernel',
     join(cache, 'vmlinuz'),
     '-initrd',
-    join(cache, 'init.cpio.gz'),
+    join(cache, INITRAMFS),
     '-append',
     `console=ttyS0 quiet script=${script}`,
     '-nographic',
     '-no-reboot',
+    '-nic',
+    'user,model=virtio-net-pci',
     '-virtfs',
     'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
   ],

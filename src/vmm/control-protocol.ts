@@ -2,7 +2,7 @@
 // request per line, one response line per request, in order. The daemon (src/daemon/vmm-client.ts) is its
 // client; the I/O thread (src/vmm/control-server.ts) serves it. Shared here so both sides agree on the shapes.
 
-export const CONTROL_OPS = ['status', 'pause', 'resume', 'stop', 'screenshot'] as const;
+export const CONTROL_OPS = ['status', 'pause', 'resume', 'stop', 'screenshot', 'screen-text'] as const;
 export type ControlOp = (typeof CONTROL_OPS)[number];
 
 export interface ControlRequest {
@@ -13,7 +13,15 @@ export interface ControlRequest {
 export type VmmRunState = 'running' | 'paused' | 'stopping';
 
 export type ControlResponse =
-  | { readonly ok: true; readonly state: VmmRunState; readonly pid: number; readonly png?: string /* base64 */ }
+  | {
+      readonly ok: true;
+      readonly state: VmmRunState;
+      readonly pid: number;
+      /** 'screenshot': the screen as a PNG, base64. */
+      readonly png?: string;
+      /** 'screen-text': a text-mode screen as text (UTF-8), one line per row. */
+      readonly text?: string;
+    }
   | { readonly ok: false; readonly error: string };
 
 /** Longest request line accepted: anything longer is not a control request. */

@@ -1,6 +1,6 @@
 // The VMM's side of the control channel (see control-protocol.ts), served on the I/O thread: status, pause,
-// resume and stop go through VmControl (which any thread may drive); screenshot asks a hook the display device
-// installs (none yet: "no display").
+// resume and stop go through VmControl (which any thread may drive); screenshot and screen-text ask hooks the
+// display device installs ("no display" without one).
 import { createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import type { VmControl } from './control.js';
@@ -19,6 +19,15 @@ let screenshotHook: ScreenshotHook | undefined;
 /** The lead wires the VGA renderer here: until then 'screenshot' answers "no display". */
 export function setScreenshotHook(hook: ScreenshotHook | undefined): void {
   screenshotHook = hook;
+}
+
+/** A text-mode screen's text, or undefined when the display is in a graphics mode. */
+export type ScreenTextHook = () => string | undefined;
+
+let screenTextHook: ScreenTextHook | undefined;
+
+export function setScreenTextHook(hook: ScreenTextHook | undefined): void {
+  screenTextHook = hook;
 }
 
 async function answer(request: ControlRequest, control: VmControl): Promise<ControlResponse> {
@@ -45,6 +54,12 @@ async function answer(request: ControlRequest, control: VmControl): Promise<Cont
       if (!screenshotHook) return { ok: false, error: 'no display' };
       const png = await screenshotHook();
       return { ...(state() as ControlResponse & { ok: true }), png: Buffer.from(png).toString('base64') };
+    }
+    case 'screen-text': {
+      if (!screenTextHook) return { ok: false, error: 'no display' };
+      const text = screenTextHook();
+      if (text === undefined) return { ok: false, error: 'the display is in a graphics mode' };
+      return { ...(state() as ControlResponse & { ok: true }), text };
     }
   }
 }

@@ -19,7 +19,7 @@ import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
 import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
 import type { AttachedDevice } from '../devices/model.js';
 import { EventFdDispatcher } from '../devices/virtio/runner.js';
-import { serveControl, setScreenshotHook } from './control-server.js';
+import { serveControl, setScreenshotHook, setScreenTextHook } from './control-server.js';
 import { serveSerialSocket, type SerialSocketOptions } from './serial-socket.js';
 
 export interface IoThreadData {
@@ -133,11 +133,14 @@ function main(data: IoThreadData): void {
     const hub = serveSerialSocket(data.serialSocket.path, data.serialSocket.logPath, data.serialSocket.logStart);
     if (uart) feedSerialInput(hub.input, uart, control, false);
   }
-  // The control channel's screenshot: the std VGA's screen as a PNG.
+  // The control channel's screenshot (the std VGA's screen as a PNG) and screen text.
   const vga = devices.find('std-vga');
-  if (stdVgaDisplay(vga)) setScreenshotHook(() => screenshotPng(vga));
-  // The screen over RFB: this thread's renderer is the one consumer of the framebuffer's dirty log.
   const display = stdVgaDisplay(vga);
+  if (display) {
+    setScreenshotHook(() => screenshotPng(vga));
+    setScreenTextHook(() => display.screenText());
+  }
+  // The screen over RFB: this thread's renderer is the one consumer of the framebuffer's dirty log.
   const input = i8042InputSink(devices.find('i8042'));
   if (data.vncSocket && display && input)
     void startRfbServer({

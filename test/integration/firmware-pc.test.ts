@@ -12,6 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { artifactsDir, haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
+import { until } from '../support/daemon.js';
+import { controlRequest } from '../../src/daemon/vmm-client.js';
 
 const NO_KVM = 'no /dev/kvm on this machine: Partita cannot run a VM here (SKIPPED, not passed)';
 const SEABIOS = '/usr/share/seabios/bios-256k.bin';
@@ -86,6 +88,10 @@ for (const path of BOOT_PATHS) {
       const text = join(dir, 'screen.txt');
       const log = join(dir, 'seabios.log');
       rmSync(png, { force: true });
+      // GRUB draws its menu on serial first, then on the VGA console: once serial has it, the screen's text is
+      // read over the control channel until the menu is there too, and the VM is stopped the same way.
+      const control = join(dir, 'control.sock');
+      let screenChecked: Promise<string> | undefined;
       const r = await runPartita(
         [
           'run',
@@ -93,6 +99,8 @@ for (const path of BOOT_PATHS) {
           '--memory',
           '256M',
           ...path.partita(image),
+          '--control',
+          control,
           '--screenshot',
           png,
           '--screen-text',
@@ -100,10 +108,26 @@ for (const path of BOOT_PATHS) {
           '--firmware-log',
           log,
         ],
-        { stopWhen: menuShown, stopSignal: 'SIGTERM', timeoutMs: GUARD_MS },
+        {
+          timeoutMs: GUARD_MS,
+          onStdout: (out) => {
+            if (screenChecked || !menuShown(out)) return;
+            screenChecked = until(
+              'the menu on the VGA text screen',
+              async () => {
+                const a = await controlRequest(control, 'screen-text').catch(() => undefined);
+                return a?.ok && a.text && /Partita test: second entry/.test(a.text) ? a.text : undefined;
+              },
+              GUARD_MS,
+            ).finally(() => controlRequest(control, 'stop').catch(() => undefined));
+            screenChecked.catch(() => undefined); // awaited below, once the VM has ended
+          },
+        },
       );
-      copyFileSync(log, join(ARTIFACTS, `firmware-${path.name}.seabios.log`));
       assert.ok(menuShown(r.stdout), `GRUB's menu on serial; stderr: ${r.stderr}`);
+      assert.equal(r.status, 0, `stopped through the control channel; stderr: ${r.stderr}`);
+      assert.match(await screenChecked!, /Partita test: first entry/, 'the menu on screen, read while it ran');
+      copyFileSync(log, join(ARTIFACTS, `firmware-${path.name}.seabios.log`));
       // The same menu on the VGA text screen (read from VGA memory when the VM ended) and in the PNG.
       const screen = readFileSync(text, 'utf8');
       assert.match(screen, /Partita test: first entry/, `VGA text screen:\n${screen}`);

@@ -7,7 +7,7 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VmControl } from '../../src/vmm/control.js';
-import { serveControl, setScreenshotHook } from '../../src/vmm/control-server.js';
+import { serveControl, setScreenshotHook, setScreenTextHook } from '../../src/vmm/control-server.js';
 import { serveSerialSocket, REPLAY_BYTES } from '../../src/vmm/serial-socket.js';
 import { controlRequest } from '../../src/daemon/vmm-client.js';
 import { until } from '../support/daemon.js';
@@ -22,7 +22,7 @@ function client(path: string): Promise<{ socket: Socket; text: () => string }> {
   });
 }
 
-test('control channel: status, pause, resume, screenshot hook, stop; bad lines answered, not fatal', async () => {
+test('control channel: status, pause, resume, screenshot and screen-text hooks, stop; bad lines answered, not fatal', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'partita-ctl-'));
   const control = new VmControl();
   const path = join(dir, 'control.sock');
@@ -41,6 +41,17 @@ test('control channel: status, pause, resume, screenshot hook, stop; bad lines a
     assert.ok(shot.ok && shot.png);
     assert.deepEqual([...Buffer.from(shot.png, 'base64')], [0x89, 0x50, 0x4e, 0x47]);
     setScreenshotHook(undefined);
+    assert.deepEqual(await controlRequest(path, 'screen-text'), { ok: false, error: 'no display' });
+    let mode: 'text' | 'graphics' = 'text';
+    setScreenTextHook(() => (mode === 'text' ? 'GNU GRUB\n' : undefined));
+    const text = await controlRequest(path, 'screen-text');
+    assert.ok(text.ok && text.text === 'GNU GRUB\n', JSON.stringify(text));
+    mode = 'graphics';
+    assert.deepEqual(await controlRequest(path, 'screen-text'), {
+      ok: false,
+      error: 'the display is in a graphics mode',
+    });
+    setScreenTextHook(undefined);
 
     // Several requests on one connection, garbage among them: one answer per line, in order.
     const c = await client(path);
