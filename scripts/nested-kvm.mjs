@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cache = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'partita', 'nested');
-const INITRAMFS = 'init-v2.cpio.gz';
+const INITRAMFS = 'init-v3.cpio.gz';
 const MODULES = [
   'virtio',
   'virtio_ring',
@@ -46,10 +46,16 @@ const MODULES = [
   'virtio_net',
 ];
 
+/** A machine that cannot host the nested VM: one line, status 75 (scripts/test-vm-lane.mjs says SKIPPED). */
+const CANNOT_NEST = 75;
+function fail(why) {
+  console.error(`nested-kvm: ${why}`);
+  process.exit(CANNOT_NEST);
+}
+
 function need(tool, pkg) {
   if (spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status !== 0) {
-    console.error(`nested-kvm: ${tool} is missing: sudo apt-get install ${pkg}`);
-    process.exit(2);
+    fail(`${tool} is missing: sudo apt-get install ${pkg}`);
   }
 }
 
@@ -62,13 +68,20 @@ function prepare() {
   need('cpio', 'cpio');
   rmSync(cache, { recursive: true, force: true });
   mkdirSync(cache, { recursive: true });
-  const depends = execFileSync('apt-cache', ['depends', 'linux-image-amd64'], { encoding: 'utf8' });
-  const image = /Depends: (linux-image-\S+)/.exec(depends)?.[1];
-  if (!image) throw new Error('nested-kvm: cannot tell which kernel linux-image-amd64 is (apt-get update?)');
-  execFileSync('apt-get', ['download', image, 'busybox-static'], {
+  const kernelPackage = () =>
+    /Depends: (linux-image-\S+)/.exec(
+      spawnSync('apt-cache', ['depends', 'linux-image-amd64'], { encoding: 'utf8' }).stdout ?? '',
+    )?.[1];
+  // A fresh machine may have no package lists yet: fetch them when allowed to (root), as the test setup does.
+  if (!kernelPackage() && process.getuid?.() === 0)
+    spawnSync('apt-get', ['update'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const image = kernelPackage();
+  if (!image) fail('cannot tell which kernel linux-image-amd64 is: no package lists (sudo apt-get update)');
+  const download = spawnSync('apt-get', ['download', image, 'busybox-static'], {
     cwd: cache,
     stdio: ['ignore', 'ignore', 'inherit'],
   });
+  if (download.status !== 0) fail(`could not download ${image} and busybox-static from Debian's archive`);
   for (const deb of readdirSync(cache).filter((f) => f.endsWith('.deb')))
     execFileSync('dpkg-deb', ['-x', join(cache, deb), join(cache, 'root')]);
   const boot = join(cache, 'root', 'boot');
@@ -82,8 +95,7 @@ function prepare() {
   const ir = join(cache, 'initramfs');
   for (const d of ['bin', 'mods', 'proc', 'sys', 'dev', 'mnt']) mkdirSync(join(ir, d), { recursive: true });
   copyFileSync(join(cache, 'root', 'bin', 'busybox'), join(ir, 'bin', 'busybox'));
-  for (const l of ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'cat', 'ip'])
-    symlinkSync('busybox', join(ir, 'bin', l));
+  for (const l of ['sh', 'mount', 'insmod', 'switch_root', 'cat', 'ip']) symlinkSync('busybox', join(ir, 'bin', l));
   const moduleDir = join(cache, 'root', 'lib', 'modules');
   const kernel = join(moduleDir, readdirSync(moduleDir)[0], 'kernel');
   const found = execFileSync('find', [kernel, '-name', '*.ko*'], { encoding: 'utf8' }).trim().split('\n');
@@ -107,9 +119,10 @@ function prepare() {
       'ip link set lo up',
       'ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2',
       // The kernel hands unknown name=value parameters to init as environment variables: $script is ours.
-      'chroot /mnt /bin/sh "$script"',
-      'echo "nested-kvm: status $(cat /mnt/tmp/status 2>/dev/null)"',
-      'poweroff -f',
+      // switch_root, not chroot: a chrooted process may not create user namespaces, and passt sandboxes itself in
+      // one. Busybox is gone after it, so the VM powers off through sysrq.
+      'exec switch_root /mnt /bin/sh -c \'sh "$script"; echo "nested-kvm: status $(cat /tmp/status 2>/dev/null)"; ' +
+        "echo o > /proc/sysrq-trigger; sleep 60'",
       '',
     ].join('\n'),
   );
@@ -129,7 +142,7 @@ const inner = command.length
   : `node --test --test-concurrency=1 ${tests.join(' ')}`;
 prepare();
 // The script the VM runs: on the host's (read-only) file system, where the VM finds it by path.
-const script = join(cache, 'run.sh');
+const script = join(cache, `run-${process.pid}.sh`);
 const noQemu = process.env.PARTITA_NO_QEMU ?? '1';
 writeFileSync(
   script,
@@ -170,4 +183,14 @@ qemu.stdout.on('data', (d) => {
   // eslint-disable-next-line no-control-regex
   process.stdout.write(text.replace(/\x1bc|\x1b\[[0-9;?]*[a-zA-Z]/g, ''));
 });
-qemu.on('close', () => process.exit(status));
+// Stopped from outside (a hang guard, Ctrl-C): the VM goes too.
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'])
+  process.on(signal, () => {
+    qemu.kill('SIGKILL');
+    rmSync(script, { force: true });
+    process.exit(128 + 15);
+  });
+qemu.on('close', () => {
+  rmSync(script, { force: true });
+  process.exit(status);
+});
