@@ -23,6 +23,7 @@ import {
   type AhciDiskOption,
 } from './device-options.js';
 import { DAEMON_VERB_NAMES, VERB_USAGE } from './verb-names.js';
+import { awaitHandOff } from './vmm-standby.js';
 
 /** Debian's SeaBIOS (package seabios): what `--bios` without a path boots. */
 export const DEFAULT_BIOS = '/usr/share/seabios/bios-256k.bin';
@@ -498,6 +499,9 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (command === 'run') return runCommand(rest);
+    // Hidden: the daemon's warm VMM (src/cli/vmm-standby.ts). Its `--standby-id ID` is only an identity mark on
+    // the command line, which the daemon checks before reattaching to it.
+    if (command === 'vmm-standby') return runCommand(awaitHandOff());
     if (command === 'spec') return specCommand(rest);
     // The daemon and its client are loaded only for their commands: `partita run` starts without them.
     if (command === 'serve') {

@@ -86,6 +86,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
 
   const supervisor = new Supervisor(library, options.supervisor);
   const { reattached, refused } = await supervisor.reattach();
+  supervisor.keepWarm();
   const apps: FastifyInstance[] = [];
   try {
     const local = await buildApi({ supervisor, version: options.version, uiDir: options.uiDir });
@@ -108,13 +109,13 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       reattached,
       refused,
       async close() {
-        supervisor.close();
+        await supervisor.close();
         await Promise.all(apps.map((a) => a.close()));
         rmSync(options.socketPath, { force: true });
       },
     };
   } catch (e) {
-    supervisor.close();
+    await supervisor.close();
     await Promise.all(apps.map((a) => a.close()));
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE') throw new DaemonStartError(`--listen ${options.listen}: the address is in use`);

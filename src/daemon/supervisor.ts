@@ -9,10 +9,18 @@
 // processes and never notice. <vm>/vmm-state.json records pid, process start time (/proc/PID/stat field 22)
 // and socket paths while a VMM runs, so a restarted daemon reattaches: only to the very process it started
 // (same PID and start time: a reused PID is someone else) that answers 'status' on its control socket.
+//
+// Warm VMM (src/daemon/warm-vmm.ts): the daemon keeps one `partita vmm-standby` process started ahead of time
+// and hands the next started VM to it (the same `run` arguments, its stderr into the same vmm.log), so a start
+// does not wait for Node's start-up and the VMM bundle's loading. After each start a new standby is spawned once
+// that VM is up (not while it boots: on a small machine the two would compete for the CPU). A standby that
+// died idle is not replaced until the next start (so a standby that cannot start is never respawned in a
+// loop); an unusable one means a cold spawn, transparently. PARTITA_WARM_VMM=0 turns it off.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import {
+  appendFileSync,
   closeSync,
   existsSync,
   fstatSync,
@@ -34,6 +42,7 @@ import { writeFileAtomic } from './atomic-file.js';
 import { isSameProcess, isZombie, processStartTime } from './proc.js';
 import { controlRequest } from './vmm-client.js';
 import { MAX_SOCKET_PATH } from './paths.js';
+import { WarmVmm, type WarmExit } from './warm-vmm.js';
 import type { ControlResponse } from '../vmm/control-protocol.js';
 
 /** What <vm>/vmm-state.json holds while a VMM runs. */
@@ -44,6 +53,8 @@ export interface VmmStateFile {
   readonly control: string;
   readonly serial: string;
   readonly statusFile: string;
+  /** A VMM that was a warm standby: the `--standby-id` on its command line (it has no --control there). */
+  readonly standbyId?: string;
 }
 
 /** What a VMM wrote to its --status-file when its VM stopped. */
@@ -62,6 +73,14 @@ export interface SupervisorOptions {
   readonly stopGraceMs?: number;
   /** Where sockets go when the VM folder's path is too long for a UNIX socket. */
   readonly runtimeDir?: string;
+  /**
+   * argv of a warm VMM (`partita vmm-standby`, plus `--standby-id ID`); [] for none. Default: the checkout's when
+   * vmmCommand is the default (and PARTITA_WARM_VMM is not 0), none for another vmmCommand (whose standby
+   * protocol is unknown).
+   */
+  readonly standbyCommand?: readonly string[];
+  /** How long a standby gets to take a hand-off before a cold VMM is spawned instead. */
+  readonly handOffTimeoutMs?: number;
 }
 
 interface Running {
@@ -74,6 +93,11 @@ interface Running {
   exited: Promise<void>;
   markExited: () => void;
   watch?: NodeJS.Timeout;
+}
+
+/** How a VMM ended, as a child process. */
+function exitStatusOf(code: number | null, signal: NodeJS.Signals | null): number {
+  return code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0);
 }
 
 /** The checkout's bin/partita.js, found upwards from this module (bundled into dist/ or compiled into dist/src/). */
@@ -102,6 +126,11 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly vmmCommand: readonly string[];
   private readonly stopGraceMs: number;
   private readonly runtimeDir: string;
+  private readonly standbyCommand: readonly string[];
+  private readonly handOffTimeoutMs: number;
+  /** The idle warm VMM, if one is kept. */
+  private standby?: WarmVmm;
+  private closed = false;
 
   constructor(
     readonly library: VmLibrary,
@@ -111,6 +140,29 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
     this.vmmCommand = options.vmmCommand ?? defaultVmmCommand();
     this.stopGraceMs = options.stopGraceMs ?? 10_000;
     this.runtimeDir = options.runtimeDir ?? join(tmpdir(), `partita-${process.getuid?.() ?? 'user'}`);
+    this.standbyCommand =
+      options.standbyCommand ??
+      (options.vmmCommand === undefined && process.env.PARTITA_WARM_VMM !== '0'
+        ? [...this.vmmCommand.slice(0, -1), 'vmm-standby']
+        : []);
+    this.handOffTimeoutMs = options.handOffTimeoutMs ?? 10_000;
+  }
+
+  /** Starts a warm VMM unless one is kept already (or none is configured, or the supervisor is closed). */
+  keepWarm(): void {
+    if (this.closed || this.standby || this.standbyCommand.length === 0) return;
+    const warm = WarmVmm.spawn(this.standbyCommand);
+    if (!warm) return;
+    this.standby = warm;
+    void warm.exit.then(() => {
+      if (this.standby === warm) this.standby = undefined;
+    });
+  }
+
+  /** The idle warm VMM's PID once it is ready for a hand-off; undefined when there is none (or it died). */
+  async warmReady(): Promise<number | undefined> {
+    const warm = this.standby;
+    return warm && (await warm.whenReady()) && warm.alive ? warm.pid : undefined;
   }
 
   /** The record with the live state (and pid) of its VMM. */
@@ -173,7 +225,7 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 
   start(name: string): Promise<VmRecord> {
-    return this.exclusive(name, () => {
+    return this.exclusive(name, async () => {
       const record = this.record(name);
       if (this.running.has(name)) throw wrongState(name, record.state, 'already');
       const dir = this.library.vmDir(name);
@@ -185,51 +237,91 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
       const sockets = this.socketPaths(name);
       const statusFile = join(dir, 'vmm-status.json');
       for (const p of [sockets.control, sockets.serial, statusFile]) rmSync(p, { force: true });
-      const log = openSync(join(dir, 'vmm.log'), 'a', 0o600);
+      const logPath = join(dir, 'vmm.log');
+      const runArgs = [
+        '--spec',
+        specPath,
+        '--control',
+        sockets.control,
+        '--serial',
+        `unix:${sockets.serial}`,
+        '--serial-log',
+        join(dir, 'serial.log'),
+        '--status-file',
+        statusFile,
+        // The screen over RFB, which the daemon bridges to browsers (/api/vms/NAME/vnc) and native viewers.
+        ...(specHasDisplay(specPath) ? ['--vnc', `unix:${join(dir, 'vnc.sock')}`] : []),
+      ];
+      const log = openSync(logPath, 'a', 0o600);
       writeSync(log, `--- partita: VMM starting at ${new Date().toISOString()}\n`);
-      let child: ChildProcess;
-      try {
-        const [cmd, ...args] = this.vmmCommand;
-        child = spawn(
-          cmd,
-          [
-            ...args,
-            '--spec',
-            specPath,
-            '--control',
-            sockets.control,
-            '--serial',
-            `unix:${sockets.serial}`,
-            '--serial-log',
-            join(dir, 'serial.log'),
-            '--status-file',
-            statusFile,
-            // The screen over RFB, which the daemon bridges to browsers (/api/vms/NAME/vnc) and native viewers.
-            ...(specHasDisplay(specPath) ? ['--vnc', `unix:${join(dir, 'vnc.sock')}`] : []),
-          ],
-          { detached: true, stdio: ['ignore', log, log], cwd: dir },
-        );
-      } finally {
-        closeSync(log);
+      closeSync(log);
+      // Taken synchronously: a concurrent start of another VM finds no standby and spawns cold.
+      const warm = this.standby;
+      this.standby = undefined;
+      let vmm: { pid: number; startTime: string; child: ChildProcess; exit: Promise<WarmExit>; standbyId?: string };
+      const handed = warm
+        ? await warm.handOff({ args: runArgs, log: logPath, cwd: dir }, this.handOffTimeoutMs)
+        : undefined;
+      if (warm && handed?.ok) {
+        vmm = { pid: warm.pid, startTime: warm.startTime, child: warm.child, exit: warm.exit, standbyId: warm.id };
+      } else {
+        if (handed && !handed.ok)
+          appendFileSync(logPath, `--- partita: the warm VMM was unusable (${handed.why}): starting a cold one\n`);
+        vmm = this.spawnCold(name, runArgs, logPath);
       }
-      const pid = child.pid;
-      if (pid === undefined) {
-        throw new DaemonError(500, `cannot start the VMM of '${name}' (see ${join(dir, 'vmm.log')})`);
-      }
-      child.unref();
-      // The start time is read at once: the child is this process (forked, exec'ing) and cannot be reaped yet.
-      const startTime = processStartTime(pid) ?? '';
-      const files: VmmStateFile = { pid, startTime, ...sockets, statusFile };
+      const { pid, startTime, child } = vmm;
+      const files: VmmStateFile = {
+        pid,
+        startTime,
+        ...sockets,
+        statusFile,
+        ...(vmm.standbyId !== undefined ? { standbyId: vmm.standbyId } : {}),
+      };
       writeFileAtomic(join(dir, STATE_FILE), JSON.stringify(files) + '\n', 0o600);
       const live = this.track(name, files, child);
-      child.on('exit', (code, signal) => {
-        const status = code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0);
-        this.ended(name, live, status, signal ? `killed by ${signal}` : undefined);
-      });
+      void vmm.exit.then(({ code, signal }) =>
+        this.ended(name, live, exitStatusOf(code, signal), signal ? `killed by ${signal}` : undefined),
+      );
       this.setState(name, 'starting', { pid, message: undefined, exitStatus: undefined });
-      void this.waitUntilUp(name, live);
+      // The next standby once this VM is up (or after a while, should it never answer).
+      const replace = setTimeout(() => this.keepWarm(), 5000);
+      replace.unref();
+      void this.waitUntilUp(name, live).then(() => {
+        clearTimeout(replace);
+        this.keepWarm();
+      });
       return this.record(name);
     });
+  }
+
+  /** `partita run …` as a new process: detached (own process group), stdout and stderr into vmm.log. */
+  private spawnCold(
+    name: string,
+    runArgs: readonly string[],
+    logPath: string,
+  ): { pid: number; startTime: string; child: ChildProcess; exit: Promise<WarmExit> } {
+    const log = openSync(logPath, 'a', 0o600);
+    let child: ChildProcess;
+    try {
+      const [cmd, ...args] = this.vmmCommand;
+      child = spawn(cmd, [...args, ...runArgs], {
+        detached: true,
+        stdio: ['ignore', log, log],
+        cwd: dirname(logPath),
+      });
+    } finally {
+      closeSync(log);
+    }
+    const pid = child.pid;
+    if (pid === undefined) {
+      child.on('error', () => undefined);
+      throw new DaemonError(500, `cannot start the VMM of '${name}' (see ${logPath})`);
+    }
+    child.unref();
+    // The start time is read at once: the child is this process (forked, exec'ing) and cannot be reaped yet.
+    const startTime = processStartTime(pid) ?? '';
+    const exit = new Promise<WarmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    return { pid, startTime, child, exit };
   }
 
   private track(name: string, files: VmmStateFile, child?: ChildProcess): Running {
@@ -456,9 +548,16 @@ export class Supervisor extends EventEmitter<{ event: [DaemonEvent] }> {
     live.watch.unref();
   }
 
-  /** Stops watching (the VMMs keep running: they outlive the daemon by design). */
-  close(): void {
+  /**
+   * Stops watching (the VMMs keep running: they outlive the daemon by design) and kills the idle warm VMM,
+   * resolving once it has exited.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
     for (const live of this.running.values()) if (live.watch) clearInterval(live.watch);
+    const warm = this.standby;
+    this.standby = undefined;
+    await warm?.kill();
   }
 }
 
@@ -477,9 +576,12 @@ export async function reattachProblem(
     return { why: `PID ${files.pid} now belongs to another process (started at ${now}, not ${files.startTime})` };
   if (isZombie(files.pid)) return { why: `process ${files.pid} has exited` };
   const argv = processArgv(files.pid);
-  const at = argv.indexOf('--control');
-  if (at < 0 || argv[at + 1] !== files.control)
-    return { why: `process ${files.pid} is not a VMM (no --control ${files.control} on its command line)` };
+  // A VMM that was a warm standby has its random --standby-id on its command line instead of --control.
+  const [flag, value] =
+    files.standbyId !== undefined ? ['--standby-id', files.standbyId] : ['--control', files.control];
+  const at = argv.indexOf(flag);
+  if (at < 0 || argv[at + 1] !== value)
+    return { why: `process ${files.pid} is not a VMM (no ${flag} ${value} on its command line)` };
   const answer = await controlRequest(files.control, 'status', 1000).catch(() => undefined);
   if (answer?.ok && answer.pid !== files.pid)
     return { why: `the control socket answers for process ${answer.pid}, not ${files.pid}` };

@@ -13,6 +13,8 @@ export interface VcpuThreadHandle {
 interface NativeBinding {
   open(path: string, flags: number): number;
   close(fd: number): number;
+  /** dup2(2): newfd, or -errno (the new descriptor is not close-on-exec). */
+  dup2(oldfd: number, newfd: number): number;
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer): number;
   /** flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8. */
   flock(fd: number, operation: number): number;

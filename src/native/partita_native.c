@@ -249,6 +249,19 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : r);
 }
 
+// dup2(oldfd, newfd): newfd | -errno. Only for a warm VMM (`partita vmm-standby`) taking over a VM: its
+// stdout/stderr become that VM's vmm.log, as a cold spawn's are (Node has no dup2; writes from native code and
+// Node's own fatal errors go to fd 2, so replacing the JS stream would not be enough).
+static napi_value js_dup2(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  get_args(env, info, 2, argv);
+  int32_t oldfd, newfd;
+  ARG(arg_i32(env, argv[0], "dup2", "oldfd", &oldfd));
+  ARG(arg_i32(env, argv[1], "dup2", "newfd", &newfd));
+  int r = dup2(oldfd, newfd);
+  return num(env, r < 0 ? -errno : r);
+}
+
 // flock(fd, operation): 0 | -errno. Disk images are locked LOCK_EX|LOCK_NB (or LOCK_SH read-only) so two VMs
 // cannot open one image for writing; the lock belongs to the open file description and ends with it.
 static napi_value js_flock(napi_env env, napi_callback_info info) {
@@ -1164,7 +1177,7 @@ static napi_value init(napi_env env, napi_value exports) {
   sigaction(sig_kick(), &sa, NULL);
 
   struct { const char *name; napi_callback cb; } fns[] = {
-      {"open", js_open},         {"close", js_close},
+      {"open", js_open},         {"close", js_close},     {"dup2", js_dup2},
       {"ioctl", js_ioctl},       {"flock", js_flock}, {"fallocate", js_fallocate},
       {"ioThreadStart", js_io_thread_start}, {"ioSubmit", js_io_submit}, {"ioReap", js_io_reap},
       {"ioKeepAlive", js_io_keep_alive},       {"run", js_run},

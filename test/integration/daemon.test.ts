@@ -1,6 +1,7 @@
 // The daemon with real VMs (`partita run` under the supervisor): start → running → the guest's first serial line
 // over the console WebSocket → typed input echoed → SIGKILL of one VMM → crashed while the other VM runs on →
-// a daemon restart with a VM running → reattached and stopped through its control channel. Needs /dev/kvm.
+// a daemon restart with a VM running → reattached and stopped through its control channel; the same through the
+// warm VMM (test/unit/daemon-warm-vmm.test.ts covers it without KVM). Needs /dev/kvm.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -99,3 +100,56 @@ test('real VMs under the daemon: console, crash isolation, reattach', { skip, ti
     await d.destroy();
   }
 });
+
+test(
+  'real VMs through the warm VMM: the hand-off boots the guest, the VMM is reattached by its standby id',
+  {
+    skip,
+    timeout: 15 * 60_000,
+  },
+  async () => {
+    const vmmCommand = defaultVmmCommand();
+    const standbyCommand = [...vmmCommand.slice(0, -1), 'vmm-standby'];
+    let d = await startTestDaemon({ vmmCommand, standbyCommand });
+    try {
+      const get = async (name: string): Promise<VmRecord> =>
+        (await d.client.request<VmRecord>('GET', `/api/vms/${name}`)).body;
+      const inState = (name: string, state: string) => async () => {
+        const r = await get(name);
+        return r.state === state && r;
+      };
+      await d.client.request('POST', '/api/vms', {
+        name: 'hello',
+        kernel: guest('hello'),
+        cmdline: 'exit=5',
+        memory: 64 * 1024 * 1024,
+      });
+      const warm = await until('a standby', () => d.daemon.supervisor.warmReady());
+      assert.equal((await d.client.request<VmRecord>('POST', '/api/vms/hello/start', {})).body.pid, warm);
+      const ended = await until('hello stopped', inState('hello', 'stopped'));
+      assert.equal(ended.exitStatus, 11, ended.message);
+      assert.match(
+        readFileSync(join(d.dataDir, 'vms', 'hello', 'serial.log'), 'utf8'),
+        /Hello from a Partita test guest/,
+      );
+
+      await d.client.request('POST', '/api/vms', { name: 'echo', kernel: guest('serial-echo'), memory: 64 << 20 });
+      const next = await until('the next standby', async () => {
+        const pid = await d.daemon.supervisor.warmReady();
+        return pid !== undefined && pid !== warm && pid;
+      });
+      await d.client.request('POST', '/api/vms/echo/start', {});
+      const echo = await until('echo running', inState('echo', 'running'));
+      assert.equal(echo.pid, next);
+      await d.close();
+      assert.ok(alive(next), 'the handed-off VMM outlives its daemon');
+      d = await d.restart();
+      assert.deepEqual(d.daemon.reattached, ['echo'], JSON.stringify(d.daemon.refused));
+      const stopped = (await d.client.request<VmRecord>('POST', '/api/vms/echo/stop', {})).body;
+      assert.equal(stopped.state, 'stopped', JSON.stringify(stopped));
+      assert.equal(stopped.exitStatus, 0);
+    } finally {
+      await d.destroy();
+    }
+  },
+);

@@ -10,6 +10,8 @@ import { DaemonClient } from '../../src/cli/daemon-client.js';
 
 export const fakeVmm = join(dirname(fileURLToPath(import.meta.url)), 'fake-vmm.js');
 export const fakeVmmCommand = [process.execPath, fakeVmm, 'run'];
+/** The fake VMM as a warm standby (the standby protocol of src/cli/vmm-standby.ts). */
+export const fakeStandbyCommand = [process.execPath, fakeVmm, 'vmm-standby'];
 
 export interface TestDaemon {
   readonly daemon: Daemon;
@@ -23,7 +25,15 @@ export interface TestDaemon {
 }
 
 export async function startTestDaemon(
-  options: { listen?: string; vmmCommand?: readonly string[]; dataDir?: string; stopGraceMs?: number } = {},
+  options: {
+    listen?: string;
+    vmmCommand?: readonly string[];
+    /** A warm VMM: `true` is the fake VMM's standby; off unless asked (tests set FAKE_VMM_* per start). */
+    standbyCommand?: readonly string[] | true;
+    dataDir?: string;
+    stopGraceMs?: number;
+    handOffTimeoutMs?: number;
+  } = {},
 ): Promise<TestDaemon> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'partita-daemon-'));
   const socketPath = join(dataDir, 'partita.sock');
@@ -32,7 +42,12 @@ export async function startTestDaemon(
     socketPath,
     listen: options.listen,
     version: 'test',
-    supervisor: { vmmCommand: options.vmmCommand ?? fakeVmmCommand, stopGraceMs: options.stopGraceMs ?? 10_000 },
+    supervisor: {
+      vmmCommand: options.vmmCommand ?? fakeVmmCommand,
+      standbyCommand: options.standbyCommand === true ? fakeStandbyCommand : (options.standbyCommand ?? []),
+      stopGraceMs: options.stopGraceMs ?? 10_000,
+      ...(options.handOffTimeoutMs !== undefined ? { handOffTimeoutMs: options.handOffTimeoutMs } : {}),
+    },
   });
   let closed = false;
   const close = async (): Promise<void> => {

@@ -4,14 +4,28 @@
 // a greeting to the serial log, echoes what it is sent, and stops when told to, like a VM would.
 //   FAKE_VMM_EXIT=N     exit with status N right after start (a VMM that fails)
 //   FAKE_VMM_SLOW_MS=N  wait N ms before serving the control channel (a VM being built)
-import { appendFileSync, fstatSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+// `fake-vmm.js vmm-standby --standby-id ID` is a warm VMM speaking the real standby protocol
+// (src/cli/vmm-standby.ts: the same code takes the hand-off), then the fake VMM of the arguments it was handed.
+// Its environment is the one it was spawned with (before the hand-off), as a real standby's.
+//   FAKE_VMM_STANDBY_BROKEN=1  a standby that never answers a hand-off (the daemon must fall back to cold)
+import { appendFileSync, fstatSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { VmControl } from '../../src/vmm/control.js';
 import { serveControl } from '../../src/vmm/control-server.js';
 import { serveSerialSocket } from '../../src/vmm/serial-socket.js';
+import { awaitHandOff } from '../../src/cli/vmm-standby.js';
 
+let argv = process.argv.slice(2);
+if (argv[0] === 'vmm-standby') {
+  // Broken: it says ready, then hangs (main thread blocked) without ever reading the hand-off.
+  if (process.env.FAKE_VMM_STANDBY_BROKEN === '1') {
+    writeSync(3, 'ready\n');
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+  }
+  argv = awaitHandOff();
+}
 const { values } = parseArgs({
-  args: process.argv.slice(2).filter((a) => a !== 'run'),
+  args: argv.filter((a) => a !== 'run'),
   options: {
     spec: { type: 'string' },
     control: { type: 'string' },

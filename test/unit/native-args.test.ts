@@ -44,6 +44,8 @@ const cases: [string, string, 'TypeError' | 'RangeError', RegExp][] = [
   ['native.open("/" + "a".repeat(5000), 0)', '', 'RangeError', /^open: path is too long$/],
   ['native.open("/dev/null", "0")', '', 'TypeError', /^open: flags must be a number$/],
   ['native.close("0")', '', 'TypeError', /^close: fd must be a number$/],
+  ['native.dup2("1", 9)', '', 'TypeError', /^dup2: oldfd must be a number$/],
+  ['native.dup2(1, 2 ** 40)', '', 'RangeError', /^dup2: newfd is out of range$/],
   ['native.close(1.5)', '', 'RangeError', /^close: fd must be a whole number$/],
   ['native.close(2 ** 40)', '', 'RangeError', /^close: fd is out of range$/],
   ['native.flock(undefined, 2)', '', 'TypeError', /^flock: fd must be a number$/],
