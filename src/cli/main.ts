@@ -501,7 +501,7 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'run') return runCommand(rest);
     // Hidden: the daemon's warm VMM (src/cli/vmm-standby.ts). Its `--standby-id ID` is only an identity mark on
     // the command line, which the daemon checks before reattaching to it.
-    if (command === 'vmm-standby') return runCommand(awaitHandOff());
+    if (command === 'vmm-standby') return runCommand(await awaitHandOff());
     if (command === 'spec') return specCommand(rest);
     // The daemon and its client are loaded only for their commands: `partita run` starts without them.
     if (command === 'serve') {

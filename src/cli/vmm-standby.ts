@@ -10,7 +10,8 @@
 // with stdin on /dev/null, fd 3 is closed, and stdout/stderr are the VM's vmm.log (dup2, as a cold spawn's
 // stdio would be), so the daemon's death neither kills nor blocks it. Until then its stdout/stderr are /dev/null,
 // and process.stdout/stderr are not touched here: Node creates those streams lazily, after the dup2.
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { native, check } from '../native/index.js';
 import type { HandOff } from '../daemon/warm-vmm.js';
 
@@ -29,28 +30,41 @@ function parseHandOff(line: string): HandOff {
   return { args: v.args, log: v.log, cwd: v.cwd };
 }
 
-/** One line from a blocking descriptor; undefined at end of file before a newline. */
-function readLine(fd: number): string | undefined {
-  const chunks: Buffer[] = [];
-  const buf = Buffer.alloc(4096);
-  for (;;) {
-    let n: number;
-    try {
-      n = readSync(fd, buf, 0, buf.length, null);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
-        continue;
-      }
-      throw e;
-    }
-    if (n === 0) return undefined;
-    const at = buf.subarray(0, n).indexOf(10);
-    if (at >= 0) {
-      chunks.push(Buffer.from(buf.subarray(0, at)));
-      return Buffer.concat(chunks).toString('utf8');
-    }
-    chunks.push(Buffer.from(buf.subarray(0, n)));
+/** The hand-off socket (fd 3) on the event loop: an idle standby sleeps in epoll, costing no CPU. */
+class HandOffChannel {
+  private readonly socket = new Socket({ fd: STANDBY_FD, readable: true, writable: true });
+  private text = '';
+
+  /** The daemon's first line; undefined when its end closes (or fails) first. */
+  readLine(): Promise<string | undefined> {
+    return new Promise((resolve) => {
+      const done = (line: string | undefined): void => {
+        this.socket.removeAllListeners('data');
+        this.socket.removeAllListeners('end');
+        this.socket.pause();
+        resolve(line);
+      };
+      this.socket.setEncoding('utf8');
+      this.socket.on('data', (chunk: string) => {
+        this.text += chunk;
+        const nl = this.text.indexOf('\n');
+        if (nl >= 0) done(this.text.slice(0, nl));
+      });
+      this.socket.on('end', () => done(undefined));
+      this.socket.on('error', () => done(undefined));
+    });
+  }
+
+  send(line: string): void {
+    this.socket.write(line);
+  }
+
+  /** Writes `line` and closes fd 3 (libuv owns it: closing it by number could close a reused descriptor). */
+  finish(line: string): Promise<void> {
+    return new Promise((resolve) => {
+      this.socket.once('close', () => resolve());
+      this.socket.end(line);
+    });
   }
 }
 
@@ -58,28 +72,24 @@ function readLine(fd: number): string | undefined {
  * Waits for the hand-off and takes it: returns the `run` arguments, with stdout/stderr on the VM's log and the
  * working directory its folder. Exits (status 0) when the daemon goes away first: an idle standby ends with it.
  */
-export function awaitHandOff(): string[] {
+export async function awaitHandOff(): Promise<string[]> {
+  const channel = new HandOffChannel();
+  channel.send('ready\n');
+  const line = await channel.readLine();
+  if (line === undefined) process.exit(0);
+  let order: HandOff;
   try {
-    writeSync(STANDBY_FD, 'ready\n');
-    const line = readLine(STANDBY_FD);
-    if (line === undefined) process.exit(0);
-    let order: HandOff;
-    try {
-      order = parseHandOff(line);
-      const log = openSync(order.log, 'a', 0o600);
-      check(native.dup2(log, 1), 'dup2', 'stdout');
-      check(native.dup2(log, 2), 'dup2', 'stderr');
-      closeSync(log);
-      process.chdir(order.cwd);
-    } catch (e) {
-      writeSync(STANDBY_FD, `error ${(e as Error).message.split('\n')[0]}\n`);
-      process.exit(1);
-    }
-    writeSync(STANDBY_FD, 'ok\n');
-    closeSync(STANDBY_FD);
-    return order.args;
-  } catch {
-    // The daemon's end is gone (EPIPE, ECONNRESET): nobody to hand a VM over.
-    process.exit(0);
+    order = parseHandOff(line);
+    const log = openSync(order.log, 'a', 0o600);
+    check(native.dup2(log, 1), 'dup2', 'stdout');
+    check(native.dup2(log, 2), 'dup2', 'stderr');
+    closeSync(log);
+    process.chdir(order.cwd);
+  } catch (e) {
+    await channel.finish(`error ${(e as Error).message.split('\n')[0]}\n`);
+    process.exit(1);
   }
+  // The daemon's end may be gone by now (it then cold-starts this VM: nobody waits for this one's answer).
+  await channel.finish('ok\n');
+  return order.args;
 }

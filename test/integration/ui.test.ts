@@ -373,7 +373,18 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   await canvas.waitFor();
   const serialLog = join(home, 'data', 'partita', 'vms', 'screen', 'serial.log');
   const serial = (): string => (existsSync(serialLog) ? readFileSync(serialLog, 'latin1') : '');
-  const until = (what: string, check: () => boolean) => untilGuarded(what, check, HANG_GUARD_MS);
+  const vmmLog = join(home, 'data', 'partita', 'vms', 'screen', 'vmm.log');
+  // A wait that fails says what the VM had printed (its serial log) and what its VMM said.
+  const until = async (what: string, check: () => boolean): Promise<void> => {
+    try {
+      await untilGuarded(what, check, HANG_GUARD_MS);
+    } catch (e) {
+      const log = existsSync(vmmLog) ? readFileSync(vmmLog, 'utf8') : '(no vmm.log)';
+      throw new Error(
+        `${(e as Error).message}\n--- serial.log ---\n${lastLines(serial(), 20)}\n--- vmm.log ---\n${lastLines(log, 20)}`,
+      );
+    }
+  };
   await until('GRUB’s menu on serial', () => serial().includes('Partita test: second entry'));
   // The canvas against the VMM's PNG of the same screen (GET /api/vms/screen/screenshot), compared in the page.
   // GRUB's menu waits for a key, so the screen settles; the comparison is retried until it holds (hang guard).

@@ -22,7 +22,7 @@ if (argv[0] === 'vmm-standby') {
     writeSync(3, 'ready\n');
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
   }
-  argv = awaitHandOff();
+  argv = await awaitHandOff();
 }
 const { values } = parseArgs({
   args: argv.filter((a) => a !== 'run'),
