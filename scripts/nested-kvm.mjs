@@ -7,7 +7,10 @@
 // The VM sees the host's whole file system read-only over virtio-9p (so node, gcc-built guests and dist/ are the
 // host's own), with a fresh /tmp; the kernel and busybox come from Debian's archive (apt-get download), cached in
 // ~/.cache/partita/nested. Default command: the integration tests that need KVM, without the QEMU comparisons
-// (PARTITA_NO_QEMU=0 keeps them; QEMU under emulated nesting is very slow). A full run takes about 20 minutes.
+// (PARTITA_NO_QEMU=0 keeps them; QEMU under emulated nesting is very slow). A full run takes about 20 minutes;
+// `npm test` runs a shorter lane of them this way (scripts/test-vm-lane.mjs). The VM has a user-mode NIC (for
+// passt) and loopback up; the host's test-artifacts/ folder is mounted writable at its own path, so screenshots
+// taken inside land there.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import {
   chmodSync,
@@ -25,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cache = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'partita', 'nested');
-const INITRAMFS = 'init-v3.cpio.gz';
+const INITRAMFS = 'init-v4.cpio.gz';
 const MODULES = [
   'virtio',
   'virtio_ring',
@@ -114,6 +117,8 @@ function prepare() {
       'mount -t devtmpfs dev /mnt/dev; mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys',
       'mount -t tmpfs tmp /mnt/tmp',
       'mkdir -p /mnt/dev/shm && mount -t tmpfs shm /mnt/dev/shm', // Chromium's shared memory
+      // The one writable host folder: test artifacts (screenshots, firmware logs), for a person to look at.
+      '[ -n "$artifacts" ] && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 artifacts "/mnt$artifacts"',
       // Loopback (the daemon's TCP API, the browser) and QEMU's user-mode network (passt needs an interface
       // with a default route): QEMU's slirp is the gateway, 10.0.2.2.
       'ip link set lo up',
@@ -144,6 +149,8 @@ prepare();
 // The script the VM runs: on the host's (read-only) file system, where the VM finds it by path.
 const script = join(cache, `run-${process.pid}.sh`);
 const noQemu = process.env.PARTITA_NO_QEMU ?? '1';
+const artifacts = join(root, 'test-artifacts');
+mkdirSync(artifacts, { recursive: true });
 writeFileSync(
   script,
   `cd '${root}'\nexport HOME=/tmp PARTITA_NO_INSTALL=1 PARTITA_NO_QEMU=${noQemu}\n${inner}\necho $? > /tmp/status\n`,
@@ -164,13 +171,15 @@ const qemu = spawn(
     '-initrd',
     join(cache, INITRAMFS),
     '-append',
-    `console=ttyS0 quiet script=${script}`,
+    `console=ttyS0 quiet script=${script} artifacts=${artifacts}`,
     '-nographic',
     '-no-reboot',
     '-nic',
     'user,model=virtio-net-pci',
     '-virtfs',
     'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
+    '-virtfs',
+    `local,path=${artifacts},mount_tag=artifacts,security_model=none`,
   ],
   { stdio: ['ignore', 'pipe', 'inherit'] },
 );
