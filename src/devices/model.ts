@@ -124,6 +124,12 @@ export interface DeviceDescription {
   readonly fadt?: FixedHardware;
   /** MADT interrupt source overrides its ISA IRQs need (e.g. PCI interrupts routed to ISA IRQs: level, high). */
   readonly interruptOverrides?: readonly InterruptOverride[];
+  /**
+   * Guest-physical MMIO ranges whose writes may reach the device batched, through KVM's coalesced MMIO ring
+   * (src/vmm/coalesced-mmio.ts): writes that need no immediate answer, such as VGA memory. They arrive in order,
+   * before any other exit of the VM is handled; reads still exit.
+   */
+  readonly coalescedMmio?: readonly { readonly base: number; readonly size: number }[];
 }
 
 export interface DeviceAttachContext {

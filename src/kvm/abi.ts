@@ -200,9 +200,27 @@ export const kvm_translation = layout('kvm_translation', 24, {
   usermode: [18, 1],
 });
 export const kvm_enable_cap = layout('kvm_enable_cap', 104, { cap: [0, 4], flags: [4, 4], args: [8, 32] });
+/** A guest-physical range whose writes KVM queues in the coalesced MMIO ring instead of exiting. */
+export const kvm_coalesced_mmio_zone = layout('kvm_coalesced_mmio_zone', 16, {
+  addr: [0, 8],
+  size: [8, 4],
+  pio: [12, 4],
+});
+/** One queued write in the ring. */
+export const kvm_coalesced_mmio = layout('kvm_coalesced_mmio', 24, {
+  phys_addr: [0, 8],
+  len: [8, 4],
+  pio: [12, 4],
+  data: [16, 8],
+});
+/** The ring's head (entries follow): KVM appends at `last`, userspace consumes from `first`. */
+export const kvm_coalesced_mmio_ring = layout('kvm_coalesced_mmio_ring', 8, { first: [0, 4], last: [4, 4] });
 
 /** Every layout, for the header check. */
 export const allLayouts: readonly StructLayout<string>[] = [
+  kvm_coalesced_mmio_zone,
+  kvm_coalesced_mmio,
+  kvm_coalesced_mmio_ring,
   kvm_irqchip,
   kvm_pit_state2,
   kvm_userspace_memory_region,
@@ -245,6 +263,8 @@ export const ioctls = {
   KVM_CREATE_IRQCHIP: io(0x60),
   KVM_IRQ_LINE: iow(0x61, kvm_irq_level.size),
   KVM_IRQ_LINE_STATUS: iowr(0x67, kvm_irq_level.size),
+  KVM_REGISTER_COALESCED_MMIO: iow(0x67, kvm_coalesced_mmio_zone.size),
+  KVM_UNREGISTER_COALESCED_MMIO: iow(0x68, kvm_coalesced_mmio_zone.size),
   KVM_SET_GSI_ROUTING: iow(0x6a, kvm_irq_routing.size),
   KVM_IRQFD: iow(0x76, kvm_irqfd.size),
   KVM_CREATE_PIT2: iow(0x77, kvm_pit_config.size),
@@ -341,6 +361,7 @@ export const caps = {
   KVM_CAP_NR_MEMSLOTS: 10,
   KVM_CAP_PIT: 11,
   KVM_CAP_MP_STATE: 14,
+  KVM_CAP_COALESCED_MMIO: 15,
   KVM_CAP_IRQ_ROUTING: 25,
   KVM_CAP_IRQFD: 32,
   KVM_CAP_PIT2: 33,

@@ -91,6 +91,8 @@ export interface PlatformDescription {
   readonly fadt?: FixedHardware;
   /** MADT overrides the devices ask for (buildAcpiTables' interruptOverrides). */
   readonly interruptOverrides: readonly InterruptOverride[];
+  /** MMIO zones whose writes go through KVM's coalesced MMIO ring (DeviceDescription.coalescedMmio). */
+  readonly coalescedMmio: readonly { readonly base: number; readonly size: number }[];
 }
 
 /**
@@ -227,6 +229,7 @@ export function describeDevices(
     legacy: Object.assign({}, ...descriptions.map((d) => d.legacy ?? {})) as PlatformDescription['legacy'],
     fadt: fixedHardwareOf(descriptions),
     interruptOverrides: descriptions.flatMap((d) => d.interruptOverrides ?? []),
+    coalescedMmio: descriptions.flatMap((d) => d.coalescedMmio ?? []),
   };
 }
 

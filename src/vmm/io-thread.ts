@@ -14,6 +14,7 @@ import { i8042InputSink } from '../devices/legacy/i8042.js';
 import { startRfbServer } from '../display/rfb/server.js';
 import { attachDevices, serveDevices, type SharedDeviceState } from './device-set.js';
 import { GuestMemory, type MemoryRegionDescriptor } from '../base/guest-memory.js';
+import { CoalescedMmioRing } from './coalesced-mmio.js';
 import { Vcpu, type VcpuExitContext } from './vcpu.js';
 import { ConsoleEscape, ESCAPE_HELP } from './console-escape.js';
 import type { Uart16550 } from '../devices/legacy/uart-16550a.js';
@@ -29,6 +30,8 @@ export interface IoThreadData {
   readonly memory: readonly MemoryRegionDescriptor[];
   readonly mmapSize: number;
   readonly aps: readonly { readonly id: number; readonly fd: number }[];
+  /** KVM's coalesced MMIO ring (machine.ts coalescedRing): its page in a vCPU mapping and the drain lock. */
+  readonly coalesced?: { readonly pageOffset: number; readonly lock: SharedArrayBuffer };
   readonly serialOutputFd: number;
   readonly serialInput: 'tty' | 'stream' | 'none';
   /** `--control PATH`: the control channel's socket (control-server.ts). */
@@ -38,29 +41,36 @@ export interface IoThreadData {
   readonly vncSocket?: string;
 }
 
-function startApplicationProcessors(data: IoThreadData, ctx: VcpuExitContext): void {
+function startApplicationProcessors(data: IoThreadData, baseCtx: VcpuExitContext): void {
+  let ctx = baseCtx;
   for (const ap of data.aps) {
     const vcpu = Vcpu.attach(ap.id, ap.fd, data.mmapSize);
+    // The ring page is the VM's, seen through any vCPU's mapping: this thread's view comes with its first AP.
+    if (data.coalesced && !ctx.coalesced) {
+      const page = new DataView(vcpu.run.buffer, vcpu.run.byteOffset + data.coalesced.pageOffset * 4096, 4096);
+      ctx = { ...ctx, coalesced: new CoalescedMmioRing(page, data.coalesced.lock) };
+    }
+    const apCtx = ctx;
     let handle = 0n;
     const onExit = (_id: number, result: number): void => {
-      const stop = result !== 0 ? vcpu.handleRunError(result, ctx) : vcpu.handleExit(ctx);
-      if (stop || ctx.control.stopping) {
+      const stop = result !== 0 ? vcpu.handleRunError(result, apCtx) : vcpu.handleExit(apCtx);
+      if (stop || apCtx.control.stopping) {
         native.completeVcpuExit(handle, false);
         return;
       }
-      if (ctx.control.paused) {
-        void ctx.control.whenResumed().then(() => native.completeVcpuExit(handle, !ctx.control.stopping));
+      if (apCtx.control.paused) {
+        void apCtx.control.whenResumed().then(() => native.completeVcpuExit(handle, !apCtx.control.stopping));
         return;
       }
       native.completeVcpuExit(handle, true);
     };
     const started = native.startVcpuThread(ap.fd, ap.id, onExit, vcpu.immediateExitAddress);
     if (typeof started === 'number') {
-      ctx.control.fault(`cannot start the thread of vCPU ${ap.id}: errno ${-started}`, 3);
+      apCtx.control.fault(`cannot start the thread of vCPU ${ap.id}: errno ${-started}`, 3);
       return;
     }
     handle = started.handle;
-    ctx.control.addKickTarget(started.thread, vcpu.immediateExitAddress);
+    apCtx.control.addKickTarget(started.thread, vcpu.immediateExitAddress);
   }
 }
 

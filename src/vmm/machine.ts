@@ -43,6 +43,7 @@ import {
 } from './boot-strategy.js';
 import type { IoThreadData } from './io-thread.js';
 import { ExitRing } from './exit-ring.js';
+import { CoalescedMmioRing, registerCoalescedZone } from './coalesced-mmio.js';
 import { PowerOnState } from './machine-reset.js';
 import type { SerialSocketOptions } from './serial-socket.js';
 import { formatSize } from '../base/units.js';
@@ -288,6 +289,7 @@ function runBuilt(
     reset: (why: string) => control.stop({ kind: 'reset', status: 0, message: `the guest reset the machine (${why})` }),
   };
   const devices = attachDevices(shared, host, vm.memory);
+  const coalesced = coalescedRing(kvm, vm, bsp, platform.coalescedMmio);
 
   control.addKickTarget(native.threadSelf(), bsp.immediateExitAddress);
   native.watchTerminationSignals(bsp.immediateExitAddress);
@@ -306,6 +308,7 @@ function runBuilt(
       controlSocket: run.controlSocket,
       serialSocket: run.serialSocket,
       vncSocket: run.vncSocket,
+      coalesced: coalesced && { pageOffset: coalesced.pageOffset, lock: coalesced.lock },
     };
     worker.postMessage(data);
   }
@@ -319,6 +322,7 @@ function runBuilt(
     mmio: exitRing ? exitRing.wrapMmio(devices.mmio) : devices.mmio,
     control,
     memory: vm.memory,
+    coalesced: coalesced?.ring,
     onKick: (vcpu: Vcpu) => {
       const sig = native.pendingSignal();
       // SIGQUIT, as a JVM's thread dump: where the guest is (a hung guest's registers), then the VM stops.
@@ -358,10 +362,11 @@ function runBuilt(
     reason = bsp.runLoop(exitContext);
   }
   trace(`guest stopped (${reason.kind})`);
+  coalesced?.ring.drain(devices.mmio, devices.pio); // the screen as the guest last wrote it
   if (exitRing) process.stderr.write(`${exitRing.dump()}\n`);
   if (tracingState) process.stderr.write(`BSP mp_state ${bsp.getMpState()}\n${bsp.describeState(vm.memory)}\n`);
   if (run.screenshotFd !== undefined || run.screenTextFd !== undefined) saveScreen(devices, run);
-  if (run.stats) printStats(control, devices);
+  if (run.stats) printStats(control, devices, coalesced?.ring);
   if (typeof tick === 'bigint') native.stopTick(tick);
   native.restoreTerminationSignals();
   // Application processors end natively, releasing their hand-off to the I/O thread while it still exists.
@@ -370,6 +375,25 @@ function runBuilt(
     process.stderr.write('partita: some vCPU threads did not stop\n');
   void worker?.terminate();
   return { reason, boot };
+}
+
+/**
+ * KVM's coalesced MMIO ring for the zones the devices ask for (the VGA window), when KVM has it: the ring page
+ * is page KVM_CAP_COALESCED_MMIO of every vCPU's mapping; the BSP's view drains here, the I/O thread maps its own
+ * through an AP's mapping (only with several vCPUs). Without the capability the zones simply exit as before.
+ */
+function coalescedRing(
+  kvm: KvmSystem,
+  vm: Vm,
+  bsp: Vcpu,
+  zones: readonly { readonly base: number; readonly size: number }[],
+): { ring: CoalescedMmioRing; pageOffset: number; lock: SharedArrayBuffer } | undefined {
+  const pageOffset = kvm.capability('KVM_CAP_COALESCED_MMIO');
+  if (zones.length === 0 || pageOffset <= 0 || (pageOffset + 1) * 4096 > bsp.run.byteLength) return undefined;
+  for (const zone of zones) registerCoalescedZone(vm.fd, zone);
+  const lock = CoalescedMmioRing.createLock();
+  const ring = new CoalescedMmioRing(new DataView(bsp.run.buffer, bsp.run.byteOffset + pageOffset * 4096, 4096), lock);
+  return { ring, pageOffset, lock };
 }
 
 /** --screenshot / --screen-text: the screen as the VM left it. */
@@ -396,9 +420,10 @@ function saveScreen(devices: DeviceSet, run: RunOptions): void {
   }
 }
 
-function printStats(control: VmControl, devices: DeviceSet): void {
+function printStats(control: VmControl, devices: DeviceSet, coalesced: CoalescedMmioRing | undefined): void {
   const e = control.exitCounts();
   const lines = [`partita: exits to userspace: ${e.pio} port I/O, ${e.mmio} MMIO, ${e.other} other`];
+  if (coalesced) lines.push(`partita: coalesced MMIO: ${coalesced.count} writes replayed from KVM's ring (no exit)`);
   for (const { device } of devices.devices) {
     if (!(device instanceof AttachedVirtioFunction)) continue;
     const n = device.transport.notificationCounts();

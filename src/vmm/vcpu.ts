@@ -30,6 +30,7 @@ import { encodeCpuid, type CpuidEntry } from '../arch/x86_64/cpuid.js';
 import type { MmioBus, PortIoBus } from '../devices/bus.js';
 import type { GuestMemory } from '../base/guest-memory.js';
 import { EXIT_COUNT_MMIO, EXIT_COUNT_OTHER, EXIT_COUNT_PIO, VmControl, type StopReason } from './control.js';
+import type { CoalescedMmioRing } from './coalesced-mmio.js';
 
 const R = kvm_run.fields;
 const EXIT_IO = exitReasons.KVM_EXIT_IO;
@@ -42,6 +43,8 @@ export interface VcpuExitContext {
   readonly memory: GuestMemory;
   /** Called on a kick (EINTR): returns a stop reason when this vCPU should leave its loop. */
   onKick?(vcpu: Vcpu): StopReason | undefined;
+  /** KVM's coalesced MMIO ring, when zones are registered: drained before every exit and on every kick. */
+  readonly coalesced?: CoalescedMmioRing;
 }
 
 export class Vcpu {
@@ -156,6 +159,7 @@ export class Vcpu {
   handleRunError(r: number, ctx: VcpuExitContext): StopReason | undefined {
     if (r === -EINTR || r === -EAGAIN) {
       this.runBytes[R.immediate_exit.offset] = 0;
+      ctx.coalesced?.drain(ctx.mmio, ctx.pio);
       if (ctx.control.stopping) return ctx.control.reason();
       return ctx.onKick?.(this);
     }
@@ -167,6 +171,9 @@ export class Vcpu {
     const run = this.run;
     const reason = run.getUint32(R.exit_reason.offset, true);
     const counters = ctx.control.exitCounters;
+    // Writes KVM queued before this exit reach their devices first: a read of a coalesced zone, or a register
+    // write that changes how it decodes, must see them.
+    ctx.coalesced?.drain(ctx.mmio, ctx.pio);
     if (reason === EXIT_IO) {
       Atomics.add(counters, EXIT_COUNT_PIO, 1);
       const bytes = this.runBytes;

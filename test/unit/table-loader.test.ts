@@ -398,6 +398,7 @@ const platformOf = (extra: Partial<PlatformDescription> = {}): PlatformDescripti
   reserved: root.reserved ?? [],
   firmwareFiles: [],
   interruptOverrides: [],
+  coalescedMmio: [],
   legacy: {},
   ...extra,
 });

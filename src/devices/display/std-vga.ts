@@ -944,6 +944,8 @@ export const stdVgaModel: DeviceModel<StdVgaState> = {
   describe: (state) => ({
     firmwareFiles: [{ name: STD_VGA_ROM_NAME, data: state.rom }],
     legacy: { vga: true },
+    // Text-mode firmware writes the window a character cell at a time: batched, as QEMU's VGA does.
+    coalescedMmio: [{ base: VGA_WINDOW_BASE, size: VGA_WINDOW_END - VGA_WINDOW_BASE }],
   }),
   attach: (state, ctx) => attachStdVga(state, ctx, ctx.vmFd),
 };
