@@ -2,7 +2,7 @@
 import { fstatSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, runMachine, type RunOptions } from '../vmm/machine.js';
+import { ConfigError, prestartIoThread, runMachine, type RunOptions } from '../vmm/machine.js';
 import { formatSize, parseSize } from '../base/units.js';
 import { MAX_MEMORY, MIN_MEMORY } from '../arch/x86_64/layout.js';
 import { parseTopology } from '../arch/x86_64/topology.js';
@@ -23,7 +23,7 @@ import {
   type AhciDiskOption,
 } from './device-options.js';
 import { DAEMON_VERB_NAMES, VERB_USAGE } from './verb-names.js';
-import { awaitHandOff } from './vmm-standby.js';
+import { awaitHandOff, hasHandOffChannel } from './vmm-standby.js';
 
 /** Debian's SeaBIOS (package seabios): what `--bios` without a path boots. */
 export const DEFAULT_BIOS = '/usr/share/seabios/bios-256k.bin';
@@ -501,7 +501,14 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'run') return runCommand(rest);
     // Hidden: the daemon's warm VMM (src/cli/vmm-standby.ts). Its `--standby-id ID` is only an identity mark on
     // the command line, which the daemon checks before reattaching to it.
-    if (command === 'vmm-standby') return runCommand(await awaitHandOff());
+    if (command === 'vmm-standby') {
+      if (!hasHandOffChannel()) {
+        process.stderr.write("partita: vmm-standby is the daemon's warm VMM: 'partita serve' starts it\n");
+        return 2;
+      }
+      prestartIoThread(); // the I/O worker's isolate is part of what a warm VMM has ready
+      return runCommand(await awaitHandOff());
+    }
     if (command === 'spec') return specCommand(rest);
     // The daemon and its client are loaded only for their commands: `partita run` starts without them.
     if (command === 'serve') {

@@ -10,7 +10,7 @@
 // with stdin on /dev/null, fd 3 is closed, and stdout/stderr are the VM's vmm.log (dup2, as a cold spawn's
 // stdio would be), so the daemon's death neither kills nor blocks it. Until then its stdout/stderr are /dev/null,
 // and process.stdout/stderr are not touched here: Node creates those streams lazily, after the dup2.
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { native, check } from '../native/index.js';
 import type { HandOff } from '../daemon/warm-vmm.js';
@@ -28,6 +28,15 @@ function parseHandOff(line: string): HandOff {
   )
     throw new Error('malformed hand-off');
   return { args: v.args, log: v.log, cwd: v.cwd };
+}
+
+/** Whether this process was started with a hand-off socket on fd 3 (by the daemon), not by hand. */
+export function hasHandOffChannel(): boolean {
+  try {
+    return fstatSync(STANDBY_FD).isSocket();
+  } catch {
+    return false;
+  }
 }
 
 /** The hand-off socket (fd 3) on the event loop: an idle standby sleeps in epoll, costing no CPU. */

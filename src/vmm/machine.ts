@@ -148,23 +148,41 @@ let machineRan = false;
  * Builds and runs the VM on the calling thread (which becomes vCPU 0's thread) until it stops. The spec must
  * have passed validateMachineSpec.
  */
+function newIoThread(): Worker {
+  return new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false });
+}
+
+let prestarted: Worker | undefined;
+
+/**
+ * Boots the I/O worker before there is a VM (the daemon's warm VMM, src/cli/vmm-standby.ts): a VM start then
+ * finds its isolate loaded. It waits for the VM's message like one started by runMachine.
+ */
+export function prestartIoThread(): void {
+  prestarted ??= newIoThread();
+  prestarted.unref();
+}
+
 export function runMachine(spec: MachineSpec, run: RunOptions): RunResult {
   if (machineRan)
     throw new Error('one VM per process: runMachine() was already called in this process (start another process)');
   machineRan = true;
   trace('builder start');
   const control = run.control ?? new VmControl();
-  // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message.
-  const worker =
+  // The I/O worker boots (a V8 isolate: tens of ms) while the VM is being built; it gets the VM by message. A warm
+  // VMM started it ahead of time (prestartIoThread).
+  const needsWorker =
     spec.cpus > 1 ||
     run.serialInput !== 'none' ||
     spec.devices.length > 0 ||
     spec.boot.kind === 'firmware' || // the PC platform has host sides too: the CMOS clock's interrupts
     run.controlSocket !== undefined ||
     run.serialSocket !== undefined ||
-    run.vncSocket !== undefined
-      ? new Worker(new URL('./io-thread.js', import.meta.url), { stdin: false })
-      : undefined;
+    run.vncSocket !== undefined;
+  const early = prestarted;
+  prestarted = undefined;
+  if (early && !needsWorker) void early.terminate();
+  const worker = needsWorker ? (early ?? newIoThread()) : undefined;
   worker?.unref();
   try {
     return buildAndRun(spec, run, control, worker);
