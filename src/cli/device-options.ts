@@ -105,6 +105,17 @@ export function parseConsole(text: string): DeviceOptions {
   return { kind: 'virtio-console', path: text };
 }
 
+/** --input tablet,keyboard: virtio-input devices (an absolute pointer and a keyboard for the screen). */
+export function parseInput(text: string): DeviceOptions[] {
+  const names = splitOption(text);
+  const devices = names.map((name): DeviceOptions => {
+    if (name === 'tablet' || name === 'keyboard') return { kind: `virtio-${name}` };
+    throw new DeviceOptionError(`--input '${text}': '${name}' is not tablet or keyboard`);
+  });
+  if (new Set(names).size !== names.length) throw new DeviceOptionError(`--input '${text}': a device is named twice`);
+  return devices;
+}
+
 /** --boot order=cd,disk,net → the firmware's boot order (fw_cfg "bootorder"). */
 export function parseBootOrder(text: string): ('cdrom' | 'disk' | 'net')[] {
   const [key, value] = keyValue(text);

@@ -18,6 +18,7 @@ import {
   DeviceOptionError,
   parseBootOrder,
   parseConsole,
+  parseInput,
   parseDisk,
   parseNet,
   type AhciDiskOption,
@@ -56,6 +57,9 @@ Options:
                        virtio-net: user-mode NAT through passt, a TAP device, or a UNIX socket speaking
                        QEMU's stream protocol; repeatable. 'packed' offers packed virtqueues too
   --rng                virtio-rng fed from the host's getrandom
+  --input tablet,keyboard
+                       virtio-input devices for the screen (--vnc): an absolute pointer (the guest's pointer
+                       sits where the viewer's is) and a keyboard; PS/2 serves until the guest's driver runs
   --console PATH       virtio-console port to a file (guest output, appended to, never truncated; not a
                        disk image) or a UNIX socket (both ways)
   --status-file FILE   when the VM stops, write why there ({"status","kind","message"} JSON): a daemon that
@@ -148,6 +152,7 @@ const RUN_OPTIONS = {
   disk: { type: 'string', multiple: true },
   net: { type: 'string', multiple: true },
   rng: { type: 'boolean' },
+  input: { type: 'string' },
   console: { type: 'string' },
   stats: { type: 'boolean' },
   bios: { type: 'string' },
@@ -253,6 +258,8 @@ function specFromFlags(values: RunValues): { spec: MachineSpec; flagOf: (path: s
     if (values.boot !== undefined) bootOrder = parseBootOrder(values.boot as string);
     for (const n of (values.net as string[] | undefined) ?? []) add(parseNet(n), `--net '${n}'`);
     if (values.rng) add({ kind: 'virtio-rng' }, '--rng');
+    if (values.input !== undefined)
+      for (const d of parseInput(values.input as string)) add(d, `--input '${String(values.input)}'`);
     if (values.console !== undefined)
       add(parseConsole(values.console as string), `--console '${String(values.console)}'`);
   } catch (e) {
@@ -303,6 +310,7 @@ function checkedSpec(values: RunValues): MachineSpec {
       'disk',
       'net',
       'rng',
+      'input',
       'console',
       'bios',
       'cdrom',

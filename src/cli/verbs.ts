@@ -203,6 +203,7 @@ export function parseDeviceAdd(text: string): DeviceOptions {
       return json as DeviceOptions;
     }
     if (text === 'rng') return { kind: 'virtio-rng' };
+    if (text === 'tablet' || text === 'keyboard') return { kind: `virtio-${text}` };
     const eq = text.indexOf('=');
     const [key, rest] = eq < 0 ? [text, ''] : [text.slice(0, eq), text.slice(eq + 1)];
     if (key === 'disk') {
@@ -218,7 +219,10 @@ export function parseDeviceAdd(text: string): DeviceOptions {
       throw new VerbError(`--device-add: ${e.message}`, 2);
     throw e;
   }
-  throw new VerbError(`--device-add '${text}': expected disk=PATH…, net=…, rng, console=PATH or a JSON device`, 2);
+  throw new VerbError(
+    `--device-add '${text}': expected disk=PATH…, net=…, rng, tablet, keyboard, console=PATH or a JSON device`,
+    2,
+  );
 }
 
 async function setVerb(args: string[]): Promise<number> {

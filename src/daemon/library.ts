@@ -55,8 +55,8 @@ export const FIRMWARE_IMAGES: Readonly<Record<string, string>> = {
 export const DISPLAY_KINDS: ReadonlySet<string> = new Set(['std-vga']);
 
 /**
- * The devices of a new VM. Firmware-booted VMs are PCs with a screen (std VGA) and an AHCI controller for the
- * installer CD; their new disk is SATA for Windows (which has no virtio driver on its installer) and virtio-blk
+ * The devices of a new VM. Firmware-booted VMs are PCs with a screen (std VGA), a virtio tablet and keyboard
+ * (an absolute pointer once the guest's driver runs), and an AHCI controller for the installer CD; their new disk is SATA for Windows (which has no virtio driver on its installer) and virtio-blk
  * otherwise. Kernel-booted VMs get virtio-blk only (their console is the serial port).
  */
 export function newVmDevices(opts: {
@@ -79,6 +79,8 @@ export function newVmDevices(opts: {
   }
   if (opts.cdrom) drives.push({ type: 'cdrom', path: opts.cdrom });
   if (drives.length) devices.push({ kind: 'ahci', drives });
+  // The screen's pointer is absolute on guests with virtio-input drivers (Linux); PS/2 serves the rest.
+  devices.push({ kind: 'virtio-tablet' }, { kind: 'virtio-keyboard' });
   return devices;
 }
 

@@ -15,6 +15,7 @@ import { virtioBlockModel } from './virtio/block.js';
 import { virtioNetModel } from './virtio/net.js';
 import { virtioEntropyModel } from './virtio/entropy.js';
 import { virtioConsoleModel } from './virtio/console.js';
+import { virtioKeyboardModel, virtioTabletModel } from './virtio/input.js';
 import { fwCfgModel } from './firmware/fw-cfg.js';
 import { stdVgaModel } from './display/std-vga.js';
 import { ahciModel } from './storage/ahci.js';
@@ -60,6 +61,8 @@ export const deviceRegistry = new DeviceRegistry([
   virtioNetModel as DeviceModel,
   virtioEntropyModel as DeviceModel,
   virtioConsoleModel as DeviceModel,
+  virtioTabletModel as DeviceModel,
+  virtioKeyboardModel as DeviceModel,
   fwCfgModel as DeviceModel,
   stdVgaModel as DeviceModel,
   ahciModel as DeviceModel,

@@ -1,6 +1,6 @@
 // What a screen consumer (screenshots, the RFB server) reads from a display device, and what it sends back to
-// the machine's input devices. The display device (std VGA) implements DisplaySource; the PC's input devices
-// (i8042 PS/2, later virtio-input) implement InputSink. Both are usable from any thread of the VMM process.
+// the machine's input devices. The display device (std VGA) implements DisplaySource; the machine's input devices
+// (i8042 PS/2, virtio-input tablet and keyboard: src/vmm/input-routing.ts picks between them) implement InputSink.
 
 export interface Rect {
   readonly x: number;
@@ -33,6 +33,12 @@ export interface InputSink {
   key(scancode: number, down: boolean): void;
   /** Relative pointer motion and buttons (bit 0 left, 1 middle, 2 right, 3/4 wheel up/down). */
   pointer(dx: number, dy: number, buttons: number): void;
+  /**
+   * The viewer's pointer at pixel (x, y) of a width × height screen, and its buttons, for an absolute pointing
+   * device (a virtio tablet). False when no such device is in use (none, or no driver for it yet): the caller
+   * then sends relative motion through pointer() instead.
+   */
+  pointerAbsolute?(x: number, y: number, width: number, height: number, buttons: number): boolean;
   /** Keyboard LEDs the guest set: bit 0 Scroll Lock, 1 Num Lock, 2 Caps Lock. */
   leds(): number;
 }

@@ -11,6 +11,8 @@ import { native } from '../native/index.js';
 import { VmControl } from './control.js';
 import { screenshotPng, stdVgaDisplay } from '../devices/display/vga-renderer.js';
 import { i8042InputSink } from '../devices/legacy/i8042.js';
+import { virtioInputOf } from '../devices/virtio/input.js';
+import { routedInputSink } from './input-routing.js';
 import { startRfbServer } from '../display/rfb/server.js';
 import { attachDevices, serveDevices, type SharedDeviceState } from './device-set.js';
 import { GuestMemory, type MemoryRegionDescriptor } from '../base/guest-memory.js';
@@ -151,7 +153,12 @@ function main(data: IoThreadData): void {
     setScreenTextHook(() => display.screenText());
   }
   // The screen over RFB: this thread's renderer is the one consumer of the framebuffer's dirty log.
-  const input = i8042InputSink(devices.find('i8042'));
+  // Keys and pointer: the PS/2 controller, and the virtio tablet and keyboard once the guest's driver runs them.
+  const input = routedInputSink(
+    i8042InputSink(devices.find('i8042')),
+    virtioInputOf(devices.find('virtio-tablet')),
+    virtioInputOf(devices.find('virtio-keyboard')),
+  );
   if (data.vncSocket && display && input)
     void startRfbServer({
       source: display,

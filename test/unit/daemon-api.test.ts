@@ -264,12 +264,15 @@ test('records come back whole through the response schemas: device options, firm
     });
     assert.equal(created.status, 201, JSON.stringify(created.body));
     const got = (await d.client.request<VmRecord>('GET', '/api/vms/fw')).body;
-    // A firmware VM is a PC with a screen; its installer CD sits on the AHCI controller and boots first.
+    // A firmware VM is a PC with a screen (and a virtio tablet and keyboard for it); its installer CD sits on the
+    // AHCI controller and boots first.
     assert.deepEqual(got.spec.boot, { kind: 'firmware', firmware: fw, bootOrder: ['cdrom', 'disk'] });
     assert.deepEqual(got.spec.devices, [
       { kind: 'std-vga' },
       { kind: 'virtio-blk', path: join(d.dataDir, 'vms', 'fw', 'disk0.img') },
       { kind: 'ahci', drives: [{ type: 'cdrom', path: iso }] },
+      { kind: 'virtio-tablet' },
+      { kind: 'virtio-keyboard' },
     ]);
     assert.equal(got.display, true);
     assert.deepEqual(got, JSON.parse(readFileSync(join(d.dataDir, 'vms', 'fw', 'vm.json'), 'utf8')));
@@ -277,7 +280,7 @@ test('records come back whole through the response schemas: device options, firm
       addDevices: [{ kind: 'virtio-net', backend: { kind: 'user' }, mac: '52:54:00:12:34:56' }],
     });
     assert.equal(patched.status, 200, JSON.stringify(patched.body));
-    assert.deepEqual(patched.body.spec.devices[3], {
+    assert.deepEqual(patched.body.spec.devices[5], {
       kind: 'virtio-net',
       backend: { kind: 'user' },
       mac: '52:54:00:12:34:56',

@@ -15,7 +15,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VmLibrary, nameProblem, insideDir } from '../../src/daemon/library.js';
+import { VmLibrary, nameProblem, insideDir, newVmDevices } from '../../src/daemon/library.js';
 import { writeFileAtomic } from '../../src/daemon/atomic-file.js';
 import { DaemonError } from '../../src/daemon/errors.js';
 import { processStartTime } from '../../src/daemon/proc.js';
@@ -219,4 +219,16 @@ test('/proc start time: this process has one, a PID that does not exist has none
   assert.match(mine ?? '', /^\d+$/);
   assert.equal(processStartTime(process.pid), mine);
   assert.equal(processStartTime(2 ** 22 + 7), undefined);
+});
+
+test('new firmware VMs with a screen get a virtio tablet and keyboard; kernel-booted VMs do not', () => {
+  const pc = newVmDevices({ firmware: true, os: 'linux', disk: 'disk.img' });
+  assert.deepEqual(
+    pc.map((d) => d.kind),
+    ['std-vga', 'virtio-blk', 'virtio-tablet', 'virtio-keyboard'],
+  );
+  assert.deepEqual(
+    newVmDevices({ firmware: false, os: 'linux' }).map((d) => d.kind),
+    [],
+  );
 });

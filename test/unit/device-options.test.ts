@@ -6,6 +6,7 @@ import {
   parseBootOrder,
   parseConsole,
   parseDisk,
+  parseInput,
   parseNet,
   splitOption,
 } from '../../src/cli/device-options.js';
@@ -49,6 +50,14 @@ test('--net: user, tap=NAME, socket=PATH, mac=', () => {
   assert.throws(() => parseNet('tap'), /expected user, tap=NAME or socket=PATH/);
   assert.throws(() => parseNet('bridge=br0'), /expected user/);
   assert.throws(() => parseNet('user,speed=10'), /'speed=10'/);
+});
+
+test('--input: tablet and/or keyboard, each once', () => {
+  assert.deepEqual(parseInput('tablet,keyboard'), [{ kind: 'virtio-tablet' }, { kind: 'virtio-keyboard' }]);
+  assert.deepEqual(parseInput('keyboard'), [{ kind: 'virtio-keyboard' }]);
+  assert.throws(() => parseInput('mouse'), /'mouse' is not tablet or keyboard/);
+  assert.throws(() => parseInput('tablet,tablet'), /named twice/);
+  assert.throws(() => parseInput(''), DeviceOptionError);
 });
 
 test('--console: a path is required', () => {

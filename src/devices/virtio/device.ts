@@ -4,6 +4,7 @@
 import type { GuestMemory } from '../../base/guest-memory.js';
 import type { VirtioDeviceInfo } from './pci-transport.js';
 import type { Virtqueue } from './queue.js';
+import type { JsonValue } from '../model.js';
 
 export interface VirtioQueueContext {
   readonly memory: GuestMemory;
@@ -47,6 +48,13 @@ export interface VirtioBackend {
   quiesce?(): Promise<void> | void;
   /** Ends quiesce(): serve again, including whatever the backend put off meanwhile. */
   resume?(): void;
+  /**
+   * Host-side state a snapshot must carry besides the transport and queues (e.g. input events not yet delivered),
+   * taken while quiesced; undefined: none. restoreState gets it back (undefined from an older snapshot) after the
+   * queues were restored.
+   */
+  saveState?(): JsonValue | undefined;
+  restoreState?(saved: JsonValue | undefined): void;
   /** The VM is shutting down: flush and release host resources (files, sockets). */
   close(): void;
 }

@@ -33,6 +33,12 @@ export interface VirtioDeviceDefinition<Handle> {
   /** After the run, on the builder thread: make the guest's writes durable. */
   settle?(handle: Handle): void;
   /**
+   * The driver wrote the device-specific configuration at `offset` (on the vCPU thread that took the exit, which
+   * also serves the driver's next read): a device whose config space answers what is written to it (virtio-input's
+   * select/subsel) rewrites `config`, the shared bytes every thread reads. Without it such writes are ignored.
+   */
+  configWritten?(handle: Handle, config: Uint8Array, offset: number, data: Uint8Array): void;
+  /**
    * Firmware boot: an option ROM the firmware runs for this function (iPXE for virtio-net), handed over through
    * fw_cfg as "pciVVVV,DDDD.rom" (the IDs from the ROM's own PCI data structure). Optional: when the file is
    * missing the device works, only without the ROM.
@@ -77,6 +83,8 @@ export const VIRTIO_SNAPSHOT_VERSION = 1;
 /** This thread's view of a virtio function; on the I/O thread it also has the runner (queues, backend). */
 export class AttachedVirtioFunction implements AttachedDevice {
   runner: VirtioRunner | undefined;
+  /** On the I/O thread: the backend the runner drives (host-side input reaches virtio-input through it). */
+  backend: VirtioBackend | undefined;
 
   constructor(
     readonly kind: string,
@@ -98,6 +106,8 @@ export class AttachedVirtioFunction implements AttachedDevice {
   saveState(): DeviceSnapshot {
     const data: Record<string, JsonValue> = { transport: this.transport.saveState() };
     if (this.runner) data.queues = this.runner.saveQueues();
+    const backend = this.backend?.saveState?.();
+    if (backend !== undefined) data.backend = backend;
     return { kind: this.kind, version: VIRTIO_SNAPSHOT_VERSION, data };
   }
 
@@ -119,6 +129,8 @@ export class AttachedVirtioFunction implements AttachedDevice {
       this.transport.restoreState(before);
       throw e;
     }
+    // Host-side state of the backend (virtio-input's undelivered events): optional, after the queues restarted it.
+    this.backend?.restoreState?.(snapshot.data.backend);
   }
 }
 
@@ -170,6 +182,10 @@ export function virtioPciModel<Handle>(def: VirtioDeviceDefinition<Handle>): Dev
         ctx.irqLine(state.gsi),
       );
       ctx.pci.add(devfn(state.slot), transport);
+      const configWritten = def.configWritten;
+      if (configWritten)
+        transport.deviceConfigWritten = (offset, data) =>
+          configWritten(state.handle, transport.deviceConfig, offset, data);
       return new AttachedVirtioFunction(def.kind, transport);
     },
     serve(state, device, ctx) {

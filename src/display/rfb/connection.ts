@@ -143,7 +143,12 @@ export class RfbConnection {
     // Keys and buttons this viewer held stay pressed in the guest otherwise.
     try {
       for (const code of this.keysDown) this.host.input.key(code, false);
-      if (this.buttons !== 0) this.host.input.pointer(0, 0, 0);
+      if (this.buttons !== 0) {
+        const at = this.lastPointer ?? { x: 0, y: 0 };
+        const size = this.host.screenSize();
+        if (!this.host.input.pointerAbsolute?.(at.x, at.y, size.width, size.height, 0))
+          this.host.input.pointer(0, 0, 0);
+      }
     } catch (err) {
       this.host.log(`${this.peer}: input sink failed releasing keys: ${(err as Error).message}`);
     }
@@ -384,9 +389,10 @@ export class RfbConnection {
   }
 
   private onPointer(buttons: number, x: number, y: number): void {
-    // The PS/2 mouse only moves relatively: motion is the difference from this viewer's previous position, so
-    // the guest's pointer drifts from the viewer's where the guest accelerates or clamps. An absolute device
-    // (a USB or virtio tablet) fed with x/y comes later and removes that.
+    // An absolute device (the virtio tablet, once the guest's driver runs) gets the position itself, so the
+    // guest's pointer is where the viewer's is. Otherwise the PS/2 mouse moves relatively: motion is the
+    // difference from this viewer's previous position (kept either way, for a switch between the two), and the
+    // guest's pointer drifts from the viewer's where the guest accelerates or clamps.
     const dx = this.lastPointer ? x - this.lastPointer.x : 0;
     const dy = this.lastPointer ? y - this.lastPointer.y : 0;
     this.lastPointer = { x, y };
@@ -394,6 +400,8 @@ export class RfbConnection {
     // wheel) have no PS/2 equivalent.
     this.buttons = buttons & 0x1f;
     try {
+      const size = this.host.screenSize();
+      if (this.host.input.pointerAbsolute?.(x, y, size.width, size.height, this.buttons)) return;
       this.host.input.pointer(dx, dy, this.buttons);
     } catch (err) {
       this.host.log(`${this.peer}: input sink failed: ${(err as Error).message}`);

@@ -18,6 +18,8 @@ const ADDABLE: Record<string, { label: string; path?: string; make(path: string,
     make: () => ({ kind: 'virtio-net', backend: { kind: 'user' } }),
   },
   'virtio-rng': { label: 'Entropy source (virtio-rng)', make: () => ({ kind: 'virtio-rng' }) },
+  'virtio-tablet': { label: 'Absolute pointer (virtio tablet)', make: () => ({ kind: 'virtio-tablet' }) },
+  'virtio-keyboard': { label: 'Keyboard (virtio-input)', make: () => ({ kind: 'virtio-keyboard' }) },
   'virtio-console': {
     label: 'Console port (virtio-console)',
     path: 'Output file or UNIX socket',
