@@ -3,7 +3,7 @@
 // suite. Without one (a machine whose kernel is itself a KVM guest that cannot nest, as on this project's
 // developer and CI machines) they would only say SKIPPED there; this runs the VM lane — real firmware on
 // Partita's PC (SeaBIOS → GRUB from CD, AHCI disk and virtio-blk; iPXE; guest resets), the daemon with real VMs,
-// the web UI driving a VM's console and screen, and the basic guest runs — inside a QEMU VM whose emulated CPU
+// the web UI driving a VM's console and screen, and the virtio tablet fed by RFB — inside a QEMU VM whose emulated CPU
 // has AMD-V (scripts/nested-kvm.mjs): there they meet a real KVM (kvm_amd), slowly, and pass or fail on what the
 // guests did. QEMU comparisons stay off in there (QEMU inside emulated nesting is far too slow).
 //
@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { clearTimeout, setTimeout } from 'node:timers';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const LANE = ['firmware-pc', 'daemon', 'ui', 'run-guests'].map((name) => `dist/test/integration/${name}.test.js`);
+const LANE = ['firmware-pc', 'virtio-input', 'daemon', 'ui'].map((name) => `dist/test/integration/${name}.test.js`);
 /** Hang guard of the whole lane: the nested VM is killed, and the lane fails, after this. */
 const GUARD_MS = 45 * 60_000;
 

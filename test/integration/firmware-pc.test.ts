@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { artifactsDir, haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
@@ -112,14 +113,32 @@ for (const path of BOOT_PATHS) {
           timeoutMs: GUARD_MS,
           onStdout: (out) => {
             if (screenChecked || !menuShown(out)) return;
-            screenChecked = until(
-              'the menu on the VGA text screen',
-              async () => {
-                const a = await controlRequest(control, 'screen-text').catch(() => undefined);
-                return a?.ok && a.text && /Partita test: second entry/.test(a.text) ? a.text : undefined;
-              },
-              GUARD_MS,
-            ).finally(() => controlRequest(control, 'stop').catch(() => undefined));
+            screenChecked = (async () => {
+              const text = await until(
+                'the menu on the VGA text screen',
+                async () => {
+                  const a = await controlRequest(control, 'screen-text').catch(() => undefined);
+                  return a?.ok && a.text && /Partita test: second entry/.test(a.text) ? a.text : undefined;
+                },
+                GUARD_MS,
+              );
+              // GRUB is still padding the entries' coloured rows: the PNG is taken once the screen has settled
+              // (two screenshots in a row alike; GRUB then waits for a key).
+              let last = '';
+              await until(
+                'the screen to settle',
+                async () => {
+                  const a = await controlRequest(control, 'screenshot').catch(() => undefined);
+                  const png = a?.ok ? a.png : undefined;
+                  const same = png !== undefined && png === last;
+                  last = png ?? '';
+                  if (!same) await sleep(250);
+                  return same;
+                },
+                GUARD_MS,
+              );
+              return text;
+            })().finally(() => controlRequest(control, 'stop').catch(() => undefined));
             screenChecked.catch(() => undefined); // awaited below, once the VM has ended
           },
         },

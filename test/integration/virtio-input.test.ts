@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { guest, haveKvm, runPartita } from '../support/partita.js';
+import { guest, HANG_GUARD_MS, haveKvm, runPartita } from '../support/partita.js';
 import { QEMU_MISSING, qemuAvailable, runOnQemu } from '../support/qemu.js';
 import { RfbTestClient } from '../support/rfb-client.js';
 import { scaleAxis } from '../../src/devices/virtio/input.js';
@@ -39,12 +39,14 @@ const bitsOf = (line: string | undefined): number[] =>
     .filter((b) => b !== '')
     .map(Number) ?? [];
 
+/** The VMM's RFB socket appears once its I/O thread is up (seconds under an emulated KVM): retried, hang-guarded. */
 async function connectRetrying(path: string): Promise<RfbTestClient> {
-  for (let i = 0; ; i++) {
+  const end = Date.now() + HANG_GUARD_MS;
+  for (;;) {
     try {
       return await RfbTestClient.connect(path);
     } catch (e) {
-      if (i >= 100) throw e;
+      if (Date.now() > end) throw e;
       await new Promise((r) => setTimeout(r, 100));
     }
   }
@@ -75,6 +77,7 @@ test(
     let size: { width: number; height: number } | undefined;
     let sending: Promise<void> | undefined;
     let done = false;
+    let driveError: Error | undefined;
     // Once the guest's driver is up, move and click; again every 2 s until the guest reports the press (a click
     // that raced the device's activation on the I/O thread went to the absent PS/2 mouse and is repeated).
     const drive = async (): Promise<void> => {
@@ -91,13 +94,14 @@ test(
     try {
       const r = await runPartita(['run', '--spec', spec, '--vnc', `unix:${socket}`], {
         onStdout: (text) => {
-          if (!sending && text.includes('input: ready\n')) sending = drive();
+          // Its failure is reported after the run (never an unhandled rejection that ends the test file).
+          if (!sending && text.includes('input: ready\n')) sending = drive().catch((e: Error) => void (driveError = e));
         },
       });
       done = true;
       await sending?.catch(() => undefined);
       partitaOutput = r.stdout;
-      const show = `status ${r.status}\n--- guest ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
+      const show = `status ${r.status}\n--- guest ---\n${r.stdout}\n--- stderr ---\n${r.stderr}${driveError ? `\n--- RFB client ---\n${driveError.message}` : ''}`;
       assert.equal(r.status, OK_STATUS, show);
       assert.ok(size, 'the RFB client got the screen size');
       const lines = r.stdout.split('\n').map((l) => l.trim());
