@@ -28,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cache = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'partita', 'nested');
-const INITRAMFS = 'init-v4.cpio.gz';
+const INITRAMFS = 'init-v5.cpio.gz';
 const MODULES = [
   'virtio',
   'virtio_ring',
@@ -117,6 +117,8 @@ function prepare() {
       'mount -t devtmpfs dev /mnt/dev; mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys',
       'mount -t tmpfs tmp /mnt/tmp',
       'mkdir -p /mnt/dev/shm && mount -t tmpfs shm /mnt/dev/shm', // Chromium's shared memory
+      // The checkout at its own path, also when it lies under /tmp (a CI clone), which the VM's own /tmp hides.
+      '[ -n "$checkout" ] && mkdir -p "/mnt$checkout" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro checkout "/mnt$checkout"',
       // The one writable host folder: test artifacts (screenshots, firmware logs), for a person to look at.
       '[ -n "$artifacts" ] && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 artifacts "/mnt$artifacts"',
       // Loopback (the daemon's TCP API, the browser) and QEMU's user-mode network (passt needs an interface
@@ -171,13 +173,15 @@ const qemu = spawn(
     '-initrd',
     join(cache, INITRAMFS),
     '-append',
-    `console=ttyS0 quiet script=${script} artifacts=${artifacts}`,
+    `console=ttyS0 quiet script=${script} checkout=${root} artifacts=${artifacts}`,
     '-nographic',
     '-no-reboot',
     '-nic',
     'user,model=virtio-net-pci',
     '-virtfs',
     'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
+    '-virtfs',
+    `local,path=${root},mount_tag=checkout,security_model=none,readonly=on,multidevs=remap`,
     '-virtfs',
     `local,path=${artifacts},mount_tag=artifacts,security_model=none`,
   ],
