@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm test`, last step: the tests that boot VMs need a KVM. With a usable /dev/kvm they have just run in the main
+// `npm run test:vm`: the tests that boot VMs need a KVM. With a usable /dev/kvm they run in `npm test`'s main
 // suite. Without one (a machine whose kernel is itself a KVM guest that cannot nest, as on this project's
 // developer and CI machines) they would only say SKIPPED there; this runs the VM lane — real firmware on
 // Partita's PC (SeaBIOS → GRUB from CD, AHCI disk and virtio-blk; iPXE; guest resets), the daemon with real VMs,
@@ -9,7 +9,7 @@
 //
 // PARTITA_NO_NESTED=1 skips the lane (the VM tests then stay SKIPPED). A machine that cannot run the nested VM
 // (no QEMU, no package lists to fetch its kernel from) skips it with the reason; a test that fails in it fails
-// npm test.
+// the lane.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
