@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { guest, haveKvm } from '../support/partita.js';
-import { startTestDaemon, until } from '../support/daemon.js';
+import { alive, startTestDaemon, until } from '../support/daemon.js';
 import { defaultVmmCommand } from '../../src/daemon/supervisor.js';
 import type { VmRecord } from '../../src/daemon/api-schemas.js';
 
@@ -19,15 +19,6 @@ const skip = !haveKvm
   : !existsSync(guest('hello')) || !existsSync(guest('serial-echo'))
     ? GUESTS_MISSING
     : false;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test('real VMs under the daemon: console, crash isolation, reattach', { skip, timeout: 15 * 60_000 }, async () => {
   let d = await startTestDaemon({ vmmCommand: defaultVmmCommand() });

@@ -90,3 +90,13 @@ export async function until<T>(
     await sleep(25);
   }
 }
+
+/** Whether process `pid` exists (signal 0; a zombie not yet reaped still counts). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

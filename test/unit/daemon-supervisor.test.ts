@@ -8,19 +8,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startTestDaemon, until } from '../support/daemon.js';
+import { alive, startTestDaemon, until } from '../support/daemon.js';
 import { STATE_FILE, isCleanExit, type VmmStateFile } from '../../src/daemon/supervisor.js';
 import { processStartTime } from '../../src/daemon/proc.js';
 import type { VmRecord } from '../../src/daemon/api-schemas.js';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test('clean and non-clean VMM exit statuses', () => {
   for (const s of [0, 1, 11, 127]) assert.equal(isCleanExit(s), true, String(s));

@@ -10,19 +10,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startTestDaemon, until, type TestDaemon } from '../support/daemon.js';
+import { alive, startTestDaemon, type TestDaemon, until } from '../support/daemon.js';
 import { DaemonClient } from '../../src/cli/daemon-client.js';
 import { defaultVmmCommand, lastLogLine } from '../../src/daemon/supervisor.js';
 import type { VmRecord } from '../../src/daemon/api-schemas.js';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Exited (a zombie not yet reaped by its new parent counts as exited). */
 function gone(pid: number): boolean {
