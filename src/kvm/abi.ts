@@ -185,6 +185,18 @@ export const kvm_mp_state = layout('kvm_mp_state', 4, { mp_state: [0, 4] });
 export const kvm_irqchip = layout('kvm_irqchip', 520, { chip_id: [0, 4], pad: [4, 4], chip: [8, 512] });
 /** The in-kernel PIT's state (three channels, flags). */
 export const kvm_pit_state2 = layout('kvm_pit_state2', 112, { channels: [0, 72], flags: [72, 4], reserved: [76, 36] });
+/** Events a vCPU has pending or in flight (a diagnostic read: an interrupt injected but not yet taken). */
+export const kvm_vcpu_events = layout('kvm_vcpu_events', 64, {
+  'exception.injected': [0, 1],
+  'exception.nr': [1, 1],
+  'interrupt.injected': [8, 1],
+  'interrupt.nr': [9, 1],
+  'interrupt.shadow': [11, 1],
+  'nmi.injected': [12, 1],
+  'nmi.pending': [13, 1],
+  'nmi.masked': [14, 1],
+  flags: [20, 4],
+});
 export const kvm_msi = layout('kvm_msi', 32, {
   address_lo: [0, 4],
   address_hi: [4, 4],
@@ -223,6 +235,7 @@ export const allLayouts: readonly StructLayout<string>[] = [
   kvm_coalesced_mmio_ring,
   kvm_irqchip,
   kvm_pit_state2,
+  kvm_vcpu_events,
   kvm_userspace_memory_region,
   kvm_dirty_log,
   kvm_regs,
@@ -287,6 +300,7 @@ export const ioctls = {
   KVM_SET_IRQCHIP: ior(0x63, kvm_irqchip.size),
   KVM_GET_PIT2: ior(0x9f, kvm_pit_state2.size),
   KVM_SET_PIT2: iow(0xa0, kvm_pit_state2.size),
+  KVM_GET_VCPU_EVENTS: ior(0x9f, kvm_vcpu_events.size),
   KVM_GET_TSC_KHZ: io(0xa3),
   KVM_SET_TSC_KHZ: io(0xa2),
   KVM_ENABLE_CAP: iow(0xa3, kvm_enable_cap.size),

@@ -125,7 +125,14 @@ function feedSerialInput(input: Readable, uart: Uart16550, control: VmControl, i
   input.on('error', (e: Error) => writeSync(2, `partita: serial input: ${e.message}\n`));
 }
 
+/** PARTITA_TRACE=1: the I/O thread's start-up phases on fd 2, as machine.ts traces the builder's. */
+const tracing = process.env.PARTITA_TRACE === '1';
+function trace(phase: string): void {
+  if (tracing) writeSync(2, `partita: ${performance.now().toFixed(1)} ms I/O thread: ${phase}\n`);
+}
+
 function main(data: IoThreadData): void {
+  trace('VM received');
   const control = new VmControl(data.control);
   const host = {
     vmFd: data.vmFd,
@@ -136,6 +143,7 @@ function main(data: IoThreadData): void {
   const memory = GuestMemory.attach(data.memory);
   const devices = attachDevices(data.devices, host, memory);
   startDeviceHostSides(devices, memory);
+  trace('device host sides started');
   startApplicationProcessors(data, { pio: devices.pio, mmio: devices.mmio, control, memory });
   const uart = devices.find<Uart16550 & AttachedDevice>('uart-16550a');
   if (data.serialInput !== 'none' && uart) {
@@ -159,6 +167,7 @@ function main(data: IoThreadData): void {
     virtioInputOf(devices.find('virtio-tablet')),
     virtioInputOf(devices.find('virtio-keyboard')),
   );
+  trace(`display ${display ? 'yes' : 'no'}, input ${input ? 'yes' : 'no'}, RFB ${data.vncSocket ?? 'off'}`);
   if (data.vncSocket && display && input)
     void startRfbServer({
       source: display,
@@ -166,7 +175,10 @@ function main(data: IoThreadData): void {
       name: 'Partita',
       listen: { unix: data.vncSocket },
       log: (line) => void writeSync(2, `partita: rfb: ${line}\n`),
-    }).catch((e: Error) => writeSync(2, `partita: rfb: cannot listen on ${data.vncSocket}: ${e.message}\n`));
+    }).then(
+      () => trace('RFB listening'),
+      (e: Error) => writeSync(2, `partita: rfb: cannot listen on ${data.vncSocket}: ${e.message}\n`),
+    );
   // Last: once the control channel answers, the VM is up (the daemon's 'starting' ends there).
   if (data.controlSocket) serveControl(data.controlSocket, control);
 }

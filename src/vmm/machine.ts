@@ -44,6 +44,7 @@ import {
 import type { IoThreadData } from './io-thread.js';
 import { ExitRing } from './exit-ring.js';
 import { CoalescedMmioRing, registerCoalescedZone } from './coalesced-mmio.js';
+import { describeInterruptState } from './interrupt-state.js';
 import { PowerOnState } from './machine-reset.js';
 import type { SerialSocketOptions } from './serial-socket.js';
 import { formatSize } from '../base/units.js';
@@ -344,8 +345,11 @@ function runBuilt(
     onKick: (vcpu: Vcpu) => {
       const sig = native.pendingSignal();
       // SIGQUIT, as a JVM's thread dump: where the guest is (a hung guest's registers), then the VM stops.
-      if (sig === SIGQUIT)
-        process.stderr.write(`partita: SIGQUIT: vCPU ${vcpu.id}\n${vcpu.describeState(vm.memory)}\n`);
+      if (sig === SIGQUIT) {
+        process.stderr.write(
+          `partita: SIGQUIT: vCPU ${vcpu.id}\n${vcpu.describeState(vm.memory)}\n${describeInterruptState(vm.fd, vcpu)}\n`,
+        );
+      }
       if (sig) return control.stop({ kind: 'signal', status: 128 + sig, message: `stopped by host signal ${sig}` });
       if (control.paused) control.waitWhilePaused();
       if (control.stopping) return control.reason();

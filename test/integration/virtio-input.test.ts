@@ -58,9 +58,6 @@ test(
   'Partita: RFB PointerEvents reach the guest as absolute EV_ABS (scaled) and a BTN_LEFT press',
   {
     skip: skipPartita,
-    // Known failing: in the nested KVM (2026-12-05) the VMM's RFB socket for this direct-boot VM with std-vga and
-    // the virtio tablet never appeared within the hang guard. Not diagnosed yet; reported, not hidden.
-    todo: 'RFB socket of a direct-boot VM with a virtio tablet does not appear (nested KVM run, not yet diagnosed)',
   },
   async () => {
     const spec = join(work, 'vm.json');

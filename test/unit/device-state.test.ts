@@ -151,6 +151,7 @@ function virtioFunction(kind: string, backend: VirtioBackend, m: Machine, packed
   const runner = new VirtioRunner(dev, backend, m.memory, new EventFdDispatcher(), (line) => void logs.push(line));
   const attached = new AttachedVirtioFunction(kind, dev);
   attached.runner = runner;
+  attached.backend = backend;
   return { dev, attached, runner, m, intx, ioeventfds, logs };
 }
 

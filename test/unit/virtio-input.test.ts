@@ -22,10 +22,17 @@ import {
   openInput,
   scaleAxis,
   VirtioInput,
+  virtioInputOf,
+  virtioKeyboardModel,
+  virtioTabletModel,
   type InputHandle,
 } from '../../src/devices/virtio/input.js';
 import { linuxKeysOfScancodes, scancodeToLinuxKey } from '../../src/devices/virtio/input-keycodes.js';
 import { deviceRegistry } from '../../src/devices/registry.js';
+import { EventFdDispatcher } from '../../src/devices/virtio/runner.js';
+import { VirtioPciDevice } from '../../src/devices/virtio/pci-transport.js';
+import { AttachedVirtioFunction } from '../../src/devices/virtio/pci-model.js';
+import { RecordingRouter } from '../support/ahci-driver.js';
 import { FakeDriver } from '../support/virtq-driver.js';
 
 const memory = GuestMemory.allocateRanges([{ gpa: 0, size: 16 * MIB }]);
@@ -497,4 +504,28 @@ test('scancode table: every key the RFB server can produce (keysyms, QEMU extend
   assert.equal(scancodeToLinuxKey(qemuKeycodeToScancode(0xc8)!), 103, 'QEMU 0xC8 (Up) → KEY_UP');
   const keys = linuxKeysOfScancodes();
   assert.ok(keys.length > 100 && keys.every((k, i) => i === 0 || k > keys[i - 1]), 'sorted, distinct');
+});
+
+test("the I/O thread's path: the model's serve() keeps the backend where routing finds it (virtioInputOf)", () => {
+  // The I/O thread finds where the screen's input goes with virtioInputOf(set.find(kind)); a backend built for
+  // the runner but not kept on the attached device made the RFB server see no input device at all.
+  for (const model of [virtioTabletModel, virtioKeyboardModel]) {
+    const flavour = model.kind === 'virtio-tablet' ? 'tablet' : 'keyboard';
+    const handle = openInput(flavour);
+    const info = { ...new VirtioInput(handle).info, packedRing: false };
+    const transport = VirtioPciDevice.create(model.kind, info, -1, new RecordingRouter(), { set: () => undefined });
+    const attached = new AttachedVirtioFunction(model.kind, transport);
+    assert.equal(virtioInputOf(attached), undefined, 'nothing to route to before the host side starts');
+    const state = { name: model.kind, slot: 2, gsi: 10, handle, info, shared: transport.shared };
+    const dispatcher = new EventFdDispatcher();
+    model.serve!(state, attached, {
+      memory: GuestMemory.allocateRanges([{ gpa: 0, size: 1 << 20 }]),
+      log: () => undefined,
+      onEventFd: (fd, handler) => dispatcher.on(fd, handler),
+    });
+    const input = virtioInputOf(attached);
+    assert.ok(input, `${model.kind}: found after serve()`);
+    assert.equal(input.ready, false, 'not ready until the driver sets DRIVER_OK');
+    assert.deepEqual(attached.saveState().data.backend, input.saveState(), 'its state is saved with the device');
+  }
 });

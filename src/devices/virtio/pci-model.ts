@@ -191,9 +191,11 @@ export function virtioPciModel<Handle>(def: VirtioDeviceDefinition<Handle>): Dev
     serve(state, device, ctx) {
       const attached = device as AttachedVirtioFunction;
       const events = { on: (fd: number, handler: () => void) => ctx.onEventFd(fd, handler) };
+      // Kept on the attached device too: host-side input (virtio-input) and save/restore reach the backend there.
+      attached.backend = def.backend(state.handle, ctx.log);
       attached.runner = new VirtioRunner(
         attached.transport,
-        def.backend(state.handle, ctx.log),
+        attached.backend,
         ctx.memory,
         events,
         ctx.log, // the runner's messages name the device already
