@@ -367,6 +367,7 @@ function runBuilt(
       };
       break;
     }
+    trace(`guest reset: ${reason.message}`);
     const loop = resets.record();
     if (loop) {
       reason = control.fault(`${reason.message}; ${loop}`, 3, 'reset');
