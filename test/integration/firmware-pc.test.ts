@@ -11,9 +11,10 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileS
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
-import { artifactsDir, haveKvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
+import { artifactsDir, haveKvm, isPvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
 import { until } from '../support/daemon.js';
+import { buildTestRom } from '../support/test-rom.js';
 import { controlRequest } from '../../src/daemon/vmm-client.js';
 
 const NO_KVM = 'no /dev/kvm on this machine: Partita cannot run a VM here (SKIPPED, not passed)';
@@ -256,6 +257,65 @@ test('--bios without seabios installed names the package', (t) => {
   assert.match(r.stderr, /apt-get install seabios/);
 });
 
+// test/firmware/pm-interrupt.S: a 32-bit protected-mode INT n and its handler's IRET, which iPXE's timer interrupt
+// needs. PVM's instruction emulator cannot run them (the developers' guide lists "32-bit protected-mode IRET";
+// QEMU -enable-kvm stops at the same instruction), so there the probe tells why the network boot cannot be seen.
+const PM_INTERRUPT_OK = (0x21 << 1) | 1;
+
+/** Runs the probe on Partita: undefined when the interrupt round trip works, else what happened instead. */
+async function protectedModeInterruptFailure(): Promise<string | undefined> {
+  const dir = mkdtempSync(join(tmpdir(), 'partita-pm-'));
+  try {
+    const r = await runPartita(
+      ['run', '--bios', buildTestRom('pm-interrupt', dir), '--display', 'none', '--serial', 'none'],
+      {
+        timeoutMs: GUARD_MS,
+      },
+    );
+    if (r.status === PM_INTERRUPT_OK) return undefined;
+    return `status ${r.status}: ${r.stderr.split('\n').find((l) => l.trim()) ?? '(nothing on stderr)'}`;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const pmInterruptSkip = (failure: string): string =>
+  `SKIPPED, not passed: this KVM cannot run a 32-bit protected-mode interrupt (PVM's instruction emulator; ` +
+  `QEMU -enable-kvm stops at the same IRET), which iPXE's timer needs: test/firmware/pm-interrupt.S on Partita ended with ${failure}`;
+
+test('protected-mode interrupt probe (INT n, IRET): reference on QEMU (TCG)', (t) => {
+  if (!qemuAvailable()) return t.skip(QEMU_MISSING);
+  const dir = mkdtempSync(join(tmpdir(), 'partita-pm-'));
+  try {
+    const r = spawnSync(
+      QEMU,
+      [
+        '-M',
+        'pc',
+        '-accel',
+        'tcg',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-bios',
+        buildTestRom('pm-interrupt', dir),
+      ].concat(['-device', 'isa-debug-exit,iobase=0xf4,iosize=4']),
+      { timeout: GUARD_MS },
+    );
+    assert.equal(r.status, PM_INTERRUPT_OK, `QEMU: ${r.stderr}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('protected-mode interrupt probe (INT n, IRET): Partita', async (t) => {
+  if (!haveKvm) return t.skip(NO_KVM);
+  const failure = await protectedModeInterruptFailure();
+  // Only PVM's emulator is known not to run it; anywhere else a failure is Partita's.
+  if (failure && isPvm) return t.skip(pmInterruptSkip(failure));
+  assert.equal(failure, undefined, 'the probe reports the interrupt handled and returned from');
+});
+
 test('network boot: iPXE (virtio-net option ROM) gets a DHCP lease from passt', async (t) => {
   if (!haveKvm) return t.skip(NO_KVM);
   if (!existsSync(SEABIOS)) return t.skip(NO_SEABIOS);
@@ -263,6 +323,10 @@ test('network boot: iPXE (virtio-net option ROM) gets a DHCP lease from passt', 
     return t.skip('no iPXE ROM (/usr/lib/ipxe/qemu/pxe-virtio.rom): apt-get install ipxe-qemu (SKIPPED)');
   if (spawnSync('passt', ['--version'], { stdio: 'ignore' }).error)
     return t.skip('no passt: apt-get install passt (SKIPPED)');
+  if (isPvm) {
+    const failure = await protectedModeInterruptFailure();
+    if (failure) return t.skip(pmInterruptSkip(failure));
+  }
   // Without a display SeaBIOS mirrors the BIOS console (and so iPXE's messages) to COM1.
   const leased = (out: string): boolean => /Configuring \(net0 [0-9a-f:]+\)[. ]*ok/.test(out);
   const r = await runPartita(
@@ -276,20 +340,6 @@ test('network boot: iPXE (virtio-net option ROM) gets a DHCP lease from passt', 
   assert.match(r.stdout, /iPXE/);
 });
 
-/** test/firmware/reset-ways.S as a 64 KiB ROM image (gcc + ld, as the test guests are built). */
-function resetWaysRom(dir: string): string {
-  const src = join(repoRoot, 'test/firmware/reset-ways.S');
-  const obj = join(dir, 'reset.o');
-  const rom = join(dir, 'reset.rom');
-  for (const [cmd, args] of [
-    ['gcc', ['-c', '-m32', src, '-o', obj]],
-    ['ld', ['-m', 'elf_i386', '-Ttext', '0', '--oformat', 'binary', '-o', rom, obj]],
-  ] as const) {
-    const r = spawnSync(cmd, args, { encoding: 'utf8' });
-    assert.equal(r.status, 0, `${cmd}: ${r.stderr}`);
-  }
-  return rom;
-}
 const RESET_WAYS_STATUS = (4 << 1) | 1;
 
 test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM survives: reference on QEMU', (t) => {
@@ -307,7 +357,7 @@ test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM surviv
         '-display',
         'none',
         '-bios',
-        resetWaysRom(dir),
+        buildTestRom('reset-ways', dir),
         '-device',
         'isa-debug-exit,iobase=0xf4,iosize=4',
       ],
@@ -323,9 +373,12 @@ test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM surviv
   if (!haveKvm) return t.skip(NO_KVM);
   const dir = mkdtempSync(join(tmpdir(), 'partita-reset-'));
   try {
-    const r = await runPartita(['run', '--bios', resetWaysRom(dir), '--display', 'none', '--serial', 'none'], {
-      timeoutMs: GUARD_MS,
-    });
+    const r = await runPartita(
+      ['run', '--bios', buildTestRom('reset-ways', dir), '--display', 'none', '--serial', 'none'],
+      {
+        timeoutMs: GUARD_MS,
+      },
+    );
     assert.equal(r.status, RESET_WAYS_STATUS, r.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });
