@@ -17,7 +17,9 @@ import { fileURLToPath } from 'node:url';
 import { clearTimeout, setTimeout } from 'node:timers';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const LANE = ['firmware-pc', 'virtio-input', 'daemon', 'ui'].map((name) => `dist/test/integration/${name}.test.js`);
+const LANE = ['firmware-pc', 'ps2-keyboard', 'virtio-input', 'daemon', 'ui'].map(
+  (name) => `dist/test/integration/${name}.test.js`,
+);
 /** Hang guard of the whole lane: the nested VM is killed, and the lane fails, after this. */
 const GUARD_MS = 45 * 60_000;
 

@@ -12,7 +12,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { artifactsDir, guest, haveKvm, lastLines, partitaBin, repoRoot } from '../support/partita.js';
+import { artifactsDir, guest, haveKvm, isPvm, lastLines, partitaBin, repoRoot } from '../support/partita.js';
+import { buildTestRom } from '../support/test-rom.js';
 import { until as untilGuarded } from '../support/daemon.js';
 
 const CHROMIUM = process.env.PARTITA_CHROMIUM ?? '/usr/bin/chromium';
@@ -309,6 +310,38 @@ function vmSkip(): string | false {
   return !haveKvm && 'SKIPPED: no /dev/kvm on this machine: the VM part (start, console, screen) needs KVM';
 }
 
+function pvmInterruptWindowSkip(): string | false {
+  return (
+    isPvm &&
+    'SKIPPED, not passed: on PVM KVM a keyboard interrupt never reaches SeaBIOS’s real-mode int 16h wait, so GRUB ' +
+      'cannot see keys (QEMU -enable-kvm behaves the same here); the PS/2 path itself was checked with ps2-keys'
+  );
+}
+
+/** A daemon VM's serial log, and a wait on it that, when it fails, says what the VM printed and its VMM said. */
+function vmLogs(
+  home: string,
+  name: string,
+): { serial(): string; until(what: string, check: () => boolean): Promise<void> } {
+  const dir = join(home, 'data', 'partita', 'vms', name);
+  const serialLog = join(dir, 'serial.log');
+  const vmmLog = join(dir, 'vmm.log');
+  const serial = (): string => (existsSync(serialLog) ? readFileSync(serialLog, 'latin1') : '');
+  return {
+    serial,
+    async until(what, check) {
+      try {
+        await untilGuarded(what, check, HANG_GUARD_MS);
+      } catch (e) {
+        const log = existsSync(vmmLog) ? readFileSync(vmmLog, 'utf8') : '(no vmm.log)';
+        throw new Error(
+          `${(e as Error).message}\n--- serial.log ---\n${lastLines(serial(), 20)}\n--- vmm.log ---\n${lastLines(log, 20)}`,
+        );
+      }
+    },
+  };
+}
+
 async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: string): Promise<void> {
   // Start from the library card; the VM page's console connects while the guest boots.
   await page.getByTestId('vm-card-echo').getByTestId('vm-start').click();
@@ -350,9 +383,38 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   assert.notEqual((await boom.getByTestId('vm-message').innerText()).trim(), '', 'a crashed VM shows why');
   await shot(page, 'library-crashed');
 
+  // Keys pressed in the screen reach the guest's PS/2 keyboard (noVNC → RFB → the i8042), shown by a guest that
+  // asks nothing of the CPU but port I/O: test/firmware/ps2-keys.S polls the i8042 and prints each byte it gets.
+  await apiPost(daemon, '/api/vms', {
+    name: 'keys',
+    os: 'other',
+    memory: 64 * 1024 * 1024,
+    firmware: buildTestRom('ps2-keys', home),
+  });
+  await page.goto(`${daemon.base}/?token=${encodeURIComponent(daemon.token)}#/vm/keys/screen`);
+  await page.getByTestId('vm-page').getByTestId('vm-start').click();
+  await waitForState(page, ['running']);
+  const keys = vmLogs(home, 'keys');
+  await keys.until('the PS/2 test guest ready', () => keys.serial().includes('ps2-keys: ready'));
+  await page.getByTestId('tab-screen').click();
+  await page.waitForSelector('[data-testid="screen-link"][data-link="connected"]');
+  const keysCanvas = page.locator('[data-testid="screen"] canvas');
+  await keysCanvas.waitFor();
+  await keysCanvas.click();
+  await page.keyboard.press('a');
+  await page.keyboard.press('Enter');
+  // Scan code set 1 (the i8042 translates): make and break of A, then of Enter, in the order typed.
+  const typed = 'key 1e\r\nkey 9e\r\nkey 1c\r\nkey 9c\r\n';
+  await keys.until('the scan codes of A and Enter typed into the screen', () => keys.serial().includes(typed));
+  assert.equal(keys.serial().split('ps2-keys: ready\r\n')[1], typed, 'those bytes and nothing else');
+  await shot(page, 'screen-keys');
+  await page.getByTestId('vm-page').getByTestId('vm-stop').click();
+  await waitForState(page, ['stopped']);
+
   // A PC booting the GRUB test image from the wizard's ISO field: GRUB's menu on the screen (the RFB canvas
   // pixel for pixel what the VMM's own PNG of the VGA screen shows), then keys pressed in the screen move
-  // through the menu (noVNC → RFB → the i8042 → GRUB) and GRUB says on serial which entry was chosen.
+  // through the menu (noVNC → RFB → the i8042 → SeaBIOS's int 16h → GRUB) and GRUB says on serial which entry
+  // was chosen.
   if (!existsSync(GRUB_ISO)) {
     t.diagnostic(`SKIPPED the screen check: ${GRUB_ISO} is missing (node scripts/build-images.mjs)`);
     return;
@@ -371,20 +433,7 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   await page.waitForSelector('[data-testid="screen-link"][data-link="connected"]');
   const canvas = page.locator('[data-testid="screen"] canvas');
   await canvas.waitFor();
-  const serialLog = join(home, 'data', 'partita', 'vms', 'screen', 'serial.log');
-  const serial = (): string => (existsSync(serialLog) ? readFileSync(serialLog, 'latin1') : '');
-  const vmmLog = join(home, 'data', 'partita', 'vms', 'screen', 'vmm.log');
-  // A wait that fails says what the VM had printed (its serial log) and what its VMM said.
-  const until = async (what: string, check: () => boolean): Promise<void> => {
-    try {
-      await untilGuarded(what, check, HANG_GUARD_MS);
-    } catch (e) {
-      const log = existsSync(vmmLog) ? readFileSync(vmmLog, 'utf8') : '(no vmm.log)';
-      throw new Error(
-        `${(e as Error).message}\n--- serial.log ---\n${lastLines(serial(), 20)}\n--- vmm.log ---\n${lastLines(log, 20)}`,
-      );
-    }
-  };
+  const { serial, until } = vmLogs(home, 'screen');
   await until('GRUB’s menu on serial', () => serial().includes('Partita test: second entry'));
   // The canvas against the VMM's PNG of the same screen (GET /api/vms/screen/screenshot), compared in the page.
   // GRUB's menu waits for a key, so the screen settles; the comparison is retried until it holds (hang guard).
@@ -413,14 +462,23 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   const box = await canvas.boundingBox();
   assert.ok(box && box.width > 100 && box.height > 100, `the screen canvas is visible (${JSON.stringify(box)})`);
   await shot(page, 'screen-grub');
-  // Down, then Enter, typed into the screen: GRUB runs the second entry, which says so on serial.
-  await canvas.click();
-  await page.keyboard.press('ArrowDown');
-  await page.keyboard.press('Enter');
-  await until('GRUB’s second entry chosen from the screen’s keyboard', () =>
-    serial().includes('partita-grub: second entry chosen'),
+  // Down, then Enter, typed into the screen: GRUB runs the second entry, which says so on serial. GRUB reads keys
+  // through SeaBIOS's int 16h, which takes IRQ 1 only in a real-mode "sti; nop; cli" window: PVM's instruction
+  // emulator never delivers it there (QEMU -enable-kvm on the same host does not react to keys either, QEMU's
+  // TCG does), so on PVM the PS/2 path is shown by the keys guest above alone.
+  await t.test(
+    'keys typed into GRUB’s screen choose its second entry',
+    { skip: pvmInterruptWindowSkip() },
+    async () => {
+      await canvas.click();
+      await page.keyboard.press('ArrowDown');
+      await page.keyboard.press('Enter');
+      await until('GRUB’s second entry chosen from the screen’s keyboard', () =>
+        serial().includes('partita-grub: second entry chosen'),
+      );
+      await shot(page, 'screen-grub-chosen');
+    },
   );
-  await shot(page, 'screen-grub-chosen');
   await page.getByTestId('vm-page').getByTestId('vm-stop').click();
   await waitForState(page, ['stopped']);
 }
