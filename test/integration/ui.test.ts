@@ -7,7 +7,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -136,7 +136,17 @@ async function launchBrowser(profile: string): Promise<BrowserContext> {
 }
 
 async function shot(page: Page, name: string): Promise<void> {
+  // Two animation frames first: the page's last canvas drawing is then composited into what is captured.
+  await page.evaluate('new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))');
   await page.screenshot({ path: join(ARTIFACTS, `ui-${name}.png`) });
+}
+
+/** The screen canvas's own pixels (what the RFB client drew, unscaled) as a PNG artifact. */
+async function canvasShot(page: Page, name: string): Promise<void> {
+  const url = await page.evaluate<string>(
+    `document.querySelector('[data-testid="screen"] canvas').toDataURL('image/png')`,
+  );
+  writeFileSync(join(ARTIFACTS, `ui-${name}.png`), Buffer.from(url.slice(url.indexOf(',') + 1), 'base64'));
 }
 
 /** What the xterm.js console shows (its DOM renderer's rows), spaces normalised. */
@@ -435,38 +445,56 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   await canvas.waitFor();
   const { serial, until } = vmLogs(home, 'screen');
   await until('GRUB’s menu on serial', () => serial().includes('Partita test: second entry'));
-  // The canvas against the VMM's PNG of the same screen (GET /api/vms/screen/screenshot), compared in the page.
+  // The canvas against the VMM's PNG of the same screen (GET /api/vms/screen/screenshot), compared in the page;
+  // page.evaluate awaits the comparison (page.waitForFunction would not: it takes a promise for a true answer).
   // GRUB's menu waits for a key, so the screen settles; the comparison is retried until it holds (hang guard).
   // Serial is complete before the VGA screen is: GRUB draws the menu on one terminal after the other.
-  await page.waitForFunction(
-    `(async () => {
-      const c = document.querySelector('[data-testid="screen"] canvas');
-      if (!c || c.width === 0) return false;
-      const r = await fetch('/api/vms/screen/screenshot', { headers: { authorization: 'Bearer ${daemon.token}' } });
-      if (!r.ok) return false;
-      const img = await createImageBitmap(await r.blob());
-      if (img.width !== c.width || img.height !== c.height) return false;
-      const ref = new OffscreenCanvas(img.width, img.height).getContext('2d');
-      ref.drawImage(img, 0, 0);
-      const want = ref.getImageData(0, 0, img.width, img.height).data;
-      const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      let colours = new Set();
-      let blue = 0;
-      for (let i = 0; i < want.length; i += 4) {
-        if (want[i] !== got[i] || want[i + 1] !== got[i + 1] || want[i + 2] !== got[i + 2]) return false;
-        if (colours.size < 3) colours.add((want[i] << 16) | (want[i + 1] << 8) | want[i + 2]);
-        if (want[i + 2] > 0x80 && want[i] < 0x40 && want[i + 1] < 0x40) blue++;
-      }
-      // GRUB's blue menu, its white text, the grey highlight: not a blank screen; and the menu box drawn whole
-      // (blue over a third of the screen), not caught half-way while GRUB, slow here, still paints it.
-      return colours.size >= 3 && blue * 3 > want.length / 4;
-    })()`,
-    undefined,
-    { timeout: HANG_GUARD_MS, polling: 1000 },
-  );
+  const compare = `(async () => {
+    const c = document.querySelector('[data-testid="screen"] canvas');
+    if (!c || c.width === 0) return 'no canvas yet';
+    const r = await fetch('/api/vms/screen/screenshot', { headers: { authorization: 'Bearer ${daemon.token}' } });
+    if (!r.ok) return 'screenshot: HTTP ' + r.status;
+    const img = await createImageBitmap(await r.blob());
+    if (img.width !== c.width || img.height !== c.height)
+      return 'sizes differ: PNG ' + img.width + 'x' + img.height + ', canvas ' + c.width + 'x' + c.height;
+    const ref = new OffscreenCanvas(img.width, img.height).getContext('2d');
+    ref.drawImage(img, 0, 0);
+    const want = ref.getImageData(0, 0, img.width, img.height).data;
+    const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const colours = new Set();
+    let blue = 0;
+    for (let i = 0; i < want.length; i += 4) {
+      if (want[i] !== got[i] || want[i + 1] !== got[i + 1] || want[i + 2] !== got[i + 2])
+        return 'pixel (' + ((i / 4) % c.width) + ',' + Math.floor(i / 4 / c.width) + ') differs';
+      if (colours.size < 3) colours.add((want[i] << 16) | (want[i + 1] << 8) | want[i + 2]);
+      if (want[i + 2] > 0x80 && want[i] < 0x40 && want[i + 1] < 0x40) blue++;
+    }
+    // GRUB's blue menu, its white text, the grey highlight: not a blank screen; and the menu box drawn whole
+    // (blue over a third of the screen), not caught half-way while GRUB, slow here, still paints it.
+    if (colours.size < 3) return 'equal, but fewer than 3 colours';
+    if (blue * 3 <= c.width * c.height) return 'equal, but the menu is not drawn whole yet';
+    return 'match';
+  })()`;
+  let compared = '';
+  try {
+    await untilGuarded(
+      'the screen canvas equal to the VMM’s PNG of GRUB’s whole menu',
+      async () => {
+        compared = await page.evaluate<string>(compare);
+        if (compared === 'match') return true;
+        await new Promise((r) => setTimeout(r, 1000));
+        return false;
+      },
+      HANG_GUARD_MS,
+    );
+  } catch (e) {
+    await canvasShot(page, 'screen-grub-canvas');
+    throw new Error(`${(e as Error).message} (last comparison: ${compared})`);
+  }
   const box = await canvas.boundingBox();
   assert.ok(box && box.width > 100 && box.height > 100, `the screen canvas is visible (${JSON.stringify(box)})`);
   await shot(page, 'screen-grub');
+  await canvasShot(page, 'screen-grub-canvas');
   // Down, then Enter, typed into the screen: GRUB runs the second entry, which says so on serial. GRUB reads keys
   // through SeaBIOS's int 16h, which takes IRQ 1 only in a real-mode "sti; nop; cli" window: PVM's instruction
   // emulator never delivers it there (QEMU -enable-kvm on the same host does not react to keys either, QEMU's
