@@ -29,19 +29,6 @@ const allThere = (out: string): boolean => bytesPrinted(out).length >= EXPECTED.
 
 const XK = { a: 0x61, A: 0x41, Return: 0xff0d, Shift_L: 0xffe1, less: 0x3c } as const;
 
-/** Retries until the VMM's RFB socket takes connections (it appears while the VM starts). */
-async function connectRetrying(path: string): Promise<RfbTestClient> {
-  const end = Date.now() + HANG_GUARD_MS;
-  for (;;) {
-    try {
-      return await RfbTestClient.connect(path);
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
-
 test('RFB key events reach the PS/2 keyboard as set 1 scan codes: Partita', async (t) => {
   if (!haveKvm) return t.skip('no /dev/kvm on this machine: Partita cannot run a VM here (SKIPPED, not passed)');
   const dir = mkdtempSync(join(tmpdir(), 'partita-ps2-'));
@@ -50,7 +37,7 @@ test('RFB key events reach the PS/2 keyboard as set 1 scan codes: Partita', asyn
   let typing: Promise<void> | undefined;
   let clientError: Error | undefined;
   const type = async (): Promise<void> => {
-    client = await connectRetrying(socket);
+    client = await RfbTestClient.connectRetrying(socket, HANG_GUARD_MS);
     await client.handshake();
     const press = (keysym: number): void => {
       client!.key(keysym, true);

@@ -39,19 +39,6 @@ const bitsOf = (line: string | undefined): number[] =>
     .filter((b) => b !== '')
     .map(Number) ?? [];
 
-/** The VMM's RFB socket appears once its I/O thread is up (seconds under an emulated KVM): retried, hang-guarded. */
-async function connectRetrying(path: string): Promise<RfbTestClient> {
-  const end = Date.now() + HANG_GUARD_MS;
-  for (;;) {
-    try {
-      return await RfbTestClient.connect(path);
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
-
 let partitaOutput: string | undefined;
 
 test(
@@ -83,7 +70,7 @@ test(
     // Once the guest's driver is up, move and click; again every 2 s until the guest reports the press (a click
     // that raced the device's activation on the I/O thread went to the absent PS/2 mouse and is repeated).
     const drive = async (): Promise<void> => {
-      client = await connectRetrying(socket);
+      client = await RfbTestClient.connectRetrying(socket, HANG_GUARD_MS);
       await client.handshake();
       size = { width: client.fbWidth, height: client.fbHeight };
       while (!done) {

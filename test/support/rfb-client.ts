@@ -181,6 +181,19 @@ export class RfbTestClient {
     });
   }
 
+  /** Connects to a VMM's RFB socket, retrying while it does not exist yet (it appears as the VM starts). */
+  static async connectRetrying(path: string, guardMs: number): Promise<RfbTestClient> {
+    const end = Date.now() + guardMs;
+    for (;;) {
+      try {
+        return await RfbTestClient.connect(path);
+      } catch (e) {
+        if (Date.now() > end) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
   get buffered(): number {
     return this.buf.length;
   }
