@@ -20,9 +20,11 @@ const READY = 'ps2-keys: ready';
  */
 const EXPECTED = ['1e', '9e', '1c', '9c', '2a', '1e', '9e', 'aa', '56', 'd6'];
 
+/** The bytes of the complete "key XX" lines (output arrives in pieces: a line without its newline yet is left). */
 const bytesPrinted = (out: string): string[] =>
   (out.split(READY)[1] ?? '')
     .split(/\r?\n/)
+    .slice(0, -1)
     .filter((l) => l.startsWith('key '))
     .map((l) => l.slice(4).trim());
 const allThere = (out: string): boolean => bytesPrinted(out).length >= EXPECTED.length;
