@@ -188,9 +188,13 @@ const qemu = spawn(
   { stdio: ['ignore', 'pipe', 'inherit'] },
 );
 let status = 1;
+// The status line can arrive split over two reads: it is looked for in the output's tail, its number whole (a
+// non-digit after it: the console may put a kernel message right after the digits, before the newline).
+let tail = '';
 qemu.stdout.on('data', (d) => {
   const text = d.toString('latin1');
-  const m = /nested-kvm: status (\d+)/.exec(text);
+  tail = (tail + text).slice(-512);
+  const m = /nested-kvm: status (\d+)\D/.exec(tail);
   if (m) status = Number(m[1]);
   // SeaBIOS clears the screen with escape sequences: keep the log plain.
   // eslint-disable-next-line no-control-regex
@@ -204,6 +208,8 @@ for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'])
     process.exit(128 + 15);
   });
 qemu.on('close', () => {
+  const last = /nested-kvm: status (\d+)$/.exec(tail); // the output's very end
+  if (last) status = Number(last[1]);
   rmSync(script, { force: true });
   process.exit(status);
 });
