@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { artifactsDir, haveKvm, isPvm, repoRoot, runPartita, runProgram } from '../support/partita.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
 import { until } from '../support/daemon.js';
-import { buildTestRom } from '../support/test-rom.js';
+import { buildTestRom, partitaRomArgs, QEMU_DEBUG_EXIT, qemuRomArgs } from '../support/test-rom.js';
 import { controlRequest } from '../../src/daemon/vmm-client.js';
 
 const NO_KVM = 'no /dev/kvm on this machine: Partita cannot run a VM here (SKIPPED, not passed)';
@@ -257,32 +257,46 @@ test('--bios without seabios installed names the package', (t) => {
   assert.match(r.stderr, /apt-get install seabios/);
 });
 
+/** Runs test/firmware/NAME.S alone on QEMU's `pc` machine: the status it reported through isa-debug-exit. */
+function romOnQemu(name: string, accel: readonly string[]): { status: number | null; stderr: string } {
+  const dir = mkdtempSync(join(tmpdir(), `partita-${name}-`));
+  try {
+    const r = spawnSync(QEMU, [...qemuRomArgs(buildTestRom(name, dir), accel), ...QEMU_DEBUG_EXIT], {
+      encoding: 'utf8',
+      timeout: GUARD_MS,
+    });
+    return { status: r.status, stderr: r.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 // test/firmware/pm-interrupt.S: a 32-bit protected-mode INT n and its handler's IRET, which iPXE's timer interrupt
 // needs. PVM's instruction emulator cannot run them (the developers' guide lists "32-bit protected-mode IRET";
 // QEMU -enable-kvm stops at the same instruction), so there the probe tells why the network boot cannot be seen.
 const PM_INTERRUPT_OK = (0x21 << 1) | 1;
 
-/** Runs the probe on Partita: undefined when the interrupt round trip works, else what happened instead. */
-async function protectedModeInterruptFailure(): Promise<string | undefined> {
-  const dir = mkdtempSync(join(tmpdir(), 'partita-pm-'));
-  try {
-    // A probe of a few hundred instructions: the default hang guard is plenty, and a probe that never answers is
-    // a result too (the caller decides whether that is a failure).
-    const r = await runPartita([
-      'run',
-      '--bios',
-      buildTestRom('pm-interrupt', dir),
-      '--display',
-      'none',
-      '--serial',
-      'none',
-    ]).catch((e: Error) => e);
-    if (r instanceof Error) return `no answer: ${r.message.split('\n')[0]}`;
-    if (r.status === PM_INTERRUPT_OK) return undefined;
-    return `status ${r.status}: ${r.stderr.split('\n').find((l) => l.trim()) ?? '(nothing on stderr)'}`;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+let pmProbe: Promise<string | undefined> | undefined;
+
+/**
+ * Runs the probe on Partita (once per file: the probe test and the network-boot test share its answer): undefined
+ * when the interrupt round trip works, else what happened instead.
+ */
+function protectedModeInterruptFailure(): Promise<string | undefined> {
+  pmProbe ??= (async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'partita-pm-'));
+    try {
+      // A probe of a few hundred instructions: the default hang guard is plenty, and a probe that never answers
+      // is a result too (the caller decides whether that is a failure).
+      const r = await runPartita(partitaRomArgs(buildTestRom('pm-interrupt', dir))).catch((e: Error) => e);
+      if (r instanceof Error) return `no answer: ${r.message.split('\n')[0]}`;
+      if (r.status === PM_INTERRUPT_OK) return undefined;
+      return `status ${r.status}: ${r.stderr.split('\n').find((l) => l.trim()) ?? '(nothing on stderr)'}`;
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  })();
+  return pmProbe;
 }
 
 const pmInterruptSkip = (failure: string): string =>
@@ -291,27 +305,8 @@ const pmInterruptSkip = (failure: string): string =>
 
 test('protected-mode interrupt probe (INT n, IRET): reference on QEMU (TCG)', (t) => {
   if (!qemuAvailable()) return t.skip(QEMU_MISSING);
-  const dir = mkdtempSync(join(tmpdir(), 'partita-pm-'));
-  try {
-    const r = spawnSync(
-      QEMU,
-      [
-        '-M',
-        'pc',
-        '-accel',
-        'tcg',
-        '-nodefaults',
-        '-display',
-        'none',
-        '-bios',
-        buildTestRom('pm-interrupt', dir),
-      ].concat(['-device', 'isa-debug-exit,iobase=0xf4,iosize=4']),
-      { timeout: GUARD_MS },
-    );
-    assert.equal(r.status, PM_INTERRUPT_OK, `QEMU: ${r.stderr}`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const r = romOnQemu('pm-interrupt', ['-accel', 'tcg']);
+  assert.equal(r.status, PM_INTERRUPT_OK, `QEMU: ${r.stderr}`);
 });
 
 test('protected-mode interrupt probe (INT n, IRET): Partita', async (t) => {
@@ -350,41 +345,15 @@ const RESET_WAYS_STATUS = (4 << 1) | 1;
 
 test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM survives: reference on QEMU', (t) => {
   if (!qemuAvailable()) return t.skip(QEMU_MISSING);
-  const dir = mkdtempSync(join(tmpdir(), 'partita-reset-'));
-  try {
-    const accel = haveKvm ? ['-enable-kvm'] : ['-accel', 'tcg'];
-    const r = spawnSync(
-      QEMU,
-      [
-        '-M',
-        'pc',
-        ...accel,
-        '-nodefaults',
-        '-display',
-        'none',
-        '-bios',
-        buildTestRom('reset-ways', dir),
-        '-device',
-        'isa-debug-exit,iobase=0xf4,iosize=4',
-      ],
-      { timeout: GUARD_MS },
-    );
-    assert.equal(r.status, RESET_WAYS_STATUS, `QEMU: ${r.stderr}`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const r = romOnQemu('reset-ways', haveKvm ? ['-enable-kvm'] : ['-accel', 'tcg']);
+  assert.equal(r.status, RESET_WAYS_STATUS, `QEMU: ${r.stderr}`);
 });
 
 test('guest reset reboots the PC (port 0x92, 0xCF9, i8042 0xFE), CMOS RAM survives: Partita', async (t) => {
   if (!haveKvm) return t.skip(NO_KVM);
   const dir = mkdtempSync(join(tmpdir(), 'partita-reset-'));
   try {
-    const r = await runPartita(
-      ['run', '--bios', buildTestRom('reset-ways', dir), '--display', 'none', '--serial', 'none'],
-      {
-        timeoutMs: GUARD_MS,
-      },
-    );
+    const r = await runPartita(partitaRomArgs(buildTestRom('reset-ways', dir)), { timeoutMs: GUARD_MS });
     assert.equal(r.status, RESET_WAYS_STATUS, r.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });

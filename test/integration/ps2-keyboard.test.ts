@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { haveKvm, HANG_GUARD_MS, runPartita, runProgram } from '../support/partita.js';
 import { QEMU, QEMU_MISSING, qemuAvailable } from '../support/qemu.js';
 import { RfbTestClient } from '../support/rfb-client.js';
-import { buildTestRom } from '../support/test-rom.js';
+import { buildTestRom, qemuRomArgs } from '../support/test-rom.js';
 
 const READY = 'ps2-keys: ready';
 /**
@@ -94,15 +94,7 @@ test('RFB key events reach the PS/2 keyboard as set 1 scan codes: reference on Q
     const r = await runProgram(
       QEMU,
       [
-        '-M',
-        'pc',
-        '-accel',
-        'tcg',
-        '-nodefaults',
-        '-display',
-        'none',
-        '-bios',
-        buildTestRom('ps2-keys', dir),
+        ...qemuRomArgs(buildTestRom('ps2-keys', dir), ['-accel', 'tcg']),
         '-serial',
         'stdio',
         '-monitor',

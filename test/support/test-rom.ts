@@ -18,3 +18,16 @@ export function buildTestRom(name: string, dir: string): string {
   }
   return rom;
 }
+
+/** isa-debug-exit at port 0xF4, where the test ROMs report their answer (status (v << 1) | 1, as on Partita). */
+export const QEMU_DEBUG_EXIT = ['-device', 'isa-debug-exit,iobase=0xf4,iosize=4'] as const;
+
+/** QEMU's `pc` machine with nothing but a test ROM as its firmware (`accel`: ['-accel', 'tcg'] or ['-enable-kvm']). */
+export function qemuRomArgs(rom: string, accel: readonly string[]): string[] {
+  return ['-M', 'pc', ...accel, '-nodefaults', '-display', 'none', '-bios', rom];
+}
+
+/** `partita run` with nothing but a test ROM as its firmware, no screen and no serial console. */
+export function partitaRomArgs(rom: string): string[] {
+  return ['run', '--bios', rom, '--display', 'none', '--serial', 'none'];
+}
