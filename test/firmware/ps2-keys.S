@@ -53,22 +53,23 @@ poll:
 
 // Waits until the controller has room, then writes AL to its command register.
 command:
-    pushw %ax
-2:  inb $STATUS, %al
-    testb $IBF, %al
-    jnz 2b
-    popw %ax
+    call wait_room
     outb %al, $STATUS
     ret
 
 // Waits until the controller has room, then writes AL to its data port.
 data_out:
-    pushw %ax
-3:  inb $STATUS, %al
-    testb $IBF, %al
-    jnz 3b
-    popw %ax
+    call wait_room
     outb %al, $DATA
+    ret
+
+// Waits until the controller has taken the last byte written (status IBF clear); AL is kept.
+wait_room:
+    pushw %ax
+2:  inb $STATUS, %al
+    testb $IBF, %al
+    jnz 2b
+    popw %ax
     ret
 
 // Waits for a byte: AL the byte, AH the status it came with.
