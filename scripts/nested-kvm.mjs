@@ -187,15 +187,12 @@ const qemu = spawn(
   ],
   { stdio: ['ignore', 'pipe', 'inherit'] },
 );
-let status = 1;
-// The status line can arrive split over two reads: it is looked for in the output's tail, its number whole (a
-// non-digit after it: the console may put a kernel message right after the digits, before the newline).
+// The guest's status line is read once the VM has ended, from the output's tail: read by read, it can arrive split
+// over two reads, or with a kernel message right after its digits.
 let tail = '';
 qemu.stdout.on('data', (d) => {
   const text = d.toString('latin1');
-  tail = (tail + text).slice(-512);
-  const m = /nested-kvm: status (\d+)\D/.exec(tail);
-  if (m) status = Number(m[1]);
+  tail = (tail + text).slice(-4096);
   // SeaBIOS clears the screen with escape sequences: keep the log plain.
   // eslint-disable-next-line no-control-regex
   process.stdout.write(text.replace(/\x1bc|\x1b\[[0-9;?]*[a-zA-Z]/g, ''));
@@ -208,8 +205,8 @@ for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'])
     process.exit(128 + 15);
   });
 qemu.on('close', () => {
-  const last = /nested-kvm: status (\d+)$/.exec(tail); // the output's very end
-  if (last) status = Number(last[1]);
+  const lines = [...tail.matchAll(/nested-kvm: status (\d+)/g)];
+  const status = lines.length ? Number(lines[lines.length - 1][1]) : 1;
   rmSync(script, { force: true });
   process.exit(status);
 });
