@@ -11,7 +11,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync,
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { chromium, type BrowserContext, type Locator, type Page } from 'playwright-core';
 import { artifactsDir, guest, haveKvm, isPvm, lastLines, partitaBin, repoRoot } from '../support/partita.js';
 import { buildTestRom } from '../support/test-rom.js';
 import { until as untilGuarded } from '../support/daemon.js';
@@ -139,6 +139,15 @@ async function shot(page: Page, name: string): Promise<void> {
   // Two animation frames first: the page's last canvas drawing is then composited into what is captured.
   await page.evaluate('new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))');
   await page.screenshot({ path: join(ARTIFACTS, `ui-${name}.png`) });
+}
+
+/** Opens the VM page's Screen tab and waits for its RFB link: the canvas noVNC draws on. */
+async function openScreen(page: Page): Promise<Locator> {
+  await page.getByTestId('tab-screen').click();
+  await page.waitForSelector('[data-testid="screen-link"][data-link="connected"]');
+  const canvas = page.locator('[data-testid="screen"] canvas');
+  await canvas.waitFor();
+  return canvas;
 }
 
 /** The screen canvas's own pixels (what the RFB client drew, unscaled) as a PNG artifact. */
@@ -406,10 +415,7 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   await waitForState(page, ['running']);
   const keys = vmLogs(home, 'keys');
   await keys.until('the PS/2 test guest ready', () => keys.serial().includes('ps2-keys: ready'));
-  await page.getByTestId('tab-screen').click();
-  await page.waitForSelector('[data-testid="screen-link"][data-link="connected"]');
-  const keysCanvas = page.locator('[data-testid="screen"] canvas');
-  await keysCanvas.waitFor();
+  const keysCanvas = await openScreen(page);
   await keysCanvas.click();
   await page.keyboard.press('a');
   await page.keyboard.press('Enter');
@@ -439,10 +445,7 @@ async function runVmPart(t: TestContext, page: Page, daemon: Daemon, home: strin
   assert.equal(record.display, true, 'a firmware VM has a screen');
   await page.getByTestId('vm-page').getByTestId('vm-start').click();
   await waitForState(page, ['running']);
-  await page.getByTestId('tab-screen').click();
-  await page.waitForSelector('[data-testid="screen-link"][data-link="connected"]');
-  const canvas = page.locator('[data-testid="screen"] canvas');
-  await canvas.waitFor();
+  const canvas = await openScreen(page);
   const { serial, until } = vmLogs(home, 'screen');
   await until('GRUB’s menu on serial', () => serial().includes('Partita test: second entry'));
   // The canvas against the VMM's PNG of the same screen (GET /api/vms/screen/screenshot), compared in the page;
